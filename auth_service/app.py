@@ -1,0 +1,214 @@
+"""Composition root: start the parts in order, stop them in reverse.
+
+    AuthServer.start():  pool -> extra components (relay, ...) -> gRPC server + health
+    AuthServer.stop():   health NOT_SERVING -> server.stop(grace) -> components -> pool
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Self
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from auth_client._proto.auth.v1 import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
+from auth_service import db
+from auth_service.addresses import format_host_port, parse_host_port
+from auth_service.auth import TokenRegistry
+from auth_service.config import Settings
+from auth_service.health import HealthMonitor
+from auth_service.rpc import Access
+from auth_service.servicer import AuthServicer, OnDeleted, UserAdminServicer
+from auth_service.users import UserRepository
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 64 * 1024  # 1000 ids of 36 characters fit with room to spare
+
+
+class ServerStartError(RuntimeError):
+    """The server could not start (e.g. the listen address is taken)."""
+
+
+class AuthServer:
+    """One auth-service process: pool, gRPC server, health. An async context manager;
+    `stop()` is idempotent."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        tokens: TokenRegistry | None = None,
+        on_deleted: OnDeleted | None = None,
+    ) -> None:
+        self.settings = settings
+        self.tokens = tokens if tokens is not None else TokenRegistry.admins(settings.admin_tokens)
+        self._on_deleted = on_deleted
+        self._pool: asyncpg.Pool | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health: HealthMonitor | None = None
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+        self._port = 0
+        self._stopped = asyncio.Event()
+        self._state = "new"
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None, "server not started"
+        return self._pool
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def address(self) -> str:
+        host, _ = parse_host_port(self.settings.listen)
+        if host in {"0.0.0.0", "::", "[::]"}:  # noqa: S104 - reporting, not binding
+            host = "127.0.0.1"
+        return format_host_port(host, self._port)
+
+    def add_closer(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Register a component to close (in reverse order) after the gRPC server."""
+        self._closers.append(closer)
+
+    async def start(self) -> None:
+        if self._state != "new":
+            raise RuntimeError(f"cannot start a server that is {self._state}")
+        self._state = "starting"
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(grace=0)
+            raise
+        self._state = "running"
+
+    async def _start(self) -> None:
+        s = self.settings
+        self._pool = await db.create_pool(s)
+        await db.warm_up(self._pool, s.pool_min_size)
+        users = UserRepository(self._pool)
+        access = Access(self.tokens, allow_unauthenticated_reads=s.allow_unauthenticated_reads)
+        budget = s.statement_timeout_ms / 1000
+
+        server = grpc.aio.server(
+            options=[
+                # A second server on a used port must fail, not silently share it.
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+                ("grpc.max_send_message_length", 4 * 1024 * 1024),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ],
+        )
+        auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(users, access, budget), server)
+        admin_pb2_grpc.add_UserAdminServiceServicer_to_server(
+            UserAdminServicer(users, access, budget, self._on_deleted), server
+        )
+        health_servicer = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (
+                auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+                admin_pb2.DESCRIPTOR.services_by_name["UserAdminService"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        try:
+            self._port = server.add_insecure_port(s.listen)
+        except RuntimeError as exc:
+            raise ServerStartError(f"cannot listen on {s.listen}: {exc}") from exc
+        if self._port == 0:
+            raise ServerStartError(f"cannot listen on {s.listen} (address in use?)")
+        self._server = server
+        self._health = HealthMonitor(health_servicer, self._pool, s.health_interval_s)
+        await self._health.start()
+        await server.start()
+        log.info(
+            "auth-service listening on %s (database %s)",
+            self.address,
+            "reachable" if self._health.serving else "NOT reachable yet",
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING, let in-flight calls finish for `grace` seconds, then close
+        components and the pool. Safe to call more than once."""
+        if self._state in {"stopping", "stopped"}:
+            await self._stopped.wait()
+            return
+        self._state = "stopping"
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        try:
+            if self._health is not None:
+                await self._health.shutdown()
+            if self._server is not None:
+                await self._server.stop(grace)
+            for closer in reversed(self._closers):
+                try:
+                    await closer()
+                except Exception:
+                    log.exception("error while closing a component")
+            if self._pool is not None:
+                try:
+                    await asyncio.wait_for(self._pool.close(), timeout=max(grace, 1.0))
+                except (TimeoutError, Exception):
+                    self._pool.terminate()
+        finally:
+            self._state = "stopped"
+            self._stopped.set()
+
+    async def aclose(self) -> None:
+        await self.stop()
+
+    async def wait_closed(self) -> None:
+        await self._stopped.wait()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+async def wait_for_shutdown_signal() -> signal.Signals:
+    """Wait until SIGTERM or SIGINT arrives; return which one."""
+    loop = asyncio.get_running_loop()
+    received: asyncio.Future[signal.Signals] = loop.create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(
+            sig, lambda s=sig: received.done() or received.set_result(s)
+        )
+    try:
+        return await received
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+
+
+async def serve(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT, then shut down gracefully. Returns the exit code."""
+    async with AuthServer(settings) as server:
+        sig = await wait_for_shutdown_signal()
+        log.info(
+            "received %s: draining for up to %.1fs", sig.name, settings.shutdown_grace_s
+        )
+    log.info("auth-service stopped")
+    return 0

@@ -1,0 +1,139 @@
+"""The `auth-service` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from auth_service.config import ConfigError, Settings, cli_default
+
+PROG = "auth-service"
+
+
+def run_async(coro: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop when it is installed (it is a dependency on Linux/macOS)."""
+    try:
+        import uvloop  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - Windows
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)  # noqa: T201
+    return code
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from auth_service import logs  # noqa: PLC0415
+    from auth_service.app import serve  # noqa: PLC0415
+
+    overrides: dict[str, Any] = {}
+    if args.listen:
+        overrides["listen"] = args.listen
+    settings = Settings.from_env(**overrides).replace(allow_unauthenticated_reads=False)
+    logs.configure(settings.log_level, settings.log_format)
+    return run_async(serve(settings))
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from auth_service.migrate import MigrationError, migrate  # noqa: PLC0415
+
+    url = args.database_url or cli_default("DATABASE_URL")
+    if not url:
+        raise ConfigError({"DATABASE_URL": "is required (or pass --database-url)"})
+    try:
+        report = migrate(url, wait_s=args.wait)
+    except MigrationError as exc:
+        return _fail(str(exc))
+    print(report or "no pending migrations")  # noqa: T201
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from auth_service.dev import DevOptions, run_dev  # noqa: PLC0415
+    from auth_service.embedded import EmbeddedError  # noqa: PLC0415
+    from auth_service.migrate import MigrationError  # noqa: PLC0415
+
+    options = DevOptions(
+        listen=args.listen,
+        admin_token=args.admin_token,
+        data_dir=Path(args.data_dir).resolve() if args.data_dir else None,
+        database_url=cli_default("DATABASE_URL"),
+        log_level=args.log_level,
+    )
+    try:
+        return run_async(run_dev(options))
+    except (EmbeddedError, MigrationError) as exc:
+        return _fail(str(exc))
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    from auth_service.admin_cli import run_users  # noqa: PLC0415
+
+    return run_async(
+        run_users(
+            args.action,
+            target=args.target,
+            token=args.token,
+            timeout=args.timeout,
+            username=getattr(args, "username", None),
+            display_name=getattr(args, "display_name", None),
+            email=getattr(args, "email", None),
+            user_id=getattr(args, "user_id", None),
+        )
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Canonical user-validation service.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the gRPC server (configured by environment)")
+    serve.add_argument("--listen", help="host:port to bind (overrides GRPC_LISTEN)")
+    serve.set_defaults(func=cmd_serve)
+
+    mig = sub.add_parser("migrate", help="apply pending database migrations and exit")
+    mig.add_argument("--database-url", help="overrides DATABASE_URL")
+    mig.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                     help="wait up to SECONDS for the database to accept connections")
+    mig.set_defaults(func=cmd_migrate)
+
+    dev = sub.add_parser("dev", help="run locally: embedded PostgreSQL, migrations, demo users, server")
+    dev.add_argument("--listen", default="127.0.0.1:50051", help="gRPC host:port (default %(default)s)")
+    dev.add_argument("--admin-token", help="admin bearer token (default: random, printed)")
+    dev.add_argument("--data-dir", help="keep the embedded database here (default: temporary)")
+    dev.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    dev.set_defaults(func=cmd_dev)
+
+    users = sub.add_parser("users", help="create, get or delete users on a running server")
+    users.add_argument("--target", default=cli_default("AUTH_SERVICE_TARGET", "127.0.0.1:50051"),
+                       help="server host:port (env AUTH_SERVICE_TARGET)")
+    users.add_argument("--token", default=cli_default("AUTH_SERVICE_TOKEN"),
+                       help="admin bearer token (env AUTH_SERVICE_TOKEN)")
+    users.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    actions = users.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="create a user; prints it as JSON")
+    create.add_argument("username")
+    create.add_argument("--display-name")
+    create.add_argument("--email")
+    get = actions.add_parser("get", help="print an active user as JSON")
+    get.add_argument("user_id", metavar="ID")
+    delete = actions.add_parser("delete", help="soft-delete a user")
+    delete.add_argument("user_id", metavar="ID")
+    users.set_defaults(func=cmd_users)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        return _fail(str(exc), code=2)
+    except KeyboardInterrupt:
+        return 130

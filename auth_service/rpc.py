@@ -1,0 +1,139 @@
+"""The wrapper every RPC handler goes through: caller check, deadline budget, and
+the one mapping from domain errors to gRPC status codes."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+import grpc
+
+from auth_service import errors
+from auth_service.auth import ANONYMOUS, Caller, TokenRegistry, bearer_token
+from auth_service.db import Budget
+
+log = logging.getLogger("auth_service.rpc")
+
+_STATUS: dict[type[errors.ServiceError], grpc.StatusCode] = {
+    errors.InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFoundError: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
+    errors.UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
+    errors.ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.UnavailableError: grpc.StatusCode.UNAVAILABLE,
+}
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and caller-safe message for an exception raised by a handler."""
+    if isinstance(exc, errors.ServiceError):
+        for cls in type(exc).__mro__:
+            code = _STATUS.get(cls)  # type: ignore[call-overload]
+            if code is not None:
+                return code, str(exc)
+    return grpc.StatusCode.INTERNAL, "internal error"
+
+
+class Access:
+    """Who may call which service. Shared by all servicers of one server."""
+
+    def __init__(self, tokens: TokenRegistry, *, allow_unauthenticated_reads: bool) -> None:
+        self.tokens = tokens
+        self.allow_unauthenticated_reads = allow_unauthenticated_reads
+
+    def authorize(self, context: grpc.aio.ServicerContext[Any, Any], scope: str, read: bool) -> Caller:
+        token = bearer_token(context.invocation_metadata())
+        if token is None:
+            if read and self.allow_unauthenticated_reads:
+                return ANONYMOUS
+            raise errors.UnauthenticatedError("missing bearer token")
+        caller = self.tokens.lookup(token)
+        if caller is None:
+            if read and self.allow_unauthenticated_reads:
+                return ANONYMOUS
+            raise errors.UnauthenticatedError("unknown bearer token")
+        if not caller.has(scope):
+            raise errors.PermissionDeniedError(f"caller lacks the {scope} scope")
+        return caller
+
+
+def request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
+            return value
+    return uuid.uuid4().hex[:16]
+
+
+class HasAccess(Protocol):
+    access: Access
+    default_budget_s: float
+
+
+S = TypeVar("S", bound=HasAccess)
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+class Call:
+    """Per-request facts handed to a handler: who calls, and the time budget."""
+
+    __slots__ = ("_context", "caller", "default_budget_s")
+
+    def __init__(self, context: grpc.aio.ServicerContext[Any, Any], caller: Caller, default_budget_s: float) -> None:
+        self._context = context
+        self.caller = caller
+        self.default_budget_s = default_budget_s
+
+    def budget(self) -> Budget:
+        """Time for the next database step: the caller's remaining deadline, capped by
+        the statement timeout."""
+        remaining = self._context.time_remaining()
+        if remaining is None or remaining >= self.default_budget_s:
+            return Budget(self.default_budget_s, from_deadline=False)
+        if remaining <= 0.001:
+            raise errors.DeadlineExceededError("deadline exceeded")
+        return Budget(remaining, from_deadline=True)
+
+
+def handler(
+    scope: str, *, read: bool
+) -> Callable[
+    [Callable[[S, Req, Call], Awaitable[Resp]]],
+    Callable[[S, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]],
+]:
+    """Wrap a servicer method `(self, request, call) -> response`."""
+
+    def wrap(
+        fn: Callable[[S, Req, Call], Awaitable[Resp]],
+    ) -> Callable[[S, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]:
+        method = fn.__name__
+
+        @functools.wraps(fn)
+        async def wrapper(self: S, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
+            try:
+                caller = self.access.authorize(context, scope, read)
+                return await fn(self, request, Call(context, caller, self.default_budget_s))
+            except Exception as exc:
+                code, message = status_for(exc)
+                rid = request_id(context)
+                if code is grpc.StatusCode.INTERNAL:
+                    log.exception("%s failed (request id %s)", method, rid)
+                    message = f"internal error (request id {rid})"
+                elif code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    log.warning("%s: %s (request id %s)", method, message, rid)
+                context.set_trailing_metadata((("x-request-id", rid),))
+                await context.abort(code, message)
+                raise  # pragma: no cover - abort() always raises
+
+        return wrapper
+
+    return wrap
+
+
+__all__ = ["Access", "Call", "handler", "status_for"]

@@ -1,0 +1,152 @@
+"""User model and UserRepository: all SQL about the users table."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from auth_service.db import Budget, translate_errors
+from auth_service.errors import AlreadyExistsError
+
+
+class UserState(enum.Enum):
+    ACTIVE = "active"
+    DELETED = "deleted"
+    NOT_FOUND = "not_found"
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: uuid.UUID
+    username: str
+    display_name: str
+    email: str | None
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None
+
+    @property
+    def state(self) -> UserState:
+        return UserState.ACTIVE if self.deleted_at is None else UserState.DELETED
+
+
+@dataclass(frozen=True, slots=True)
+class Deletion:
+    """Outcome of a soft delete. `newly_deleted` is False when it was already deleted,
+    in which case `user.deleted_at` is the original deletion time."""
+
+    user: User
+    newly_deleted: bool
+
+
+_COLUMNS = "id, username, display_name, email, created_at, updated_at, deleted_at"
+_STATE_ONE = "SELECT deleted_at IS NULL FROM users WHERE id = $1"
+_STATE_MANY = "SELECT id, deleted_at IS NULL FROM users WHERE id = ANY($1::uuid[])"
+_GET = f"SELECT {_COLUMNS} FROM users WHERE id = $1"  # noqa: S608 - constant columns
+_INSERT = f"""
+INSERT INTO users (id, username, display_name, email)
+VALUES ($1, $2, $3, $4)
+RETURNING {_COLUMNS}
+"""  # noqa: S608
+_SOFT_DELETE = f"""
+UPDATE users SET deleted_at = now(), updated_at = now()
+WHERE id = $1 AND deleted_at IS NULL
+RETURNING {_COLUMNS}
+"""  # noqa: S608
+
+
+def _user(row: asyncpg.Record) -> User:
+    return User(
+        id=row["id"],
+        username=row["username"],
+        display_name=row["display_name"],
+        email=row["email"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        deleted_at=row["deleted_at"],
+    )
+
+
+def _state(active: bool | None) -> UserState:
+    if active is None:
+        return UserState.NOT_FOUND
+    return UserState.ACTIVE if active else UserState.DELETED
+
+
+class UserRepository:
+    """Queries against the users table. Every method takes a time `Budget`."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self._pool
+
+    async def state(self, user_id: uuid.UUID, budget: Budget) -> UserState:
+        async with translate_errors(budget), self._pool.acquire(timeout=budget.seconds) as conn:
+            active = await conn.fetchval(_STATE_ONE, user_id, timeout=budget.seconds)
+        return _state(active)
+
+    async def states(
+        self, user_ids: Sequence[uuid.UUID], budget: Budget
+    ) -> dict[uuid.UUID, UserState]:
+        """State of every id (duplicates allowed); ids never created are NOT_FOUND."""
+        unique = list(dict.fromkeys(user_ids))
+        if not unique:
+            return {}
+        async with translate_errors(budget), self._pool.acquire(timeout=budget.seconds) as conn:
+            rows = await conn.fetch(_STATE_MANY, unique, timeout=budget.seconds)
+        found = {row[0]: _state(row[1]) for row in rows}
+        return {uid: found.get(uid, UserState.NOT_FOUND) for uid in unique}
+
+    async def get(self, user_id: uuid.UUID, budget: Budget) -> User | None:
+        """The user, deleted or not; None when the id was never created."""
+        async with translate_errors(budget), self._pool.acquire(timeout=budget.seconds) as conn:
+            row = await conn.fetchrow(_GET, user_id, timeout=budget.seconds)
+        return None if row is None else _user(row)
+
+    async def create(
+        self, username: str, display_name: str, email: str | None, budget: Budget
+    ) -> User:
+        async with translate_errors(budget), self._pool.acquire(timeout=budget.seconds) as conn:
+            try:
+                row = await conn.fetchrow(
+                    _INSERT, uuid.uuid4(), username, display_name, email, timeout=budget.seconds
+                )
+            except asyncpg.UniqueViolationError as exc:
+                raise AlreadyExistsError("an active user already has this username") from exc
+        assert row is not None
+        return _user(row)
+
+    @staticmethod
+    async def soft_delete(
+        conn: asyncpg.Connection, user_id: uuid.UUID, budget: Budget
+    ) -> Deletion | None:
+        """Soft-delete inside the caller's transaction (so the caller can write the
+        `user_deleted` outbox row in the same one). None when the id never existed.
+
+        Concurrent deletes of one user: the row lock makes exactly one of them see
+        `newly_deleted=True`; the others read the committed deleted_at.
+        """
+        async with translate_errors(budget):
+            row = await conn.fetchrow(_SOFT_DELETE, user_id, timeout=budget.seconds)
+            if row is not None:
+                return Deletion(_user(row), newly_deleted=True)
+            row = await conn.fetchrow(_GET, user_id, timeout=budget.seconds)
+        if row is None:
+            return None
+        return Deletion(_user(row), newly_deleted=False)
+
+
+async def find_active_by_username(conn: asyncpg.Connection, username: str) -> User | None:
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM users WHERE lower(username) = lower($1) AND deleted_at IS NULL",  # noqa: S608
+        username,
+    )
+    return None if row is None else _user(row)
