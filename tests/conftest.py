@@ -1,0 +1,208 @@
+"""Shared fixtures: real PostgreSQL, a real Kafka-protocol broker and a real gRPC
+server on loopback, on free ports.
+
+- PostgreSQL: one embedded server per session (or TEST_DATABASE_URL / DATABASE_URL);
+  every test gets its own database cloned from a migrated template.
+- Kafka: one embedded Tansu broker per session (or KAFKA_BOOTSTRAP_SERVERS); tests
+  use uuid-named topics and groups.
+- When an embedded binary is missing, tests that need it are skipped locally and
+  fail when CI=true.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from typing import Any, TypeVar
+
+import asyncpg
+import grpc
+import pytest
+
+from auth_client._proto.auth.v1 import admin_pb2_grpc, auth_pb2_grpc
+from auth_service.app import AuthServer
+from auth_service.config import Settings
+from auth_service.embedded import EmbeddedError, EmbeddedKafka, EmbeddedPostgres
+from auth_service.migrate import migrate
+
+ADMIN_TOKEN = "test-admin-token-0123456789"
+TEMPLATE_DB = "auth_test_template"
+T = TypeVar("T")
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from synchronous code (a fresh loop, own thread)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def _missing(what: str, exc: Exception) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{what} is required in CI: {exc}")
+    pytest.skip(f"{what} not available: {exc}")
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    """URL of a PostgreSQL server database we may CREATE DATABASE from."""
+    external = os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    if external:
+        yield external
+        return
+    try:
+        server = EmbeddedPostgres()
+        server.start()
+    except EmbeddedError as exc:
+        _missing("embedded PostgreSQL", exc)
+    try:
+        yield server.url
+    finally:
+        server.close()
+
+
+def _with_database(url: str, name: str) -> str:
+    head, _, tail = url.rpartition("/")
+    query = tail.partition("?")[2]
+    return f"{head}/{name}" + (f"?{query}" if query else "")
+
+
+async def _admin(url: str, *statements: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        for sql in statements:
+            await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def template_url(pg_admin_url: str) -> str:
+    """A migrated database that per-test databases are cloned from."""
+    run_sync(_admin(pg_admin_url, f"DROP DATABASE IF EXISTS {TEMPLATE_DB}", f"CREATE DATABASE {TEMPLATE_DB}"))
+    url = _with_database(pg_admin_url, TEMPLATE_DB)
+    migrate(url)
+    return url
+
+
+@pytest.fixture
+def new_database(pg_admin_url: str, template_url: str) -> Iterator[Callable[[], str]]:
+    """Factory: each call creates a fresh migrated database and returns its URL."""
+    created: list[str] = []
+
+    def make() -> str:
+        name = f"t_{uuid.uuid4().hex[:20]}"
+        run_sync(_admin(pg_admin_url, f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB} STRATEGY FILE_COPY"))
+        created.append(name)
+        return _with_database(pg_admin_url, name)
+
+    yield make
+    for name in created:
+        run_sync(_admin(pg_admin_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture
+def database_url(new_database: Callable[[], str]) -> str:
+    """A fresh, migrated, empty auth database for this test."""
+    return new_database()
+
+
+@pytest.fixture
+def private_postgres(tmp_path: Any) -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL server of this test's own, migrated, that the test may stop,
+    kill and restart (fault tests)."""
+    try:
+        server = EmbeddedPostgres()
+        server.start()
+    except EmbeddedError as exc:
+        _missing("embedded PostgreSQL", exc)
+    try:
+        migrate(server.url)
+        yield server
+    finally:
+        server.close()
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "listen": "127.0.0.1:0",
+        "admin_tokens": (ADMIN_TOKEN,),
+        "allow_unauthenticated_reads": True,
+        "health_interval_s": 0.2,
+        "shutdown_grace_s": 1.0,
+        "connect_timeout_s": 2.0,
+        "pool_min_size": 1,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return make_settings(database_url)
+
+
+@pytest.fixture
+async def server(settings: Settings) -> AsyncIterator[AuthServer]:
+    async with AuthServer(settings) as srv:
+        yield srv
+
+
+@pytest.fixture
+async def channel(server: AuthServer) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(server.address) as ch:
+        yield ch
+
+
+@pytest.fixture
+def auth_stub(channel: grpc.aio.Channel) -> auth_pb2_grpc.AuthServiceStub:
+    return auth_pb2_grpc.AuthServiceStub(channel)
+
+
+@pytest.fixture
+def admin_stub(channel: grpc.aio.Channel) -> admin_pb2_grpc.UserAdminServiceStub:
+    return admin_pb2_grpc.UserAdminServiceStub(channel)
+
+
+ADMIN_MD = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Bootstrap servers of a Kafka-protocol broker (embedded Tansu by default)."""
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        yield external
+        return
+    try:
+        broker = EmbeddedKafka()
+        broker.start()
+    except EmbeddedError as exc:
+        _missing("embedded Kafka broker", exc)
+    try:
+        yield broker.bootstrap_servers
+    finally:
+        broker.close()
+
+
+@pytest.fixture
+def topic_name() -> str:
+    """A topic name no other test uses."""
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout: float = 10.0, interval: float = 0.05
+) -> None:
+    """Poll `check` until it is true; fail the test after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        if await check():
+            return
+        if loop.time() > deadline:
+            pytest.fail(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
