@@ -26,6 +26,8 @@ from auth_service.addresses import format_host_port, parse_host_port
 from auth_service.auth import TokenRegistry
 from auth_service.config import Settings
 from auth_service.health import HealthMonitor
+from auth_service.outbox import write_user_deleted
+from auth_service.relay import Relay, RelayConfig
 from auth_service.rpc import Access
 from auth_service.servicer import AuthServicer, OnDeleted, UserAdminServicer
 from auth_service.users import UserRepository
@@ -52,7 +54,9 @@ class AuthServer:
     ) -> None:
         self.settings = settings
         self.tokens = tokens if tokens is not None else TokenRegistry.admins(settings.admin_tokens)
-        self._on_deleted = on_deleted
+        # Every committed deletion writes its user_deleted event to the outbox.
+        self._on_deleted = on_deleted if on_deleted is not None else write_user_deleted
+        self.relay: Relay | None = None
         self._pool: asyncpg.Pool | None = None
         self._server: grpc.aio.Server | None = None
         self._health: HealthMonitor | None = None
@@ -96,6 +100,11 @@ class AuthServer:
         s = self.settings
         self._pool = await db.create_pool(s)
         await db.warm_up(self._pool, s.pool_min_size)
+        if s.relay_enabled and s.kafka_bootstrap_servers:
+            # Needs neither Kafka nor PostgreSQL up: it connects and retries by itself.
+            self.relay = Relay(RelayConfig.from_settings(s))
+            await self.relay.start()
+            self.add_closer(self.relay.aclose)
         users = UserRepository(self._pool)
         access = Access(self.tokens, allow_unauthenticated_reads=s.allow_unauthenticated_reads)
         budget = s.statement_timeout_ms / 1000

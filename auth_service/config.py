@@ -99,6 +99,21 @@ def _non_empty(raw: str) -> str:
     return raw.strip()
 
 
+def _bootstrap_servers(raw: str) -> str | None:
+    """Comma-separated host:port list; empty means "not configured"."""
+    servers = [s.strip() for s in raw.split(",") if s.strip()]
+    for server in servers:
+        parse_host_port(server)
+    return ",".join(servers) or None
+
+
+def _topic(raw: str) -> str:
+    value = raw.strip()
+    if not value or len(value) > 249 or not all(c.isalnum() or c in "._-" for c in value):
+        raise ValueError("1-249 characters from a-z, A-Z, 0-9, '.', '_', '-'")
+    return value
+
+
 @dataclass(frozen=True)
 class EnvVar:
     """One documented environment variable and the Settings attribute it sets."""
@@ -122,6 +137,15 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("SHUTDOWN_GRACE_S", "shutdown_grace_s", _non_negative_float, "on SIGTERM, how long in-flight calls may finish"),
     EnvVar("LOG_LEVEL", "log_level", _log_level, "DEBUG, INFO, WARNING or ERROR"),
     EnvVar("LOG_FORMAT", "log_format", _log_format, "json (one object per line) or text"),
+    EnvVar("KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers", _bootstrap_servers, "comma-separated host:port of the Kafka brokers the outbox relay publishes to; required unless RELAY_ENABLED=false"),
+    EnvVar("KAFKA_TOPIC", "kafka_topic", _topic, "topic of the user_deleted events"),
+    EnvVar("KAFKA_ENABLE_IDEMPOTENCE", "kafka_enable_idempotence", _bool, "idempotent producer (turn on against real Kafka; the embedded broker does not support it)"),
+    EnvVar("KAFKA_REQUEST_TIMEOUT_S", "kafka_request_timeout_s", _positive_float, "how long one publish may wait for the brokers' acknowledgement before the relay retries"),
+    EnvVar("RELAY_ENABLED", "relay_enabled", _bool, "run the outbox relay inside `auth-service serve` (false when `auth-service relay` runs separately)"),
+    EnvVar("RELAY_POLL_INTERVAL_S", "relay_poll_interval_s", _positive_float, "how often the relay looks for unpublished events when no NOTIFY woke it"),
+    EnvVar("RELAY_BATCH_SIZE", "relay_batch_size", _positive_int, "outbox rows claimed and published per batch"),
+    EnvVar("RELAY_MAX_BACKOFF_S", "relay_max_backoff_s", _positive_float, "upper bound of the retry delay while Kafka or PostgreSQL is down"),
+    EnvVar("OUTBOX_RETENTION_S", "outbox_retention_s", _positive_float, "published outbox rows are deleted after this many seconds (unpublished rows never)"),
 )
 
 
@@ -140,6 +164,15 @@ class Settings:
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
     log_format: str = "json"
+    kafka_bootstrap_servers: str | None = None
+    kafka_topic: str = "user_deleted"
+    kafka_enable_idempotence: bool = False
+    kafka_request_timeout_s: float = 10.0
+    relay_enabled: bool = True
+    relay_poll_interval_s: float = 1.0
+    relay_batch_size: int = 100
+    relay_max_backoff_s: float = 30.0
+    outbox_retention_s: float = 7 * 24 * 3600.0
     # Not from the environment: `auth-service dev` turns it on for local use.
     allow_unauthenticated_reads: bool = True
 
@@ -178,6 +211,12 @@ class Settings:
             except ValueError as exc:
                 problems[var.name] = str(exc) or "invalid value"
         values.update(overrides)
+        # Settings built in code (tests, `auth-service dev`) may leave Kafka out and
+        # get no relay; a deployment must say where to publish or turn the relay off.
+        if values.get("relay_enabled", True) and not values.get("kafka_bootstrap_servers"):
+            problems.setdefault(
+                "KAFKA_BOOTSTRAP_SERVERS", "is required unless RELAY_ENABLED=false"
+            )
         if problems:
             raise ConfigError(problems)
         try:
