@@ -89,6 +89,23 @@ def cmd_users(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_fk_audit(args: argparse.Namespace) -> int:
+    from auth_service.fk_audit import AuditError  # noqa: PLC0415
+    from auth_service.fk_report import run  # noqa: PLC0415
+
+    try:
+        return run_async(
+            run(
+                args.database_url,
+                referenced_table=args.referenced_table,
+                output_format=args.format,
+                emit_dir=args.emit_migration,
+            )
+        )
+    except AuditError as exc:
+        return _fail(str(exc))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Canonical user-validation service.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -126,6 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     delete = actions.add_parser("delete", help="soft-delete a user")
     delete.add_argument("user_id", metavar="ID")
     users.set_defaults(func=cmd_users)
+
+    audit = sub.add_parser("fk-audit", help="list a service database's foreign keys to the users table")
+    audit.add_argument("--database-url", required=True, help="the service database to audit")
+    audit.add_argument("--referenced-table", default="users", metavar="T",
+                       help="TABLE (schema public) or SCHEMA.TABLE (default %(default)s)")
+    audit.add_argument("--format", choices=["table", "json"], default="table")
+    audit.add_argument("--emit-migration", metavar="DIR",
+                       help="write dbmate migrations dropping these constraints into DIR")
+    audit.set_defaults(func=cmd_fk_audit)
     return parser
 
 

@@ -1,0 +1,193 @@
+"""`auth-service fk-audit` against a real downstream database (tests/toolkit/downstream.sql)."""
+
+from __future__ import annotations
+
+import json
+
+import asyncpg
+import pytest
+
+from auth_service.fk_audit import AuditError, audit
+from auth_service.fk_report import render_json, render_table
+from tests.toolkit.support import fetch, run_cli
+
+# (schema, table, constraint): every constraint referencing public.users, and only those.
+CANONICAL = {
+    ("public", "api_keys", "api_keys_owner_id_fkey"),
+    ("messaging", "conversations", "conversations_created_by_fkey"),
+    ("messaging", "conversation_participants", "conversation_participants_user_id_fkey"),
+    ("messaging", "messages", "messages_sender_fk"),
+    ("content", "posts", "posts_author_id_fkey"),
+    ("content", "stories", "stories_author_id_fkey"),
+    ("content", "story_views", "story_views_viewer_id_fkey"),
+    ("content", "story_close_friends", "story_close_friends_owner_id_fkey"),
+    ("content", "story_close_friends", "story_close_friends_friend_id_fkey"),
+    ("content", "post_shares", "post_shares_sharer_fkey"),
+    ("content", "bookmark_collections", "bookmark_collections_owner_id_fkey"),
+    ("content", "bookmarks", "bookmarks_user_id_fkey"),
+    ("streaming", "streams", "streams_broadcaster_id_fkey"),
+    ("streaming", "viewer_sessions", "viewer_sessions_viewer_id_fkey"),
+    ("experiments", "experiments", "experiments_created_by_fkey"),
+    ("experiments", "experiment_assignments", "experiment_assignments_user_id_fkey"),
+    ("experiments", "experiment_events", "experiment_events_user_fkey"),
+    ("Audit Log", "Sign-ins", 'Sign-in "user" fk'),
+}
+# Referencing columns without a valid, non-partial index leading with them.
+UNINDEXED = {
+    ("messaging", "conversations", "conversations_created_by_fkey"),
+    ("messaging", "messages", "messages_sender_fk"),  # only a partial index
+    ("content", "story_views", "story_views_viewer_id_fkey"),  # not the leading column
+    ("content", "story_close_friends", "story_close_friends_friend_id_fkey"),
+    ("content", "bookmarks", "bookmarks_user_id_fkey"),
+    ("streaming", "streams", "streams_broadcaster_id_fkey"),  # only an INVALID index
+    ("experiments", "experiments", "experiments_created_by_fkey"),
+    ("experiments", "experiment_assignments", "experiment_assignments_user_id_fkey"),
+    ("experiments", "experiment_events", "experiment_events_user_fkey"),
+    ("Audit Log", "Sign-ins", 'Sign-in "user" fk'),
+}
+
+
+async def canonical_expected(url: str) -> set[tuple[str, str, str]]:
+    rows = await fetch(url, "SELECT current_setting('server_version_num')::int AS v")
+    extra = {("content", "posts", "posts_editor_id_fkey")} if rows[0]["v"] >= 180000 else set()
+    return CANONICAL | extra
+
+
+async def test_audit_finds_exactly_the_constraints_referencing_public_users(downstream_url) -> None:
+    result = await audit(downstream_url)
+
+    found = {(fk.schema, fk.table, fk.constraint) for fk in result.foreign_keys}
+    assert found == await canonical_expected(downstream_url)
+    assert (result.referenced_schema, result.referenced_table) == ("public", "users")
+    # The FKs into experiments.users, and FKs between other tables, are not listed.
+    assert not {
+        fk for fk in result.foreign_keys if "owner_id" in fk.columns and fk.schema == "experiments"
+    }
+    # Partition copies of the partitioned table's constraint are not listed separately.
+    assert sum(fk.table.startswith("experiment_events") for fk in result.foreign_keys) == 1
+    missing = {(fk.schema, fk.table, fk.constraint) for fk in result.missing_indexes}
+    assert missing == UNINDEXED
+
+
+async def test_audit_reports_columns_actions_deferrability_and_estimates(downstream_url) -> None:
+    result = await audit(downstream_url)
+    by_name = {fk.constraint: fk for fk in result.foreign_keys}
+
+    shares = by_name["post_shares_sharer_fkey"]
+    assert shares.columns == ("shared_by_region", "shared_by")  # constraint order
+    assert shares.referenced_columns == ("region", "id")
+    assert shares.on_delete == "SET NULL"
+    assert shares.on_delete_columns == ("shared_by",)
+    assert shares.on_delete_text == "SET NULL (shared_by)"
+    assert shares.index == "post_shares_sharer_idx"  # leading columns in another order
+
+    events = by_name["experiment_events_user_fkey"]
+    assert events.columns == ("user_id", "user_region")
+    assert events.match == "FULL"
+    assert events.partitioned
+
+    messages = by_name["messages_sender_fk"]
+    assert (messages.on_delete, messages.on_update) == ("RESTRICT", "CASCADE")
+    assert by_name["conversations_created_by_fkey"].on_delete == "SET NULL"
+    assert by_name["posts_author_id_fkey"].on_delete == "CASCADE"
+    assert by_name["story_views_viewer_id_fkey"].on_delete == "NO ACTION"
+    assert by_name["bookmarks_user_id_fkey"].on_delete == "SET DEFAULT"
+    sessions = by_name["viewer_sessions_viewer_id_fkey"]
+    assert (sessions.on_delete, sessions.on_update) == ("SET DEFAULT", "RESTRICT")
+
+    stories = by_name["stories_author_id_fkey"]
+    assert (stories.deferrable, stories.initially_deferred) == (True, True)
+    views = by_name["story_views_viewer_id_fkey"]
+    assert (views.deferrable, views.initially_deferred) == (True, False)
+    assert by_name["posts_author_id_fkey"].deferrable is False
+
+    assert by_name["api_keys_owner_id_fkey"].validated is False
+    assert by_name["conversation_participants_user_id_fkey"].index == (
+        "conversation_participants_pkey"
+    )
+    assert by_name["posts_author_id_fkey"].index == "posts_author_id_id_idx"
+
+    # content.posts was analyzed (40 rows); streaming.streams never was.
+    assert by_name["posts_author_id_fkey"].row_estimate == 40
+    assert by_name["streams_broadcaster_id_fkey"].row_estimate is None
+
+    weird = by_name['Sign-in "user" fk']
+    assert weird.sql_table == '"Audit Log"."Sign-ins"'
+    assert weird.sql_constraint == '"Sign-in ""user"" fk"'
+    assert weird.sql_columns == ('"User ID"',)
+    # Definitions are printed with schema-qualified names, whatever the search path.
+    assert "REFERENCES public.users(id)" in weird.definition
+
+
+async def test_a_table_merely_named_users_is_only_audited_when_asked(downstream_url) -> None:
+    result = await audit(downstream_url, "experiments.users")
+
+    found = {(fk.schema, fk.table, tuple(fk.columns)) for fk in result.foreign_keys}
+    assert found == {
+        ("experiments", "experiments", ("owner_id",)),
+        ("experiments", "experiment_assignments", ("subject_id",)),
+    }
+    # Unqualified means schema public, even when search_path would find another table.
+    conn = await asyncpg.connect(downstream_url, server_settings={"search_path": "experiments"})
+    try:
+        from auth_service.fk_audit import audit_connection  # noqa: PLC0415
+
+        result = await audit_connection(conn, "users")
+    finally:
+        await conn.close()
+    assert (result.referenced_schema, result.referenced_table) == ("public", "users")
+    found_names = {(fk.schema, fk.table, fk.constraint) for fk in result.foreign_keys}
+    assert found_names == await canonical_expected(downstream_url)
+
+
+async def test_unknown_or_invalid_referenced_table_is_a_clear_error(downstream_url) -> None:
+    with pytest.raises(AuditError, match=r"table public\.members does not exist"):
+        await audit(downstream_url, "members")
+    with pytest.raises(AuditError, match="not a valid table name"):
+        await audit(downstream_url, 'bad"name')
+    with pytest.raises(AuditError, match=r"expected TABLE or SCHEMA\.TABLE"):
+        await audit(downstream_url, "a.b.c")
+
+
+async def test_readable_table_and_json_reports(downstream_url) -> None:
+    result = await audit(downstream_url)
+    text = render_table(result)
+    expected = len(await canonical_expected(downstream_url))
+    assert text.splitlines()[0].startswith(f"{expected} foreign key(s) reference public.users")
+    line = next(line for line in text.splitlines() if line.startswith("streaming.streams "))
+    assert "MISSING" in line
+    assert "unknown" in line
+    assert "CASCADE" in line
+
+    data = json.loads(render_json(result))
+    assert data["referenced_table"] == "public.users"
+    assert data["count"] == expected
+    assert data["missing_indexes"] == len(UNINDEXED)
+    shares = next(
+        fk for fk in data["foreign_keys"] if fk["constraint"] == "post_shares_sharer_fkey"
+    )
+    assert shares["columns"] == ["shared_by_region", "shared_by"]
+    assert shares["on_delete_columns"] == ["shared_by"]
+    assert shares["row_estimate"] is None or shares["row_estimate"] >= 0
+
+
+async def test_cli_fk_audit_json(downstream_url) -> None:
+    code, out, err = await run_cli("fk-audit", "--database-url", downstream_url, "--format", "json")
+    assert code == 0, err
+    data = json.loads(out)
+    found = {(fk["schema"], fk["table"], fk["constraint"]) for fk in data["foreign_keys"]}
+    assert found == await canonical_expected(downstream_url)
+
+    code, out, err = await run_cli(
+        "fk-audit", "--database-url", downstream_url, "--referenced-table", "nope.users"
+    )
+    assert code == 1
+    assert "nope.users does not exist" in err
+    assert downstream_url not in err
+
+
+async def test_no_foreign_keys_is_a_clean_report(new_database) -> None:
+    url = new_database()  # the auth database itself: nothing references its users table
+    result = await audit(url)
+    assert result.foreign_keys == ()
+    assert render_table(result).startswith("0 foreign key(s) reference public.users")
