@@ -1,7 +1,56 @@
 """auth_client: validate user ids against auth-service before inserting rows.
 
-The full client (cache, circuit breaker, coalescing, fallback) is being built;
-today this package holds the generated protocol code in `auth_client._proto`.
+    async with AuthClient("auth-service:50051", token=TOKEN) as auth:
+        await auth.require_user(user_id)      # raises UserNotFoundError
+        ...insert the row...
+
+See docs/client.md for fallback policies, TTLs and rollout modes.
 """
 
-__all__: list[str] = []
+from auth_client._client import AuthClient, OnUnverified
+from auth_client._config import (
+    BatchConfig,
+    BreakerConfig,
+    CacheConfig,
+    ChannelConfig,
+    FallbackPolicy,
+    RetryConfig,
+    RolloutMode,
+    TLSConfig,
+)
+from auth_client._errors import (
+    AuthClientError,
+    CircuitOpenError,
+    DeadlineExceededError,
+    InvalidRequestError,
+    PermissionDeniedError,
+    ServiceUnavailableError,
+    UnauthenticatedError,
+    UserNotFoundError,
+)
+from auth_client._metrics import ClientStats
+from auth_client._models import User, UserId
+
+__all__ = [
+    "AuthClient",
+    "AuthClientError",
+    "BatchConfig",
+    "BreakerConfig",
+    "CacheConfig",
+    "ChannelConfig",
+    "CircuitOpenError",
+    "ClientStats",
+    "DeadlineExceededError",
+    "FallbackPolicy",
+    "InvalidRequestError",
+    "OnUnverified",
+    "PermissionDeniedError",
+    "RetryConfig",
+    "RolloutMode",
+    "ServiceUnavailableError",
+    "TLSConfig",
+    "UnauthenticatedError",
+    "User",
+    "UserId",
+    "UserNotFoundError",
+]

@@ -1,0 +1,396 @@
+"""`AuthClient`: the public entry point.
+
+The cache-hit path of `user_exists` is kept deliberately bare (one dict lookup,
+one clock read, one counter): no allocation, no logging, no I/O. Everything
+else — coalescing, batching, the breaker, fallbacks and rollout modes — starts
+in `_check` on a miss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Self
+
+from auth_client._batcher import Batcher
+from auth_client._breaker import Breaker, StateListener
+from auth_client._cache import ExistsCache, TextIds
+from auth_client._config import (
+    BatchConfig,
+    BreakerConfig,
+    CacheConfig,
+    ChannelConfig,
+    FallbackPolicy,
+    RolloutMode,
+    TLSConfig,
+)
+from auth_client._errors import (
+    CircuitOpenError,
+    DeadlineExceededError,
+    InvalidRequestError,
+    ServiceUnavailableError,
+    UserNotFoundError,
+)
+from auth_client._metrics import ClientStats, Counters, register, unregister
+from auth_client._models import ACTIVE, DELETED, User, UserId
+from auth_client._rollout import Shadow, report_unverified
+from auth_client._transport import Transport, build_channel
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    import grpc
+
+log = logging.getLogger("auth_client")
+_UUID = uuid.UUID
+_monotonic = time.monotonic
+# A caller waits this long past its deadline, so that when its RPC shares the
+# deadline, the RPC's own DEADLINE_EXCEEDED (counted by the breaker, chained to
+# the gRPC error) is what it sees; the local timer is only a backstop.
+_GRACE = 0.02
+
+OnUnverified = Callable[[tuple[uuid.UUID, ...]], object]
+"""FAIL_OPEN hook: called with the ids answered "exists" without verification
+(may be a coroutine function). Its exceptions propagate to the caller."""
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class AuthClient:
+    """Validates user ids against auth-service. Use as `async with AuthClient(...)`.
+
+    Built from a `target` ("host:port", "dns:///auth-service:50051") or from a
+    caller-supplied `channel=` (the caller then owns its TLS, interceptors and
+    closing). One client per event loop; share it across the whole process.
+    """
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        channel: grpc.aio.Channel | None = None,
+        token: str | None = None,
+        tls: TLSConfig | None = None,
+        timeout: float = 0.5,
+        cache: CacheConfig | None = None,
+        breaker: BreakerConfig | None = None,
+        batching: BatchConfig | None = None,
+        channel_config: ChannelConfig | None = None,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        fallback: FallbackPolicy = FallbackPolicy.FAIL_CLOSED,
+        rollout: RolloutMode = RolloutMode.ENFORCE,
+        on_unverified: OnUnverified | None = None,
+        on_breaker_change: StateListener | None = None,
+        name: str = "default",
+    ) -> None:
+        if (target is None) == (channel is None):
+            raise ValueError("pass either a target or channel=, not both")
+        if channel is not None and (tls is not None or interceptors):
+            raise ValueError("tls and interceptors apply to a channel built from a target")
+        if not timeout > 0:
+            raise ValueError("timeout must be positive")
+        self._target = target
+        self._channel = channel
+        self._owns_channel = channel is None
+        self._token = token
+        self._tls = tls
+        self._channel_config = channel_config or ChannelConfig()
+        self._interceptors = tuple(interceptors)
+        self._timeout = float(timeout)
+        self._fallback = fallback
+        self._rollout = rollout
+        self._enforce = rollout is RolloutMode.ENFORCE
+        self._on_unverified = on_unverified
+        self._name = name
+        self._counters = Counters()
+        cache_config = cache or CacheConfig()
+        self._cache = ExistsCache(cache_config)
+        self._entries = self._cache.entries
+        self._text_ids = TextIds(cache_config.max_size)
+        listeners = (on_breaker_change,) if on_breaker_change is not None else ()
+        self._breaker = Breaker(breaker or BreakerConfig(), name=name, listeners=listeners)
+        self._batching = batching or BatchConfig()
+        self._batcher: Batcher | None = None
+        self._shadow = Shadow(name, self._counters)
+        self._state = _State.NEW
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def _open(self) -> Batcher:
+        if self._state is _State.CLOSED:
+            raise RuntimeError("AuthClient is closed; create a new one")
+        if self._batcher is None:
+            if self._channel is None:
+                assert self._target is not None
+                self._channel = build_channel(
+                    self._target,
+                    tls=self._tls,
+                    config=self._channel_config,
+                    interceptors=self._interceptors,
+                )
+            transport = Transport(self._channel, self._token, self._counters)
+            self._batcher = Batcher(
+                transport, self._breaker, self._cache, self._counters, self._batching
+            )
+            self._state = _State.OPEN
+            register(self)
+        return self._batcher
+
+    async def start(self) -> None:
+        """Create the channel (done by `async with` and by the first lookup)."""
+        self._open()
+
+    async def aclose(self) -> None:
+        """Fail pending lookups, cancel in-flight RPCs, close an owned channel.
+        Idempotent; a closed client cannot be reused."""
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        self._cache.clear()
+        unregister(self)
+        if self._batcher is not None:
+            await self._batcher.close()
+        if self._owns_channel and self._channel is not None:
+            await self._channel.close(None)
+
+    async def __aenter__(self) -> Self:
+        self._open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        if getattr(self, "_state", None) is _State.OPEN and self._owns_channel:
+            _warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1)
+
+    def __repr__(self) -> str:
+        where = self._target if self._target is not None else "<channel>"
+        return f"AuthClient({where!r}, name={self._name!r}, state={self._state.value})"
+
+    # -- existence checks --------------------------------------------------
+
+    async def user_exists(
+        self,
+        user_id: UserId,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline, sent to the server
+        fallback: FallbackPolicy | None = None,
+    ) -> bool:
+        """Whether the user exists and is not deleted."""
+        key = user_id if isinstance(user_id, _UUID) else self._text_ids.get(user_id)
+        entry = self._entries.get(key)
+        if entry is not None and self._enforce and entry[1] > _monotonic():
+            self._counters.cache_hits += 1
+            self._entries.move_to_end(key)
+            return entry[0]
+        return (await self._check([key], timeout, fallback))[key]
+
+    async def users_exist(
+        self,
+        user_ids: Iterable[UserId],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        fallback: FallbackPolicy | None = None,
+    ) -> dict[uuid.UUID, bool]:
+        """Existence of each id (any number; sent in RPCs of at most 1000 ids)."""
+        if isinstance(user_ids, str | uuid.UUID):
+            raise InvalidRequestError("users_exist takes a collection of ids, not one id")
+        keys = [self._text_ids.get(value) for value in user_ids]
+        if not keys:
+            return {}
+        return await self._check(list(dict.fromkeys(keys)), timeout, fallback)
+
+    async def require_user(
+        self,
+        user_id: UserId,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        fallback: FallbackPolicy | None = None,
+    ) -> None:
+        """Return if the user exists, else raise `UserNotFoundError` (validate
+        before inserting a row that references the user)."""
+        key = user_id if isinstance(user_id, _UUID) else self._text_ids.get(user_id)
+        if not await self.user_exists(key, timeout=timeout, fallback=fallback):
+            raise UserNotFoundError((key,))
+
+    async def require_users(
+        self,
+        user_ids: Iterable[UserId],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        fallback: FallbackPolicy | None = None,
+    ) -> None:
+        """Return if every user exists, else raise `UserNotFoundError` naming the
+        missing ones."""
+        answers = await self.users_exist(user_ids, timeout=timeout, fallback=fallback)
+        missing = [key for key, exists in answers.items() if not exists]
+        if missing:
+            raise UserNotFoundError(missing)
+
+    async def get_user(
+        self,
+        user_id: UserId,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> User | None:
+        """The public profile of an active user, or None if it does not exist or
+        is deleted. Not subject to the rollout mode or a fallback policy: when
+        auth-service cannot answer, this raises `ServiceUnavailableError`."""
+        key = self._text_ids.get(user_id)
+        batcher = self._open()
+        wait = self._timeout if timeout is None else timeout
+        if self._breaker.rejects(_monotonic()):
+            self._counters.unavailable += 1
+            raise CircuitOpenError(f"circuit breaker {self._name!r} is open")
+        future = batcher.user(key, wait)
+        done, _ = await asyncio.wait((future,), timeout=wait + _GRACE)
+        try:
+            if not done:
+                raise DeadlineExceededError(f"no answer from auth-service within {wait}s")
+            return future.result()
+        except ServiceUnavailableError:
+            self._counters.unavailable += 1
+            raise
+
+    # -- cache control -----------------------------------------------------
+
+    def invalidate(self, user_id: UserId) -> None:
+        """Forget the cached answer for `user_id`; the next lookup asks auth-service."""
+        key = self._text_ids.get(user_id)
+        self._cache.discard(key)
+        if self._batcher is not None:
+            self._batcher.forget(key)
+
+    def mark_deleted(self, user_id: UserId) -> None:
+        """Record that `user_id` was deleted (call it from the `user_deleted`
+        consumer): from now on it "does not exist", without asking."""
+        key = self._text_ids.get(user_id)
+        if self._batcher is not None:
+            self._batcher.forget(key)
+        self._cache.put(key, DELETED)
+
+    def stats(self) -> ClientStats:
+        c = self._counters
+        return ClientStats(
+            cache_hits=c.cache_hits,
+            cache_misses=c.cache_misses,
+            cache_size=len(self._cache),
+            rpcs=c.rpcs,
+            ids_sent=c.ids_sent,
+            coalesced=c.coalesced,
+            breaker_state=self._breaker.state,
+            breaker_opened=self._breaker.opened_count,
+            unavailable=c.unavailable,
+            fallback_stale=c.fallback_stale,
+            fallback_open=c.fallback_open,
+            shadow_disagreements=c.shadow_disagreements,
+            shadow_failures=c.shadow_failures,
+            unchecked=c.unchecked,
+        )
+
+    # -- the miss path -----------------------------------------------------
+
+    async def _check(
+        self,
+        keys: list[uuid.UUID],
+        budget: float | None,
+        fallback: FallbackPolicy | None,
+    ) -> dict[uuid.UUID, bool]:
+        """Answers for distinct `keys`, under the rollout mode and fallback policy."""
+        batcher = self._open()
+        counters = self._counters
+        if self._rollout is RolloutMode.OFF:
+            counters.unchecked += len(keys)
+            return dict.fromkeys(keys, True)
+        wait = self._timeout if budget is None else budget
+        if not wait > 0:
+            raise ValueError("timeout must be positive")
+        now = _monotonic()
+        cache = self._cache
+        answers: dict[uuid.UUID, bool] = {}
+        missing: list[uuid.UUID] = []
+        for key in keys:
+            cached = cache.fresh(key, now)
+            if cached is None:
+                missing.append(key)
+            else:
+                answers[key] = cached
+        counters.cache_hits += len(answers)
+        counters.cache_misses += len(missing)
+        if self._rollout is RolloutMode.SHADOW:
+            self._shadow.check(batcher, self._breaker, answers, missing, now + wait)
+            return dict.fromkeys(keys, True)
+        if not missing:
+            return answers
+        if self._breaker.rejects(now):
+            error: ServiceUnavailableError = CircuitOpenError(
+                f"circuit breaker {self._name!r} is open: not calling auth-service"
+            )
+            return await self._fall_back(keys, answers, missing, error, fallback)
+        deadline = now + wait
+        futures = [batcher.future(key, deadline) for key in missing]
+        await asyncio.wait(futures, timeout=wait + _GRACE)
+        failed: list[uuid.UUID] = []
+        failure: ServiceUnavailableError | None = None
+        for key, future in zip(missing, futures, strict=True):
+            if not future.done():
+                failed.append(key)
+                failure = failure or DeadlineExceededError(
+                    f"no answer from auth-service within {wait}s"
+                )
+                continue
+            error_or_none = future.exception()
+            if error_or_none is None:
+                answers[key] = future.result() == ACTIVE
+            elif isinstance(error_or_none, ServiceUnavailableError):
+                failed.append(key)
+                failure = failure or error_or_none
+            else:
+                raise error_or_none
+        if failure is None:
+            return answers
+        return await self._fall_back(keys, answers, failed, failure, fallback)
+
+    async def _fall_back(
+        self,
+        keys: list[uuid.UUID],
+        answers: dict[uuid.UUID, bool],
+        failed: list[uuid.UUID],
+        error: ServiceUnavailableError,
+        fallback: FallbackPolicy | None,
+    ) -> dict[uuid.UUID, bool]:
+        policy = self._fallback if fallback is None else fallback
+        counters = self._counters
+        if policy is FallbackPolicy.SERVE_STALE:
+            now = _monotonic()
+            stale = {key: self._cache.stale(key, now) for key in failed}
+            if all(value is not None for value in stale.values()):
+                counters.fallback_stale += len(stale)
+                answers.update(stale)  # type: ignore[arg-type]
+                return {key: answers[key] for key in keys}
+        elif policy is FallbackPolicy.FAIL_OPEN:
+            counters.fallback_open += len(failed)
+            await report_unverified(self._on_unverified, failed, self._name)
+            answers.update(dict.fromkeys(failed, True))
+            return {key: answers[key] for key in keys}
+        counters.unavailable += 1
+        raise error

@@ -1,0 +1,159 @@
+"""The exceptions `auth_client` raises, and the one function that maps gRPC errors.
+
+    AuthClientError                  anything this library raises
+    ├── UserNotFoundError            the user does not exist or is deleted (`.user_ids`)
+    ├── InvalidRequestError          a malformed id (raised before any network call),
+    │                                or INVALID_ARGUMENT / OUT_OF_RANGE from the server
+    ├── PermissionDeniedError        PERMISSION_DENIED: this caller may not ask
+    │   └── UnauthenticatedError     UNAUTHENTICATED: missing or unknown token
+    └── ServiceUnavailableError      auth-service could not answer (retriable):
+        │                            UNAVAILABLE, RESOURCE_EXHAUSTED, INTERNAL, ...
+        ├── CircuitOpenError         the breaker is open: no call was made
+        └── DeadlineExceededError    the call's deadline ran out
+
+`ServiceUnavailableError` and its subclasses are what a fallback policy turns
+into an answer. Only transport failures (UNAVAILABLE, DEADLINE_EXCEEDED,
+RESOURCE_EXHAUSTED, and errors with no gRPC status) count against the circuit
+breaker; answers such as NOT_FOUND, INVALID_ARGUMENT or PERMISSION_DENIED (the
+server is up and replied) and cancellations never do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, NoReturn
+
+import grpc
+
+if TYPE_CHECKING:
+    import uuid
+    from collections.abc import Iterable
+
+
+class AuthClientError(Exception):
+    """Base class of every error raised by `auth_client`.
+
+    `code` is the gRPC status the server answered with, when there was one.
+    `retriable` says whether trying again later can succeed.
+    """
+
+    retriable: bool = False
+
+    def __init__(self, message: str, *, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class UserNotFoundError(AuthClientError):
+    """One or more users do not exist (never created, or deleted)."""
+
+    def __init__(
+        self, user_ids: Iterable[uuid.UUID], *, code: grpc.StatusCode | None = None
+    ) -> None:
+        self.user_ids: tuple[uuid.UUID, ...] = tuple(user_ids)
+        shown = ", ".join(str(u) for u in self.user_ids[:10])
+        more = f" and {len(self.user_ids) - 10} more" if len(self.user_ids) > 10 else ""
+        noun = "user does" if len(self.user_ids) == 1 else "users do"
+        super().__init__(f"{noun} not exist: {shown}{more}", code=code)
+
+
+class InvalidRequestError(AuthClientError):
+    """The request is malformed (e.g. an id that is not a UUID)."""
+
+
+class PermissionDeniedError(AuthClientError):
+    """auth-service refused this caller (its token lacks the scope)."""
+
+
+class UnauthenticatedError(PermissionDeniedError):
+    """auth-service did not accept this caller's token (missing or unknown)."""
+
+
+class ServiceUnavailableError(AuthClientError):
+    """auth-service could not answer; the caller's fallback policy applies."""
+
+    retriable = True
+
+
+class CircuitOpenError(ServiceUnavailableError):
+    """The circuit breaker is open: the call failed at once, without an RPC."""
+
+
+class DeadlineExceededError(ServiceUnavailableError):
+    """The call's deadline ran out before auth-service answered."""
+
+
+# Statuses that mean "the server could not be reached or is overloaded": these,
+# and errors with no status at all, count against the circuit breaker.
+TRANSPORT_FAILURES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+
+_BY_STATUS: dict[grpc.StatusCode, type[AuthClientError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequestError,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidRequestError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.UNAVAILABLE: ServiceUnavailableError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ServiceUnavailableError,
+    grpc.StatusCode.ABORTED: ServiceUnavailableError,
+    grpc.StatusCode.CANCELLED: ServiceUnavailableError,
+    grpc.StatusCode.INTERNAL: ServiceUnavailableError,
+    grpc.StatusCode.UNKNOWN: ServiceUnavailableError,
+    grpc.StatusCode.DATA_LOSS: ServiceUnavailableError,
+}
+
+
+def raise_for_rpc_error(
+    error: BaseException, method: str, user_ids: Iterable[uuid.UUID] = ()
+) -> NoReturn:
+    """Raise the `AuthClientError` for `error` (from a call of `method`), chained
+    with `from error`. The one place gRPC errors become library errors.
+
+    `asyncio.CancelledError` is re-raised unchanged.
+    """
+    if isinstance(error, asyncio.CancelledError):
+        raise error
+    if isinstance(error, grpc.RpcError):
+        code = error.code() if callable(getattr(error, "code", None)) else None
+        details = error.details() if callable(getattr(error, "details", None)) else None
+        where = f"auth-service {method}"
+        if code is grpc.StatusCode.NOT_FOUND:
+            raise UserNotFoundError(user_ids, code=code) from error
+        if isinstance(code, grpc.StatusCode):
+            cls = _BY_STATUS.get(code, AuthClientError)
+            raise cls(f"{where}: {code.name}: {details or 'no details'}", code=code) from error
+        raise ServiceUnavailableError(f"{where}: RPC failed without a status") from error
+    raise ServiceUnavailableError(
+        f"auth-service {method}: {type(error).__name__}: {error}"
+    ) from error
+
+
+def counts_against_breaker(error: BaseException) -> bool:
+    """Whether `error`, raised by a guarded call, is a transport failure."""
+    if isinstance(error, asyncio.CancelledError):
+        return False
+    if isinstance(error, AuthClientError):
+        return isinstance(error, ServiceUnavailableError) and (
+            error.code is None or error.code in TRANSPORT_FAILURES
+        )
+    return True
+
+
+__all__ = [
+    "AuthClientError",
+    "CircuitOpenError",
+    "DeadlineExceededError",
+    "InvalidRequestError",
+    "PermissionDeniedError",
+    "ServiceUnavailableError",
+    "UnauthenticatedError",
+    "UserNotFoundError",
+    "counts_against_breaker",
+    "raise_for_rpc_error",
+]

@@ -1,0 +1,131 @@
+"""The wire: channel construction, the three read RPCs, response decoding.
+
+Every RPC error passes through `raise_for_rpc_error` here, inside the caller's
+circuit-breaker guard, so the breaker sees library errors with their status.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC
+from typing import TYPE_CHECKING
+
+import grpc
+
+from auth_client._errors import AuthClientError, UserNotFoundError, raise_for_rpc_error
+from auth_client._models import ACTIVE, DELETED, NOT_FOUND, User
+from auth_client._proto.auth.v1 import auth_pb2, auth_pb2_grpc
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from auth_client._config import ChannelConfig, TLSConfig
+    from auth_client._metrics import Counters
+
+USER_AGENT = "auth-client-python"
+_KNOWN_STATES = frozenset({ACTIVE, DELETED, NOT_FOUND})
+
+
+def build_channel(
+    target: str,
+    *,
+    tls: TLSConfig | None,
+    config: ChannelConfig,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+) -> grpc.aio.Channel:
+    """A channel to `target` with round-robin balancing, gRPC retries of
+    UNAVAILABLE for the read methods, keepalive and bounded reconnect backoff."""
+    options: list[tuple[str, str | int]] = [
+        *config.options(),
+        ("grpc.primary_user_agent", USER_AGENT),
+    ]
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options, interceptors=interceptors)
+    root, key, chain = tls.load()
+    if tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    credentials = grpc.ssl_channel_credentials(root, key, chain)
+    return grpc.aio.secure_channel(target, credentials, options, interceptors=interceptors)
+
+
+def _state(exists: bool, state: int) -> int:
+    if state in _KNOWN_STATES:
+        return state
+    return ACTIVE if exists else NOT_FOUND
+
+
+class Transport:
+    """Stubs plus the per-call metadata (the bearer token)."""
+
+    __slots__ = ("_counters", "_metadata", "_stub")
+
+    def __init__(self, channel: grpc.aio.Channel, token: str | None, counters: Counters) -> None:
+        self._stub = auth_pb2_grpc.AuthServiceStub(channel)
+        self._metadata: tuple[tuple[str, str], ...] | None = (
+            (("authorization", f"Bearer {token}"),) if token else None
+        )
+        self._counters = counters
+
+    def __repr__(self) -> str:  # never show the token
+        return f"Transport(authenticated={self._metadata is not None})"
+
+    async def states(self, ids: Sequence[uuid.UUID], budget: float) -> list[int]:
+        """The state of each id, in order: UserExists for one id, else
+        BatchUserExists (the caller keeps batches within the server's cap)."""
+        counters = self._counters
+        counters.rpcs += 1
+        counters.ids_sent += len(ids)
+        if len(ids) == 1:
+            method = "UserExists"
+            try:
+                reply = await self._stub.UserExists(
+                    auth_pb2.UserExistsRequest(user_id=str(ids[0])),
+                    timeout=budget,
+                    metadata=self._metadata,
+                )
+            except Exception as exc:
+                raise_for_rpc_error(exc, method, ids)
+            return [_state(reply.exists, reply.state)]
+        method = "BatchUserExists"
+        texts = [str(i) for i in ids]
+        try:
+            batch = await self._stub.BatchUserExists(
+                auth_pb2.BatchUserExistsRequest(user_ids=texts),
+                timeout=budget,
+                metadata=self._metadata,
+            )
+        except Exception as exc:
+            raise_for_rpc_error(exc, method, ids)
+        results = batch.results
+        if len(results) != len(texts) or any(
+            r.user_id != t for r, t in zip(results, texts, strict=True)
+        ):
+            raise AuthClientError(
+                f"auth-service {method}: the reply does not match the request "
+                f"({len(results)} results for {len(texts)} ids)"
+            )
+        return [_state(r.exists, r.state) for r in results]
+
+    async def get_user(self, user_id: uuid.UUID, budget: float) -> User | None:
+        """The active user's profile, or None (never created, or deleted)."""
+        self._counters.rpcs += 1
+        self._counters.ids_sent += 1
+        try:
+            try:
+                reply = await self._stub.GetUser(
+                    auth_pb2.GetUserRequest(user_id=str(user_id)),
+                    timeout=budget,
+                    metadata=self._metadata,
+                )
+            except Exception as exc:
+                raise_for_rpc_error(exc, "GetUser", (user_id,))
+        except UserNotFoundError:
+            return None
+        user = reply.user
+        return User(
+            id=uuid.UUID(user.id) if user.id else user_id,
+            username=user.username,
+            display_name=user.display_name,
+            created_at=user.created_at.ToDatetime(tzinfo=UTC),
+            updated_at=user.updated_at.ToDatetime(tzinfo=UTC),
+        )
