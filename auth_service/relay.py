@@ -128,6 +128,7 @@ class Relay:
         self._state = "new"
         self.published = 0
         self.listening = False
+        self.listen_sessions = 0
         self.last_lag: Lag | None = None
 
     async def start(self) -> None:
@@ -285,6 +286,7 @@ class Relay:
             conn.add_termination_listener(lambda _conn: lost.set())
             await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
             self.listening = True
+            self.listen_sessions += 1
             backoff.reset()
             self._wake.set()  # rows may have committed while nobody listened
             while not self._closing.is_set() and not lost.is_set():

@@ -1,0 +1,322 @@
+"""UserDeletedConsumer: a consumer-group member that runs a handler for every
+`user_deleted` event, at least once.
+
+- The offset of a message is committed only after its handler returned (or after
+  the message was written to the dead-letter topic), so a crash redelivers it.
+- A failing handler is retried `RetryPolicy.max_attempts` times with capped
+  exponential backoff, then the message goes to the dead-letter topic with the
+  error in its headers and the partition moves on: one poison event never blocks
+  the others.
+- On a rebalance, the offsets handled so far are committed before the partitions
+  are given up, and no message of a revoked partition is started afterwards.
+- `stop()` lets the message in progress finish, commits, leaves the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Self
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from auth_client._event_codec import (
+    DEFAULT_DLQ_TOPIC,
+    DEFAULT_TOPIC,
+    HEADER_EVENT_TYPE,
+    USER_DELETED_TYPE,
+    EventDecodeError,
+    Origin,
+    UserDeletedEvent,
+    decode_user_deleted,
+    header,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Mapping
+    from types import TracebackType
+
+log = logging.getLogger("auth_client.events")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a failing handler is tried before the event is dead-lettered."""
+
+    max_attempts: int = 5
+    initial_backoff_s: float = 0.2
+    max_backoff_s: float = 5.0
+
+    def delay(self, attempt: int) -> float:
+        """Delay after failed attempt `attempt` (1-based): between d/2 and d, where
+        d = min(max_backoff_s, initial_backoff_s * 2**(attempt-1))."""
+        ceiling = min(self.max_backoff_s, self.initial_backoff_s * 2.0 ** min(attempt - 1, 30))
+        jitter: float = random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not crypto
+        return ceiling / 2 + jitter
+
+
+@dataclass
+class ConsumerStats:
+    handled: int = 0
+    retries: int = 0
+    dead_lettered: int = 0
+    skipped: int = 0
+    commit_failures: int = 0
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base
+    def __init__(self, owner: UserDeletedConsumer) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._owner._on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._owner._on_assigned(set(assigned))
+
+
+class UserDeletedConsumer:
+    """Consume `user_deleted` events with `handler(event)`.
+
+        async with UserDeletedConsumer(handler, bootstrap_servers="kafka:9092",
+                                       group_id="messaging-cleanup") as consumer:
+            await consumer.run()          # until consumer.stop() or cancellation
+
+    The handler must be idempotent, or use `auth_client.events.deduplicated`:
+    delivery is at least once.
+    """
+
+    def __init__(
+        self,
+        handler: Callable[[UserDeletedEvent], Awaitable[None]],
+        *,
+        bootstrap_servers: str | list[str],
+        group_id: str,
+        topic: str = DEFAULT_TOPIC,
+        dlq_topic: str = DEFAULT_DLQ_TOPIC,
+        retry: RetryPolicy | None = None,
+        client_id: str = "auth-client-events",
+        auto_offset_reset: str = "earliest",
+        session_timeout_ms: int = 10_000,
+        heartbeat_interval_ms: int = 3_000,
+        max_poll_records: int = 100,
+        enable_idempotence: bool = False,
+        consumer_options: Mapping[str, Any] | None = None,
+        producer_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._handler = handler
+        self.topic = topic
+        self.dlq_topic = dlq_topic
+        self.group_id = group_id
+        self.retry = retry or RetryPolicy()
+        self.stats = ConsumerStats()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers,
+            group_id=group_id,
+            client_id=client_id,
+            enable_auto_commit=False,
+            auto_offset_reset=auto_offset_reset,
+            session_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=heartbeat_interval_ms,
+            max_poll_records=max_poll_records,
+            **dict(consumer_options or {}),
+        )
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers,
+            client_id=f"{client_id}-dlq",
+            acks="all",
+            enable_idempotence=enable_idempotence,
+            **dict(producer_options or {}),
+        )
+        self._lock = asyncio.Lock()
+        self._owned: set[TopicPartition] = set()
+        self._pending: dict[TopicPartition, int] = {}
+        self._stopping = asyncio.Event()
+        self._run_done = asyncio.Event()
+        self._run_done.set()
+        self._state = "new"
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._state != "new":
+            raise RuntimeError(f"cannot start a consumer that is {self._state}")
+        self._state = "starting"
+        try:
+            await self._producer.start()
+            self._consumer.subscribe([self.topic], listener=_Rebalance(self))
+            await self._consumer.start()
+        except BaseException:
+            self._state = "running"
+            await self.aclose()
+            raise
+        self._state = "running"
+
+    def stop(self) -> None:
+        """Ask `run()` to return once the message in progress is done."""
+        self._stopping.set()
+
+    async def aclose(self) -> None:
+        """Stop, commit what was handled, leave the group. Idempotent."""
+        if self._state in {"closing", "closed"}:
+            await self._run_done.wait()
+            return
+        self._state = "closing"
+        self._stopping.set()
+        await self._run_done.wait()
+        async with self._lock:
+            await self._commit_pending(set(self._pending))
+        for part in (self._consumer, self._producer):
+            try:
+                await part.stop()
+            except Exception as exc:
+                log.warning("error while stopping %s: %s", type(part).__name__, exc)
+        self._state = "closed"
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- the loop ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Handle events until `stop()`; starts the consumer first if needed."""
+        if self._state == "new":
+            await self.start()
+        if self._state != "running":
+            raise RuntimeError(f"cannot run a consumer that is {self._state}")
+        self._run_done.clear()
+        try:
+            while not self._stopping.is_set():
+                batch = await self._consumer.getmany(timeout_ms=500)
+                for tp, records in batch.items():
+                    await self._process_partition(tp, records)
+                    if self._stopping.is_set():
+                        break
+        finally:
+            self._run_done.set()
+
+    async def _process_partition(self, tp: TopicPartition, records: list[Any]) -> None:
+        for record in records:
+            if self._stopping.is_set():
+                break
+            async with self._lock:
+                if tp not in self._owned:
+                    break  # revoked: the new owner gets these from the committed offset
+                if not await self._process(record):
+                    break  # stopped: not committed, redelivered later
+                self._pending[tp] = record.offset + 1
+        async with self._lock:
+            await self._commit_pending({tp})
+
+    async def _process(self, record: Any) -> bool:
+        """Handle one message; True when it may be committed."""
+        event_type = header(record.headers, HEADER_EVENT_TYPE)
+        if event_type is not None and event_type != USER_DELETED_TYPE:
+            self.stats.skipped += 1  # another event type on this topic: not ours
+            return True
+        key = record.key.decode("utf-8", errors="replace") if record.key else None
+        origin = Origin(record.topic, record.partition, record.offset, key)
+        try:
+            event = decode_user_deleted(record.value, origin)
+        except EventDecodeError as exc:
+            return await self._dead_letter(record, exc, attempts=0)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._handler(event)
+            except Exception as exc:
+                if attempt >= self.retry.max_attempts:
+                    log.warning(
+                        "user_deleted handler failed %d times for event %s; dead-lettering",
+                        attempt,
+                        event.event_id,
+                    )
+                    return await self._dead_letter(record, exc, attempts=attempt)
+                self.stats.retries += 1
+                log.info("user_deleted handler failed (attempt %d): %r", attempt, exc)
+                if await self._sleep_unless_stopped(self.retry.delay(attempt)):
+                    return False
+            else:
+                self.stats.handled += 1
+                return True
+
+    async def _dead_letter(self, record: Any, error: BaseException, *, attempts: int) -> bool:
+        """Write the message to the DLQ (retrying until it is acknowledged)."""
+        headers = [
+            *(record.headers or ()),
+            ("dlq-error", f"{type(error).__name__}: {error}"[:1000].encode()),
+            ("dlq-error-type", type(error).__name__.encode()),
+            ("dlq-attempts", str(attempts).encode()),
+            ("dlq-source-topic", record.topic.encode()),
+            ("dlq-source-partition", str(record.partition).encode()),
+            ("dlq-source-offset", str(record.offset).encode()),
+            ("dlq-consumer-group", self.group_id.encode()),
+            ("dlq-failed-at", datetime.now(UTC).isoformat().encode()),
+        ]
+        failures = 0
+        while True:
+            try:
+                await self._producer.send_and_wait(
+                    self.dlq_topic, value=record.value, key=record.key, headers=headers
+                )
+            except KafkaError as exc:
+                failures += 1
+                log.warning("could not write to dead-letter topic %s: %s", self.dlq_topic, exc)
+                if await self._sleep_unless_stopped(self.retry.delay(failures)):
+                    return False
+            else:
+                self.stats.dead_lettered += 1
+                return True
+
+    async def _sleep_unless_stopped(self, seconds: float) -> bool:
+        """Sleep; True when stop() was requested (before or during the sleep)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+        return self._stopping.is_set()
+
+    # -- offsets and rebalances (callers hold self._lock) ----------------------------
+
+    async def _commit_pending(self, tps: set[TopicPartition]) -> None:
+        offsets = {
+            tp: OffsetAndMetadata(self._pending[tp], "") for tp in tps if tp in self._pending
+        }
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except KafkaError as exc:
+            # Rebalanced meanwhile, or the broker is unreachable: these messages
+            # will be delivered again (at least once), the handlers are idempotent.
+            self.stats.commit_failures += 1
+            log.warning("offset commit failed (messages will be redelivered): %r", exc)
+        else:
+            for tp, meta in offsets.items():
+                if self._pending.get(tp) == meta.offset:
+                    del self._pending[tp]
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        async with self._lock:
+            await self._commit_pending(revoked & set(self._pending))
+            self._owned -= revoked
+            for tp in revoked:
+                self._pending.pop(tp, None)
+
+    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._owned |= assigned

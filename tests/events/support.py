@@ -1,0 +1,196 @@
+"""Helpers for the event tests: processes, admin calls, topics, raw consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from auth_client._proto.auth.v1 import admin_pb2, admin_pb2_grpc
+from auth_client.events import decode_user_deleted
+
+from tests.conftest import ADMIN_TOKEN
+
+REPO = Path(__file__).resolve().parents[2]
+ADMIN = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+
+
+class Proc:
+    """A Python module run as a child process that prints JSON lines on stdout."""
+
+    def __init__(self, module: str, *args: str, env: dict[str, str] | None = None) -> None:
+        self.argv = [sys.executable, "-m", module, *args]
+        self.env = {**os.environ, **(env or {})}
+        self.lines: list[dict[str, Any]] = []
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+        self.stderr_path = Path(tempfile.mkstemp(prefix="proc-", suffix=".log")[1])
+
+    async def start(self) -> Proc:
+        with self.stderr_path.open("wb") as err:
+            self._proc = await asyncio.create_subprocess_exec(
+                *self.argv, cwd=REPO, env=self.env, stdout=asyncio.subprocess.PIPE, stderr=err
+            )
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        async for raw in self._proc.stdout:
+            line = raw.decode().strip()
+            if line.startswith("{"):
+                self.lines.append(json.loads(line))
+                self._changed.set()
+        self._changed.set()
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")[-4000:]
+
+    async def wait_for(
+        self, check: Callable[[list[dict[str, Any]]], bool], timeout: float = 60.0
+    ) -> None:
+        assert self._proc is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not check(self.lines):
+            if self._proc.returncode is not None and self._reader and self._reader.done():
+                raise AssertionError(f"{self.argv} exited early; stderr:\n{self.stderr()}")
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError(
+                    f"timed out; lines={self.lines[-5:]}; stderr:\n{self.stderr()}"
+                )
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
+
+    async def kill(self) -> None:
+        """SIGKILL: no cleanup, no commit, like a crash."""
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.send_signal(signal.SIGKILL)
+            await self._proc.wait()
+        if self._reader is not None:
+            await self._reader
+
+    async def terminate(self, timeout: float = 20.0) -> int:
+        assert self._proc is not None
+        if self._proc.returncode is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self._proc.wait(), timeout)
+            except TimeoutError:
+                await self.kill()
+        if self._reader is not None:
+            await self._reader
+        assert self._proc.returncode is not None
+        return self._proc.returncode
+
+    async def close(self) -> None:
+        await self.kill()
+        self.stderr_path.unlink(missing_ok=True)
+
+
+@contextlib.asynccontextmanager
+async def running(module: str, *args: str, **kw: Any) -> AsyncIterator[Proc]:
+    proc = await Proc(module, *args, **kw).start()
+    try:
+        yield proc
+    finally:
+        await proc.close()
+
+
+def received(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Events a toolkit consumer process handled (every delivery, duplicates too)."""
+    return [line["received"] for line in lines if "received" in line]
+
+
+async def create_user(admin: admin_pb2_grpc.UserAdminServiceStub) -> str:
+    name = f"u{uuid.uuid4().hex[:12]}"
+    reply = await admin.CreateUser(
+        admin_pb2.CreateUserRequest(username=name), metadata=ADMIN, timeout=10
+    )
+    return str(reply.user.id)
+
+
+async def delete_user(
+    admin: admin_pb2_grpc.UserAdminServiceStub, user_id: str
+) -> admin_pb2.DeleteUserResponse:
+    return await admin.DeleteUser(
+        admin_pb2.DeleteUserRequest(user_id=user_id), metadata=ADMIN, timeout=10
+    )
+
+
+@contextlib.asynccontextmanager
+async def admin_stub(address: str) -> AsyncIterator[admin_pb2_grpc.UserAdminServiceStub]:
+    async with grpc.aio.insecure_channel(address) as channel:
+        yield admin_pb2_grpc.UserAdminServiceStub(channel)
+
+
+async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+    finally:
+        await admin.close()
+
+
+class Collector:
+    """An in-process raw consumer (own group) that records every message of a topic."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=f"collector-{uuid.uuid4().hex[:8]}",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        self.records: list[Any] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Collector:
+        await self.consumer.start()
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def _run(self) -> None:
+        async for record in self.consumer:
+            self.records.append(record)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.consumer.stop()
+
+    def user_ids(self) -> list[str]:
+        return [decode_user_deleted(r.value).user_id for r in self.records]
+
+    def event_ids(self) -> list[str]:
+        return [decode_user_deleted(r.value).event_id for r in self.records]
+
+
+async def outbox_rows(database_url: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetch(
+            "SELECT id, event_id, event_type, partition_key, payload, published_at, attempts"
+            " FROM outbox ORDER BY id"
+        )
+    finally:
+        await conn.close()
