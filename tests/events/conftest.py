@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from auth_service.app import AuthServer
-from auth_service.config import Settings
 from auth_service.embedded import EmbeddedError, EmbeddedKafka
 from tests.conftest import _missing, make_settings
 from tests.events.support import create_topic
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+    from auth_service.config import Settings
 
 
 def event_settings(database_url: str, bootstrap: str, topic: str, **overrides: Any) -> Settings:

@@ -9,6 +9,7 @@ Modes:
            auth.v1.UserDeleted code (the wire contract, without the toolkit)
   toolkit  auth_client.events.UserDeletedConsumer; --dedupe-url adds the
            processed_events dedupe and an `effects` table counting cleanups;
+           prints {"received": ...} per delivery and {"cleaned": ...} per cleanup;
            --hang prints {"hanging": ...} from inside the handler and never
            returns (so the offset is never committed)
 """
@@ -96,8 +97,8 @@ async def run_toolkit(args: argparse.Namespace) -> None:
             await ProcessedEvents().create_table(conn)
             await conn.execute(EFFECTS_DDL)
 
-    async def handle(event: UserDeletedEvent) -> None:
-        emit({"received": describe(event)})
+    async def effect(event: UserDeletedEvent) -> None:
+        emit({"cleaned": describe(event)})
         if args.hang:
             emit({"hanging": describe(event)})
             await asyncio.Event().wait()
@@ -108,9 +109,14 @@ async def run_toolkit(args: argparse.Namespace) -> None:
             event.event_id,
             event.user_id,
         )
-        await handle(event)
+        await effect(event)
 
-    handler = deduplicated(pool, cleanup) if pool is not None else handle
+    inner = deduplicated(pool, cleanup) if pool is not None else effect
+
+    async def handler(event: UserDeletedEvent) -> None:
+        emit({"received": describe(event)})  # every delivery, duplicates too
+        await inner(event)
+
     consumer = UserDeletedConsumer(
         handler,
         bootstrap_servers=args.bootstrap,

@@ -10,9 +10,8 @@ import signal
 import sys
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
 
 import asyncpg
 import grpc
@@ -22,6 +21,9 @@ from auth_client._proto.auth.v1 import admin_pb2, admin_pb2_grpc
 from auth_client.events import decode_user_deleted
 
 from tests.conftest import ADMIN_TOKEN
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
 
 REPO = Path(__file__).resolve().parents[2]
 ADMIN = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
@@ -48,7 +50,8 @@ class Proc:
         return self
 
     async def _read(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
+        assert self._proc is not None
+        assert self._proc.stdout is not None
         async for raw in self._proc.stdout:
             line = raw.decode().strip()
             if line.startswith("{"):
@@ -162,7 +165,7 @@ class Collector:
         self.records: list[Any] = []
         self._task: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> Collector:
+    async def __aenter__(self) -> Self:
         await self.consumer.start()
         self._task = asyncio.create_task(self._run())
         return self
