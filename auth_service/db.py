@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from auth_service.config import Settings
 from auth_service.errors import DeadlineExceededError, UnavailableError
@@ -36,6 +37,10 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.TooManyConnectionsError,
     asyncpg.ReadOnlySQLTransactionError,  # a failover left us on a standby
 )
+
+
+# A connection as handed out by the pool, or a plain one.
+Conn = asyncpg.Connection | PoolConnectionProxy
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +100,7 @@ async def warm_up(pool: asyncpg.Pool, count: int) -> None:
     conns: list[Any] = []
     try:
         for _ in range(count):
-            conns.append(await pool.acquire(timeout=5.0))
+            conns.append(await pool.acquire(timeout=5.0))  # noqa: PERF401 - sequential on purpose
     except Exception as exc:
         log.warning("could not open database connections at start-up: %s", type(exc).__name__)
     finally:

@@ -41,10 +41,12 @@ class HealthMonitor:
         await self._set(ok)
         return ok
 
-    async def _set(self, serving: bool) -> None:
+    async def _set(self, serving: bool, *, reason: str = "database") -> None:
         if self._stopped or serving == self._serving:
             return
-        if self._serving is not None:
+        if reason == "shutdown":
+            log.info("shutting down: health NOT_SERVING")
+        elif self._serving is not None:
             if serving:
                 log.info("database reachable again: health SERVING")
             else:
@@ -65,7 +67,7 @@ class HealthMonitor:
 
     async def shutdown(self) -> None:
         """Report NOT_SERVING for good (load balancers stop sending) and stop pinging."""
-        await self._set(False)
+        await self._set(serving=False, reason="shutdown")
         self._stopped = True
         await self.aclose()
 

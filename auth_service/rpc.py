@@ -1,5 +1,11 @@
-"""The wrapper every RPC handler goes through: caller check, deadline budget, and
-the one mapping from domain errors to gRPC status codes."""
+"""The wrapper every RPC handler goes through: caller check, admission limits,
+deadline budget, and the one mapping from domain errors to gRPC status codes.
+
+Services are registered with `add_service`, whose request parser never raises: a
+body that is not a valid message reaches the wrapper as `MALFORMED` and is
+answered INVALID_ARGUMENT after the caller check (grpcio's own parser would answer
+UNKNOWN and echo protobuf internals).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,18 @@ import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
+from google.protobuf import message_factory
 
 from auth_service import errors
 from auth_service.auth import ANONYMOUS, Caller, TokenRegistry, bearer_token
 from auth_service.db import Budget
+from auth_service.limits import Limits
+
+if TYPE_CHECKING:
+    from google.protobuf.descriptor import ServiceDescriptor
 
 log = logging.getLogger("auth_service.rpc")
 
@@ -28,6 +39,13 @@ _STATUS: dict[type[errors.ServiceError], grpc.StatusCode] = {
     errors.DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.UnavailableError: grpc.StatusCode.UNAVAILABLE,
 }
+_DENIED = frozenset(
+    {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -35,7 +53,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and caller-safe message for an exception raised by a handler."""
     if isinstance(exc, errors.ServiceError):
         for cls in type(exc).__mro__:
-            code = _STATUS.get(cls)  # type: ignore[call-overload]
+            code = _STATUS.get(cls)
             if code is not None:
                 return code, str(exc)
     return grpc.StatusCode.INTERNAL, "internal error"
@@ -44,11 +62,21 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 class Access:
     """Who may call which service. Shared by all servicers of one server."""
 
-    def __init__(self, tokens: TokenRegistry, *, allow_unauthenticated_reads: bool) -> None:
+    def __init__(
+        self,
+        tokens: TokenRegistry,
+        *,
+        allow_unauthenticated_reads: bool,
+        limits: Limits | None = None,
+    ) -> None:
+        # Replaced as a whole when the token file is reloaded (one attribute store).
         self.tokens = tokens
         self.allow_unauthenticated_reads = allow_unauthenticated_reads
+        self.limits = limits if limits is not None else Limits()
 
-    def authorize(self, context: grpc.aio.ServicerContext[Any, Any], scope: str, read: bool) -> Caller:
+    def authorize(
+        self, context: grpc.aio.ServicerContext[Any, Any], scope: str, read: bool
+    ) -> Caller:
         token = bearer_token(context.invocation_metadata())
         if token is None:
             if read and self.allow_unauthenticated_reads:
@@ -71,6 +99,47 @@ def request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return uuid.uuid4().hex[:16]
 
 
+class _Malformed:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MALFORMED"
+
+
+MALFORMED: Any = _Malformed()
+
+
+def _lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception:  # DecodeError, bad UTF-8, nesting too deep, ...
+            return MALFORMED
+
+    return deserialize
+
+
+def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: object) -> None:
+    """Register a servicer of unary methods (like the generated `add_*_to_server`),
+    with request parsing that hands malformed bodies to the handler as MALFORMED."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in service.methods:
+        assert not method.client_streaming, method.full_name
+        assert not method.server_streaming, method.full_name
+        request_cls = message_factory.GetMessageClass(method.input_type)
+        response_cls = message_factory.GetMessageClass(method.output_type)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=_lenient(request_cls.FromString),
+            response_serializer=response_cls.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    # As the generated code does: lets gRPC core match these methods without Python.
+    server.add_registered_method_handlers(service.full_name, handlers)  # type: ignore[attr-defined]
+
+
 class HasAccess(Protocol):
     access: Access
     default_budget_s: float
@@ -80,12 +149,15 @@ S = TypeVar("S", bound=HasAccess)
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
+
 class Call:
     """Per-request facts handed to a handler: who calls, and the time budget."""
 
     __slots__ = ("_context", "caller", "default_budget_s")
 
-    def __init__(self, context: grpc.aio.ServicerContext[Any, Any], caller: Caller, default_budget_s: float) -> None:
+    def __init__(
+        self, context: grpc.aio.ServicerContext[Any, Any], caller: Caller, default_budget_s: float
+    ) -> None:
         self._context = context
         self.caller = caller
         self.default_budget_s = default_budget_s
@@ -115,18 +187,42 @@ def handler(
         method = fn.__name__
 
         @functools.wraps(fn)
-        async def wrapper(self: S, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
+        async def wrapper(
+            self: S, request: Req, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> Resp:
+            caller = ANONYMOUS
             try:
-                caller = self.access.authorize(context, scope, read)
-                return await fn(self, request, Call(context, caller, self.default_budget_s))
+                access = self.access
+                caller = access.authorize(context, scope, read)
+                limits = access.limits
+                limits.admit(caller.name)
+                try:
+                    if request is MALFORMED:
+                        raise errors.InvalidArgumentError("request is not a valid message")
+                    return await fn(self, request, Call(context, caller, self.default_budget_s))
+                finally:
+                    limits.release(caller.name)
             except Exception as exc:
                 code, message = status_for(exc)
                 rid = request_id(context)
+                # Logs carry the caller's name and the request id: never tokens,
+                # request bodies or user data (messages never echo input).
+                extra = {"caller": caller.name, "request_id": rid, "method": method}
                 if code is grpc.StatusCode.INTERNAL:
-                    log.exception("%s failed (request id %s)", method, rid)
+                    log.exception("%s failed (request id %s)", method, rid, extra=extra)
                     message = f"internal error (request id {rid})"
                 elif code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    log.warning("%s: %s (request id %s)", method, message, rid)
+                    log.warning("%s: %s (request id %s)", method, message, rid, extra=extra)
+                elif code in _DENIED and log.isEnabledFor(logging.DEBUG):
+                    # DEBUG: strangers and floods must not be able to flood the logs.
+                    log.debug(
+                        "%s denied: %s (caller %s, peer %s)",
+                        method,
+                        message,
+                        caller.name,
+                        context.peer(),
+                        extra=extra,
+                    )
                 context.set_trailing_metadata((("x-request-id", rid),))
                 await context.abort(code, message)
                 raise  # pragma: no cover - abort() always raises
@@ -136,4 +232,4 @@ def handler(
     return wrap
 
 
-__all__ = ["Access", "Call", "handler", "status_for"]
+__all__ = ["MALFORMED", "Access", "Call", "add_service", "handler", "status_for"]

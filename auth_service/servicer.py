@@ -10,20 +10,19 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
-import asyncpg
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from auth_client._proto.auth.v1 import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
 from auth_service import ids
 from auth_service.auth import SCOPE_ADMIN, SCOPE_READ
-from auth_service.db import Budget, translate_errors
+from auth_service.db import Budget, Conn, translate_errors
 from auth_service.errors import NotFoundError
 from auth_service.rpc import Access, Call, handler
 from auth_service.users import Deletion, User, UserRepository, UserState
 
 # Called inside the DeleteUser transaction for a user that was just deleted; the
 # events module writes the `user_deleted` outbox row here.
-OnDeleted = Callable[[asyncpg.Connection, Deletion], Awaitable[None]]
+OnDeleted = Callable[[Conn, Deletion], Awaitable[None]]
 
 _STATE = {
     UserState.ACTIVE: auth_pb2.USER_STATE_ACTIVE,
@@ -56,7 +55,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self.default_budget_s = default_budget_s
 
     @handler(SCOPE_READ, read=True)
-    async def UserExists(  # noqa: N802 - gRPC method name
+    async def UserExists(
         self, request: auth_pb2.UserExistsRequest, call: Call
     ) -> auth_pb2.UserExistsResponse:
         user_id = ids.parse_user_id(request.user_id)
@@ -64,7 +63,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         return auth_pb2.UserExistsResponse(exists=state is UserState.ACTIVE, state=_STATE[state])
 
     @handler(SCOPE_READ, read=True)
-    async def GetUser(  # noqa: N802
+    async def GetUser(
         self, request: auth_pb2.GetUserRequest, call: Call
     ) -> auth_pb2.GetUserResponse:
         user_id = ids.parse_user_id(request.user_id)
@@ -74,7 +73,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         return auth_pb2.GetUserResponse(user=user_to_proto(user))
 
     @handler(SCOPE_READ, read=True)
-    async def BatchUserExists(  # noqa: N802
+    async def BatchUserExists(
         self, request: auth_pb2.BatchUserExistsRequest, call: Call
     ) -> auth_pb2.BatchUserExistsResponse:
         texts = list(request.user_ids)
@@ -105,7 +104,7 @@ class UserAdminServicer(admin_pb2_grpc.UserAdminServiceServicer):
         self.on_deleted = on_deleted
 
     @handler(SCOPE_ADMIN, read=False)
-    async def CreateUser(  # noqa: N802
+    async def CreateUser(
         self, request: admin_pb2.CreateUserRequest, call: Call
     ) -> admin_pb2.CreateUserResponse:
         username = ids.check_username(request.username)
@@ -115,7 +114,7 @@ class UserAdminServicer(admin_pb2_grpc.UserAdminServiceServicer):
         return admin_pb2.CreateUserResponse(user=user_to_proto(user))
 
     @handler(SCOPE_ADMIN, read=False)
-    async def DeleteUser(  # noqa: N802
+    async def DeleteUser(
         self, request: admin_pb2.DeleteUserRequest, call: Call
     ) -> admin_pb2.DeleteUserResponse:
         user_id = ids.parse_user_id(request.user_id)
@@ -133,9 +132,12 @@ class UserAdminServicer(admin_pb2_grpc.UserAdminServiceServicer):
     async def _delete(self, user_id: uuid.UUID, budget: Budget) -> Deletion | None:
         """Soft delete and its event in one transaction: both commit or neither."""
         pool = self.users.pool
-        async with translate_errors(budget), pool.acquire(timeout=budget.seconds) as conn:
-            async with conn.transaction():
-                deletion = await UserRepository.soft_delete(conn, user_id, budget)
-                if deletion is not None and deletion.newly_deleted and self.on_deleted:
-                    await self.on_deleted(conn, deletion)
+        async with (
+            translate_errors(budget),
+            pool.acquire(timeout=budget.seconds) as conn,
+            conn.transaction(),
+        ):
+            deletion = await UserRepository.soft_delete(conn, user_id, budget)
+            if deletion is not None and deletion.newly_deleted and self.on_deleted:
+                await self.on_deleted(conn, deletion)
         return deletion

@@ -10,7 +10,7 @@ from datetime import datetime
 
 import asyncpg
 
-from auth_service.db import Budget, translate_errors
+from auth_service.db import Budget, Conn, translate_errors
 from auth_service.errors import AlreadyExistsError
 
 
@@ -126,7 +126,7 @@ class UserRepository:
 
     @staticmethod
     async def soft_delete(
-        conn: asyncpg.Connection, user_id: uuid.UUID, budget: Budget
+        conn: Conn, user_id: uuid.UUID, budget: Budget
     ) -> Deletion | None:
         """Soft-delete inside the caller's transaction (so the caller can write the
         `user_deleted` outbox row in the same one). None when the id never existed.
@@ -144,7 +144,7 @@ class UserRepository:
         return Deletion(_user(row), newly_deleted=False)
 
 
-async def find_active_by_username(conn: asyncpg.Connection, username: str) -> User | None:
+async def find_active_by_username(conn: Conn, username: str) -> User | None:
     row = await conn.fetchrow(
         f"SELECT {_COLUMNS} FROM users WHERE lower(username) = lower($1) AND deleted_at IS NULL",  # noqa: S608
         username,

@@ -29,6 +29,7 @@ def generate(dest: Path) -> None:
     import grpc_tools  # noqa: PLC0415
 
     well_known = Path(grpc_tools.__file__).parent / "_proto"
+    scripts = Path(sys.executable).parent
     files = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
     cmd = [
         sys.executable,
@@ -36,13 +37,18 @@ def generate(dest: Path) -> None:
         "grpc_tools.protoc",
         f"-I{PROTOS}",
         f"-I{well_known}",
+        f"--plugin=protoc-gen-mypy={scripts / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={scripts / 'protoc-gen-mypy_grpc'}",
         f"--python_out={dest}",
         f"--mypy_out={dest}",
         f"--grpc_python_out={dest}",
         f"--mypy_grpc_out={dest}",
         *files,
     ]
-    subprocess.run(cmd, check=True, cwd=PROTOS)
+    proc = subprocess.run(cmd, cwd=PROTOS, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise SystemExit(proc.returncode)
     pattern = re.compile(r"^(from|import) auth\.v1", re.MULTILINE)
     for path in sorted(dest.rglob("*")):
         if path.suffix not in {".py", ".pyi"}:

@@ -27,8 +27,8 @@ from auth_service.app import AuthServer
 from auth_service.config import Settings
 from auth_service.embedded import EmbeddedError, EmbeddedKafka, EmbeddedPostgres
 from auth_service.migrate import migrate
+from tests.helpers import ADMIN_MD, ADMIN_TOKEN  # noqa: F401 - re-exported for fixtures
 
-ADMIN_TOKEN = "test-admin-token-0123456789"
 TEMPLATE_DB = "auth_test_template"
 T = TypeVar("T")
 
@@ -81,7 +81,11 @@ async def _admin(url: str, *statements: str) -> None:
 @pytest.fixture(scope="session")
 def template_url(pg_admin_url: str) -> str:
     """A migrated database that per-test databases are cloned from."""
-    run_sync(_admin(pg_admin_url, f"DROP DATABASE IF EXISTS {TEMPLATE_DB}", f"CREATE DATABASE {TEMPLATE_DB}"))
+    run_sync(
+        _admin(
+            pg_admin_url, f"DROP DATABASE IF EXISTS {TEMPLATE_DB}", f"CREATE DATABASE {TEMPLATE_DB}"
+        )
+    )
     url = _with_database(pg_admin_url, TEMPLATE_DB)
     migrate(url)
     return url
@@ -94,7 +98,11 @@ def new_database(pg_admin_url: str, template_url: str) -> Iterator[Callable[[], 
 
     def make() -> str:
         name = f"t_{uuid.uuid4().hex[:20]}"
-        run_sync(_admin(pg_admin_url, f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB} STRATEGY FILE_COPY"))
+        run_sync(
+            _admin(
+                pg_admin_url, f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB} STRATEGY FILE_COPY"
+            )
+        )
         created.append(name)
         return _with_database(pg_admin_url, name)
 
@@ -165,9 +173,6 @@ def auth_stub(channel: grpc.aio.Channel) -> auth_pb2_grpc.AuthServiceStub:
 @pytest.fixture
 def admin_stub(channel: grpc.aio.Channel) -> admin_pb2_grpc.UserAdminServiceStub:
     return admin_pb2_grpc.UserAdminServiceStub(channel)
-
-
-ADMIN_MD = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
 
 
 @pytest.fixture(scope="session")
