@@ -3,14 +3,12 @@
 The cache-hit path of `user_exists` is kept deliberately bare (one dict lookup,
 one clock read, one counter): no allocation, no logging, no I/O. Everything
 else — coalescing, batching, the breaker, fallbacks and rollout modes — starts
-in `_check` on a miss.
+in `Lookup.exist` (`_lookup.py`) on a miss.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
-import logging
 import time
 import uuid
 import warnings
@@ -29,16 +27,10 @@ from auth_client._config import (
     RolloutMode,
     TLSConfig,
 )
-from auth_client._errors import (
-    CircuitOpenError,
-    DeadlineExceededError,
-    InvalidRequestError,
-    ServiceUnavailableError,
-    UserNotFoundError,
-)
+from auth_client._errors import InvalidRequestError, UserNotFoundError
+from auth_client._lookup import Lookup
 from auth_client._metrics import ClientStats, Counters, register, unregister
-from auth_client._models import ACTIVE, DELETED, User, UserId
-from auth_client._rollout import Shadow, report_unverified
+from auth_client._models import DELETED, User, UserId
 from auth_client._transport import Transport, build_channel
 
 if TYPE_CHECKING:
@@ -46,13 +38,8 @@ if TYPE_CHECKING:
 
     import grpc
 
-log = logging.getLogger("auth_client")
 _UUID = uuid.UUID
 _monotonic = time.monotonic
-# A caller waits this long past its deadline, so that when its RPC shares the
-# deadline, the RPC's own DEADLINE_EXCEEDED (counted by the breaker, chained to
-# the gRPC error) is what it sees; the local timer is only a backstop.
-_GRACE = 0.02
 
 OnUnverified = Callable[[tuple[uuid.UUID, ...]], object]
 """FAIL_OPEN hook: called with the ids answered "exists" without verification
@@ -120,7 +107,16 @@ class AuthClient:
         self._breaker = Breaker(breaker or BreakerConfig(), name=name, listeners=listeners)
         self._batching = batching or BatchConfig()
         self._batcher: Batcher | None = None
-        self._shadow = Shadow(name, self._counters)
+        self._lookup = Lookup(
+            name=name,
+            cache=self._cache,
+            breaker=self._breaker,
+            counters=self._counters,
+            timeout=self._timeout,
+            fallback=fallback,
+            rollout=rollout,
+            on_unverified=on_unverified,
+        )
         self._state = _State.NEW
 
     # -- lifecycle ---------------------------------------------------------
@@ -192,7 +188,7 @@ class AuthClient:
         self,
         user_id: UserId,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline, sent to the server
+        timeout: float | None = None,
         fallback: FallbackPolicy | None = None,
     ) -> bool:
         """Whether the user exists and is not deleted."""
@@ -202,13 +198,13 @@ class AuthClient:
             self._counters.cache_hits += 1
             self._entries.move_to_end(key)
             return entry[0]
-        return (await self._check([key], timeout, fallback))[key]
+        return (await self._lookup.exist(self._open(), [key], timeout, fallback))[key]
 
     async def users_exist(
         self,
         user_ids: Iterable[UserId],
         *,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
         fallback: FallbackPolicy | None = None,
     ) -> dict[uuid.UUID, bool]:
         """Existence of each id (any number; sent in RPCs of at most 1000 ids)."""
@@ -217,13 +213,14 @@ class AuthClient:
         keys = [self._text_ids.get(value) for value in user_ids]
         if not keys:
             return {}
-        return await self._check(list(dict.fromkeys(keys)), timeout, fallback)
+        unique = list(dict.fromkeys(keys))
+        return await self._lookup.exist(self._open(), unique, timeout, fallback)
 
     async def require_user(
         self,
         user_id: UserId,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
         fallback: FallbackPolicy | None = None,
     ) -> None:
         """Return if the user exists, else raise `UserNotFoundError` (validate
@@ -236,7 +233,7 @@ class AuthClient:
         self,
         user_ids: Iterable[UserId],
         *,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
         fallback: FallbackPolicy | None = None,
     ) -> None:
         """Return if every user exists, else raise `UserNotFoundError` naming the
@@ -250,26 +247,13 @@ class AuthClient:
         self,
         user_id: UserId,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
     ) -> User | None:
         """The public profile of an active user, or None if it does not exist or
         is deleted. Not subject to the rollout mode or a fallback policy: when
         auth-service cannot answer, this raises `ServiceUnavailableError`."""
         key = self._text_ids.get(user_id)
-        batcher = self._open()
-        wait = self._timeout if timeout is None else timeout
-        if self._breaker.rejects(_monotonic()):
-            self._counters.unavailable += 1
-            raise CircuitOpenError(f"circuit breaker {self._name!r} is open")
-        future = batcher.user(key, wait)
-        done, _ = await asyncio.wait((future,), timeout=wait + _GRACE)
-        try:
-            if not done:
-                raise DeadlineExceededError(f"no answer from auth-service within {wait}s")
-            return future.result()
-        except ServiceUnavailableError:
-            self._counters.unavailable += 1
-            raise
+        return await self._lookup.user(self._open(), key, timeout)
 
     # -- cache control -----------------------------------------------------
 
@@ -306,91 +290,3 @@ class AuthClient:
             shadow_failures=c.shadow_failures,
             unchecked=c.unchecked,
         )
-
-    # -- the miss path -----------------------------------------------------
-
-    async def _check(
-        self,
-        keys: list[uuid.UUID],
-        budget: float | None,
-        fallback: FallbackPolicy | None,
-    ) -> dict[uuid.UUID, bool]:
-        """Answers for distinct `keys`, under the rollout mode and fallback policy."""
-        batcher = self._open()
-        counters = self._counters
-        if self._rollout is RolloutMode.OFF:
-            counters.unchecked += len(keys)
-            return dict.fromkeys(keys, True)
-        wait = self._timeout if budget is None else budget
-        if not wait > 0:
-            raise ValueError("timeout must be positive")
-        now = _monotonic()
-        cache = self._cache
-        answers: dict[uuid.UUID, bool] = {}
-        missing: list[uuid.UUID] = []
-        for key in keys:
-            cached = cache.fresh(key, now)
-            if cached is None:
-                missing.append(key)
-            else:
-                answers[key] = cached
-        counters.cache_hits += len(answers)
-        counters.cache_misses += len(missing)
-        if self._rollout is RolloutMode.SHADOW:
-            self._shadow.check(batcher, self._breaker, answers, missing, now + wait)
-            return dict.fromkeys(keys, True)
-        if not missing:
-            return answers
-        if self._breaker.rejects(now):
-            error: ServiceUnavailableError = CircuitOpenError(
-                f"circuit breaker {self._name!r} is open: not calling auth-service"
-            )
-            return await self._fall_back(keys, answers, missing, error, fallback)
-        deadline = now + wait
-        futures = [batcher.future(key, deadline) for key in missing]
-        await asyncio.wait(futures, timeout=wait + _GRACE)
-        failed: list[uuid.UUID] = []
-        failure: ServiceUnavailableError | None = None
-        for key, future in zip(missing, futures, strict=True):
-            if not future.done():
-                failed.append(key)
-                failure = failure or DeadlineExceededError(
-                    f"no answer from auth-service within {wait}s"
-                )
-                continue
-            error_or_none = future.exception()
-            if error_or_none is None:
-                answers[key] = future.result() == ACTIVE
-            elif isinstance(error_or_none, ServiceUnavailableError):
-                failed.append(key)
-                failure = failure or error_or_none
-            else:
-                raise error_or_none
-        if failure is None:
-            return answers
-        return await self._fall_back(keys, answers, failed, failure, fallback)
-
-    async def _fall_back(
-        self,
-        keys: list[uuid.UUID],
-        answers: dict[uuid.UUID, bool],
-        failed: list[uuid.UUID],
-        error: ServiceUnavailableError,
-        fallback: FallbackPolicy | None,
-    ) -> dict[uuid.UUID, bool]:
-        policy = self._fallback if fallback is None else fallback
-        counters = self._counters
-        if policy is FallbackPolicy.SERVE_STALE:
-            now = _monotonic()
-            stale = {key: self._cache.stale(key, now) for key in failed}
-            if all(value is not None for value in stale.values()):
-                counters.fallback_stale += len(stale)
-                answers.update(stale)  # type: ignore[arg-type]
-                return {key: answers[key] for key in keys}
-        elif policy is FallbackPolicy.FAIL_OPEN:
-            counters.fallback_open += len(failed)
-            await report_unverified(self._on_unverified, failed, self._name)
-            answers.update(dict.fromkeys(failed, True))
-            return {key: answers[key] for key in keys}
-        counters.unavailable += 1
-        raise error

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime  # noqa: TC003 - resolvable by typing.get_type_hints(User)
+from datetime import datetime
 
 from auth_client._errors import InvalidRequestError
 

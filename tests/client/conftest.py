@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import grpc
 import pytest
-from auth_client import AuthClient
-from auth_client._proto.auth.v1 import auth_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from auth_client import AuthClient
+from auth_client._proto.auth.v1 import auth_pb2
 from auth_service.embedded import free_port
 from tests.conftest import ADMIN_TOKEN
 

@@ -11,6 +11,7 @@ import uuid
 
 import grpc
 import pytest
+
 from auth_client import (
     AuthClient,
     BreakerConfig,
@@ -23,7 +24,6 @@ from auth_client import (
     UserNotFoundError,
 )
 from auth_client._breaker import Breaker
-
 from tests.client.conftest import CountingInterceptor, ServeProcess, seed_users
 from tests.conftest import ADMIN_TOKEN, eventually
 

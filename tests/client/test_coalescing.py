@@ -7,8 +7,8 @@ import asyncio
 import uuid
 
 import pytest
-from auth_client import AuthClient, BatchConfig
 
+from auth_client import AuthClient, BatchConfig
 from tests.client.conftest import CountingInterceptor, seed_users
 
 

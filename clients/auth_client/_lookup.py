@@ -1,0 +1,173 @@
+"""The miss path: rollout mode, breaker fast-fail, waiting on shared lookups with
+the caller's deadline, and the fallback policy.
+
+A caller waits on the batcher's futures with `asyncio.wait`, which never
+cancels what it waits for: a caller that is cancelled or runs out of time
+leaves the shared RPC, and every other caller of it, untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from auth_client._config import FallbackPolicy, RolloutMode
+from auth_client._errors import CircuitOpenError, DeadlineExceededError, ServiceUnavailableError
+from auth_client._models import ACTIVE
+from auth_client._rollout import Shadow, report_unverified
+
+if TYPE_CHECKING:
+    import uuid
+    from collections.abc import Callable
+
+    from auth_client._batcher import Batcher
+    from auth_client._breaker import Breaker
+    from auth_client._cache import ExistsCache
+    from auth_client._metrics import Counters
+    from auth_client._models import User
+
+# A caller waits this long past its deadline, so that when its RPC shares the
+# deadline, the RPC's own DEADLINE_EXCEEDED (counted by the breaker, chained to
+# the gRPC error) is what it sees; the local timer is only a backstop.
+GRACE = 0.02
+
+
+class Lookup:
+    def __init__(
+        self,
+        *,
+        name: str,
+        cache: ExistsCache,
+        breaker: Breaker,
+        counters: Counters,
+        timeout: float,
+        fallback: FallbackPolicy,
+        rollout: RolloutMode,
+        on_unverified: Callable[[tuple[uuid.UUID, ...]], object] | None,
+    ) -> None:
+        self._name = name
+        self._cache = cache
+        self._breaker = breaker
+        self._counters = counters
+        self._timeout = timeout
+        self._fallback = fallback
+        self._rollout = rollout
+        self._on_unverified = on_unverified
+        self._shadow = Shadow(name, counters)
+
+    def _budget(self, timeout: float | None) -> float:
+        wait = self._timeout if timeout is None else timeout
+        if not wait > 0:
+            raise ValueError("timeout must be positive")
+        return wait
+
+    def _circuit_open(self) -> CircuitOpenError:
+        return CircuitOpenError(f"circuit breaker {self._name!r} is open: not calling auth-service")
+
+    async def exist(
+        self,
+        batcher: Batcher,
+        keys: list[uuid.UUID],
+        timeout: float | None,
+        fallback: FallbackPolicy | None,
+    ) -> dict[uuid.UUID, bool]:
+        """Answers for distinct `keys`, under the rollout mode and fallback policy."""
+        counters = self._counters
+        if self._rollout is RolloutMode.OFF:
+            counters.unchecked += len(keys)
+            return dict.fromkeys(keys, True)
+        wait = self._budget(timeout)
+        now = time.monotonic()
+        cache = self._cache
+        answers: dict[uuid.UUID, bool] = {}
+        missing: list[uuid.UUID] = []
+        for key in keys:
+            cached = cache.fresh(key, now)
+            if cached is None:
+                missing.append(key)
+            else:
+                answers[key] = cached
+        counters.cache_hits += len(answers)
+        counters.cache_misses += len(missing)
+        if self._rollout is RolloutMode.SHADOW:
+            self._shadow.check(batcher, self._breaker, answers, missing, now + wait)
+            return dict.fromkeys(keys, True)
+        if not missing:
+            return answers
+        if self._breaker.rejects(now):
+            return await self._fall_back(keys, answers, missing, self._circuit_open(), fallback)
+        deadline = now + wait
+        futures = [batcher.future(key, deadline) for key in missing]
+        await asyncio.wait(futures, timeout=wait + GRACE)
+        failed: list[uuid.UUID] = []
+        failure: ServiceUnavailableError | None = None
+        for key, future in zip(missing, futures, strict=True):
+            if not future.done():
+                failed.append(key)
+                failure = failure or DeadlineExceededError(
+                    f"no answer from auth-service within {wait}s"
+                )
+                continue
+            error = future.exception()
+            if error is None:
+                answers[key] = future.result() == ACTIVE
+            elif isinstance(error, ServiceUnavailableError):
+                failed.append(key)
+                failure = failure or error
+            else:
+                raise error
+        if failure is None:
+            return answers
+        return await self._fall_back(keys, answers, failed, failure, fallback)
+
+    async def _fall_back(
+        self,
+        keys: list[uuid.UUID],
+        answers: dict[uuid.UUID, bool],
+        failed: list[uuid.UUID],
+        error: ServiceUnavailableError,
+        fallback: FallbackPolicy | None,
+    ) -> dict[uuid.UUID, bool]:
+        policy = self._fallback if fallback is None else fallback
+        counters = self._counters
+        if policy is FallbackPolicy.SERVE_STALE:
+            now = time.monotonic()
+            stale: dict[uuid.UUID, bool] = {}
+            for key in failed:
+                value = self._cache.stale(key, now)
+                if value is None:
+                    break
+                stale[key] = value
+            else:
+                counters.fallback_stale += len(stale)
+                answers.update(stale)
+                return {key: answers[key] for key in keys}
+        elif policy is FallbackPolicy.FAIL_OPEN:
+            counters.fallback_open += len(failed)
+            await report_unverified(self._on_unverified, failed, self._name)
+            answers.update(dict.fromkeys(failed, True))
+            return {key: answers[key] for key in keys}
+        counters.unavailable += 1
+        raise error
+
+    async def user(
+        self,
+        batcher: Batcher,
+        key: uuid.UUID,
+        timeout: float | None,
+    ) -> User | None:
+        """GetUser, coalesced per id; no fallback (a profile cannot be made up)."""
+        wait = self._budget(timeout)
+        if self._breaker.rejects(time.monotonic()):
+            self._counters.unavailable += 1
+            raise self._circuit_open()
+        future = batcher.user(key, wait)
+        done, _ = await asyncio.wait((future,), timeout=wait + GRACE)
+        try:
+            if not done:
+                raise DeadlineExceededError(f"no answer from auth-service within {wait}s")
+            return future.result()
+        except ServiceUnavailableError:
+            self._counters.unavailable += 1
+            raise
