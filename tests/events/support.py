@@ -17,9 +17,9 @@ import asyncpg
 import grpc
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
 from auth_client._proto.auth.v1 import admin_pb2, admin_pb2_grpc
 from auth_client.events import decode_user_deleted
-
 from tests.conftest import ADMIN_TOKEN
 
 if TYPE_CHECKING:

@@ -9,8 +9,8 @@ import uuid
 import asyncpg
 import grpc
 import pytest
-from auth_client._proto.auth.v1 import events_pb2
 
+from auth_client._proto.auth.v1 import events_pb2
 from auth_service.app import AuthServer
 from auth_service.db import Budget
 from auth_service.outbox import write_user_deleted

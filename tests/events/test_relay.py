@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import asyncpg
-from auth_client.events import UserDeletedEvent, decode_user_deleted, encode_user_deleted
 
+from auth_client.events import UserDeletedEvent, decode_user_deleted, encode_user_deleted
 from auth_service.app import AuthServer
 from auth_service.outbox import OutboxStore, write_event
 from auth_service.relay import LISTEN_APPLICATION_NAME, Relay, RelayConfig

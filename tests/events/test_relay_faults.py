@@ -44,8 +44,10 @@ async def _count(url: str, sql: str) -> int:
 
 def _consumer_args(bootstrap: str, topic: str, dedupe_url: str) -> tuple[str, ...]:
     group = f"g-{uuid.uuid4().hex[:8]}"
-    return ("toolkit", "--bootstrap", bootstrap, "--topic", topic, "--group", group,
-            "--dedupe-url", dedupe_url)  # fmt: skip
+    return (
+        *("toolkit", "--bootstrap", bootstrap, "--topic", topic),
+        *("--group", group, "--dedupe-url", dedupe_url),
+    )
 
 
 async def test_broker_down_then_back_delivers_all_100_events(
@@ -82,8 +84,8 @@ async def test_broker_down_then_back_delivers_all_100_events(
     assert {r["partition_key"] for r in rows} == set(users)
 
     dedupe_url = new_database()
-    async with running("tests.events.proc_consumer",
-                       *_consumer_args(bootstrap, topic, dedupe_url)) as proc:  # fmt: skip
+    args = _consumer_args(bootstrap, topic, dedupe_url)
+    async with running("tests.events.proc_consumer", *args) as proc:
         await proc.wait_for(lambda lines: len({e["user_id"] for e in received(lines)}) >= 100, 90)
         await asyncio.sleep(1.0)
     deliveries = received(proc.lines)
@@ -106,10 +108,10 @@ async def test_relay_killed_between_publish_and_mark_resends_and_dedupe_absorbs_
     event_id = str(row["event_id"])
 
     dedupe_url = new_database()
-    async with running("tests.events.proc_consumer",
-                       *_consumer_args(kafka_bootstrap, topic, dedupe_url)) as consumer:  # fmt: skip
-        relay_args = ("--database-url", database_url, "--bootstrap", kafka_bootstrap,
-                      "--topic", topic)  # fmt: skip
+    args = _consumer_args(kafka_bootstrap, topic, dedupe_url)
+    async with running("tests.events.proc_consumer", *args) as consumer:
+        relay_args = ("--database-url", database_url, "--bootstrap", kafka_bootstrap)
+        relay_args += ("--topic", topic)
         async with running("tests.events.proc_relay", *relay_args) as dying:
             await dying.wait_for(lambda lines: any("published" in line for line in lines))
             assert dying.lines[-1]["published"] == [event_id]
