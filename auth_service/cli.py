@@ -65,11 +65,24 @@ def cmd_dev(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir).resolve() if args.data_dir else None,
         database_url=cli_default("DATABASE_URL"),
         log_level=args.log_level,
+        kafka_listen=args.kafka_listen,
+        kafka_bootstrap_servers=cli_default("KAFKA_BOOTSTRAP_SERVERS"),
     )
     try:
         return run_async(run_dev(options))
     except (EmbeddedError, MigrationError) as exc:
         return _fail(str(exc))
+
+
+def cmd_relay(_args: argparse.Namespace) -> int:
+    from auth_service import logs  # noqa: PLC0415
+    from auth_service.relay import run_relay  # noqa: PLC0415
+
+    settings = Settings.from_env()
+    if not settings.kafka_bootstrap_servers:
+        raise ConfigError({"KAFKA_BOOTSTRAP_SERVERS": "is required by auth-service relay"})
+    logs.configure(settings.log_level, settings.log_format)
+    return run_async(run_relay(settings))
 
 
 def cmd_users(args: argparse.Namespace) -> int:
@@ -157,7 +170,19 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--admin-token", help="admin bearer token (default: random, printed)")
     dev.add_argument("--data-dir", help="keep the embedded database here (default: temporary)")
     dev.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    dev.add_argument(
+        "--kafka-listen",
+        default="127.0.0.1:9092",
+        metavar="HOST:PORT",
+        help="embedded broker address, unless KAFKA_BOOTSTRAP_SERVERS is set (default %(default)s)",
+    )
     dev.set_defaults(func=cmd_dev)
+
+    relay = sub.add_parser(
+        "relay",
+        help="publish outbox events to Kafka (several replicas may run; configured by environment)",
+    )
+    relay.set_defaults(func=cmd_relay)
 
     users = sub.add_parser("users", help="create, get or delete users on a running server")
     users.add_argument("--target", default=cli_default("AUTH_SERVICE_TARGET", "127.0.0.1:50051"),

@@ -1,6 +1,8 @@
 """`auth-service dev`: everything needed to try the service, in one command.
 
-Starts an embedded PostgreSQL (unless DATABASE_URL is set), applies migrations,
+Starts an embedded PostgreSQL (unless DATABASE_URL is set) and an embedded
+Kafka-compatible broker (unless KAFKA_BOOTSTRAP_SERVERS is set; the in-process relay
+publishes user_deleted events to it), applies migrations,
 creates demo users, serves the API with reads open to anonymous callers, and prints
 where it listens. Ctrl-C stops everything it started.
 """
@@ -18,9 +20,10 @@ from pathlib import Path
 import asyncpg
 
 from auth_service import logs
+from auth_service.addresses import parse_host_port
 from auth_service.app import AuthServer, wait_for_shutdown_signal
 from auth_service.config import Settings
-from auth_service.embedded import EmbeddedPostgres
+from auth_service.embedded import EmbeddedKafka, EmbeddedPostgres
 from auth_service.migrate import migrate
 from auth_service.users import User, UserRepository, find_active_by_username
 from auth_service.db import Budget
@@ -37,6 +40,9 @@ class DevOptions:
     data_dir: Path | None = None
     database_url: str | None = None
     log_level: str = "INFO"
+    # The embedded broker listens here unless kafka_bootstrap_servers is given.
+    kafka_listen: str = "127.0.0.1:9092"
+    kafka_bootstrap_servers: str | None = None
 
 
 async def seed_demo_users(database_url: str) -> list[User]:
@@ -88,6 +94,15 @@ async def run_dev(options: DevOptions) -> int:
             await asyncio.to_thread(pg.start)
             database_url = pg.url
             log.info("embedded PostgreSQL on %s:%s", pg.host, pg.port)
+        bootstrap = options.kafka_bootstrap_servers
+        kafka_kind = "external"
+        if bootstrap is None:
+            host, port = parse_host_port(options.kafka_listen)
+            broker = EmbeddedKafka(host=host, port=port)
+            stack.callback(broker.close)
+            await asyncio.to_thread(broker.start)
+            bootstrap = broker.bootstrap_servers
+            kafka_kind = "embedded, in memory"
         await asyncio.to_thread(migrate, database_url, wait_s=30)
         users = await seed_demo_users(database_url)
         settings = Settings(
@@ -98,9 +113,14 @@ async def run_dev(options: DevOptions) -> int:
             log_level=options.log_level,
             log_format="text",
             shutdown_grace_s=2.0,
+            kafka_bootstrap_servers=bootstrap,
         )
+        kafka = [
+            f"  kafka         {bootstrap}  ({kafka_kind}; the relay publishes"
+            f" user_deleted events to topic {settings.kafka_topic})",
+        ]
         async with AuthServer(settings) as server:
-            print(banner(server, token, users, []), flush=True)  # noqa: T201
+            print(banner(server, token, users, kafka), flush=True)  # noqa: T201
             await wait_for_shutdown_signal()
             print("stopping...", file=sys.stderr, flush=True)  # noqa: T201
     return 0

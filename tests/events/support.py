@@ -36,6 +36,7 @@ class Proc:
         self.argv = [sys.executable, "-m", module, *args]
         self.env = {**os.environ, **(env or {})}
         self.lines: list[dict[str, Any]] = []
+        self.text: list[str] = []  # stdout lines that are not JSON
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
@@ -56,7 +57,9 @@ class Proc:
             line = raw.decode().strip()
             if line.startswith("{"):
                 self.lines.append(json.loads(line))
-                self._changed.set()
+            else:
+                self.text.append(line)
+            self._changed.set()
         self._changed.set()
 
     def stderr(self) -> str:
@@ -87,6 +90,13 @@ class Proc:
             await self._proc.wait()
         if self._reader is not None:
             await self._reader
+
+    async def wait(self, timeout: float = 60.0) -> int:
+        assert self._proc is not None
+        code = await asyncio.wait_for(self._proc.wait(), timeout)
+        if self._reader is not None:
+            await self._reader
+        return code
 
     async def terminate(self, timeout: float = 20.0) -> int:
         assert self._proc is not None
