@@ -12,8 +12,8 @@ import time
 from typing import TYPE_CHECKING, Protocol, Self
 
 import grpc
-from auth_client._proto.auth.v1 import auth_pb2, auth_pb2_grpc
 
+from auth_client._proto.auth.v1 import auth_pb2, auth_pb2_grpc
 from auth_service.reconcile_model import IdState, ReconcileError
 
 if TYPE_CHECKING:

@@ -42,7 +42,7 @@ async def run(
     rate: float,
     state_file: str | None = None,
     output_format: str = "table",
-    timeout: float = 10.0,  # noqa: ASYNC109 - the gRPC deadline of one call
+    timeout: float = 10.0,
 ) -> int:
     """Print the report; 0 when the run finished or stopped at --max-batches.
     Raises ReconcileError."""

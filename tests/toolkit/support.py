@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -133,7 +132,3 @@ async def run_cli(*args: str, timeout: float = 120) -> tuple[int, str, str]:
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
-
-
-def loads(text: str) -> Any:
-    return json.loads(text)
