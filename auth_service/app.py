@@ -1,7 +1,7 @@
 """Composition root: start the parts in order, stop them in reverse.
 
-    AuthServer.start():  pool -> extra components (relay, ...) -> gRPC server + health
-    AuthServer.stop():   health NOT_SERVING -> server.stop(grace) -> components -> pool
+AuthServer.start():  pool -> extra components (relay, ...) -> gRPC server + health
+AuthServer.stop():   health NOT_SERVING -> server.stop(grace) -> components -> pool
 """
 
 from __future__ import annotations
@@ -20,21 +20,32 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from auth_client._proto.auth.v1 import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
+from auth_client._proto.auth.v1 import admin_pb2, auth_pb2
 from auth_service import db
 from auth_service.addresses import format_host_port, parse_host_port
-from auth_service.auth import TokenRegistry
-from auth_service.config import Settings
+from auth_service.auth import TokenFile, TokenFormatError, TokenRegistry, admin_entries
+from auth_service.config import ConfigError, Settings
 from auth_service.health import HealthMonitor
+from auth_service.limits import Limits
+from auth_service.lookup import StateLookup
 from auth_service.outbox import write_user_deleted
 from auth_service.relay import Relay, RelayConfig
-from auth_service.rpc import Access
+from auth_service.rpc import Access, add_service
 from auth_service.servicer import AuthServicer, OnDeleted, UserAdminServicer
+from auth_service.tls import server_tls
 from auth_service.users import UserRepository
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST_BYTES = 64 * 1024  # 1000 ids of 36 characters fit with room to spare
+
+def token_registry(settings: Settings) -> TokenRegistry:
+    """The callers of ADMIN_TOKENS and AUTH_TOKENS (AUTH_TOKENS_FILE is added at start)."""
+    try:
+        return TokenRegistry.from_entries(
+            [*admin_entries(settings.admin_tokens), *settings.auth_tokens]
+        )
+    except TokenFormatError as exc:
+        raise ConfigError({"AUTH_TOKENS": str(exc)}) from exc
 
 
 class ServerStartError(RuntimeError):
@@ -53,10 +64,14 @@ class AuthServer:
         on_deleted: OnDeleted | None = None,
     ) -> None:
         self.settings = settings
-        self.tokens = tokens if tokens is not None else TokenRegistry.admins(settings.admin_tokens)
+        # `tokens` given: exactly these callers (the token file is not read).
+        self._fixed_tokens = tokens is not None
+        self.tokens = tokens if tokens is not None else token_registry(settings)
+        self.access: Access | None = None
         # Every committed deletion writes its user_deleted event to the outbox.
         self._on_deleted = on_deleted if on_deleted is not None else write_user_deleted
         self.relay: Relay | None = None
+        self._lookup: StateLookup | None = None
         self._pool: asyncpg.Pool | None = None
         self._server: grpc.aio.Server | None = None
         self._health: HealthMonitor | None = None
@@ -106,22 +121,48 @@ class AuthServer:
             await self.relay.start()
             self.add_closer(self.relay.aclose)
         users = UserRepository(self._pool)
-        access = Access(self.tokens, allow_unauthenticated_reads=s.allow_unauthenticated_reads)
+        if s.lookup_concurrency > 0:
+            self._lookup = StateLookup(self._pool, max_in_flight=s.lookup_concurrency)
+            self.add_closer(self._lookup.aclose)
+        limits = Limits(
+            max_in_flight=s.max_concurrent_rpcs,
+            max_in_flight_per_caller=s.per_caller_concurrency,
+            rate_per_s=s.rate_limit_rps,
+            burst=s.rate_limit_burst,
+        )
+        access = Access(
+            self.tokens, allow_unauthenticated_reads=s.allow_unauthenticated_reads, limits=limits
+        )
+        self.access = access
+        if s.auth_tokens_file and not self._fixed_tokens:
+            await self._watch_token_file(access)
+        tls = server_tls(s)
         budget = s.statement_timeout_ms / 1000
 
         server = grpc.aio.server(
             options=[
                 # A second server on a used port must fail, not silently share it.
-                ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+                # `serve --workers N` shares the port on purpose (reuse_port).
+                ("grpc.so_reuseport", 1 if s.reuse_port else 0),
+                # Bigger requests are RESOURCE_EXHAUSTED before any parsing.
+                ("grpc.max_receive_message_length", s.max_request_bytes),
                 ("grpc.max_send_message_length", 4 * 1024 * 1024),
+                # HTTP/2 streams one connection may hold open (gRPC's default is
+                # unlimited): bounds what one peer's half-sent requests can pin.
+                ("grpc.max_concurrent_streams", max(100, 2 * s.max_concurrent_rpcs)),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ],
         )
-        auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(users, access, budget), server)
-        admin_pb2_grpc.add_UserAdminServiceServicer_to_server(
-            UserAdminServicer(users, access, budget, self._on_deleted), server
+        add_service(
+            server,
+            auth_pb2.DESCRIPTOR.services_by_name["AuthService"],
+            AuthServicer(users, access, budget, self._lookup),
+        )
+        add_service(
+            server,
+            admin_pb2.DESCRIPTOR.services_by_name["UserAdminService"],
+            UserAdminServicer(users, access, budget, self._on_deleted),
         )
         health_servicer = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -135,7 +176,10 @@ class AuthServer:
             server,
         )
         try:
-            self._port = server.add_insecure_port(s.listen)
+            if tls is None:
+                self._port = server.add_insecure_port(s.listen)
+            else:
+                self._port = server.add_secure_port(s.listen, tls.credentials())
         except RuntimeError as exc:
             raise ServerStartError(f"cannot listen on {s.listen}: {exc}") from exc
         if self._port == 0:
@@ -145,10 +189,32 @@ class AuthServer:
         await self._health.start()
         await server.start()
         log.info(
-            "auth-service listening on %s (database %s)",
+            "auth-service listening on %s (%s; database %s)",
             self.address,
+            "plaintext" if tls is None else ("mTLS" if tls.mutual else "TLS"),
             "reachable" if self._health.serving else "NOT reachable yet",
         )
+        if not len(access.tokens) and not s.allow_unauthenticated_reads:
+            log.warning("no caller tokens configured: every API call will be UNAUTHENTICATED")
+
+    async def _watch_token_file(self, access: Access) -> None:
+        s = self.settings
+        assert s.auth_tokens_file is not None
+
+        def apply(registry: TokenRegistry) -> None:
+            access.tokens = self.tokens = registry
+
+        watcher = TokenFile(
+            s.auth_tokens_file,
+            static=[*admin_entries(s.admin_tokens), *s.auth_tokens],
+            apply=apply,
+            interval=s.tokens_reload_interval_s,
+        )
+        try:
+            await watcher.start()
+        except (OSError, TokenFormatError) as exc:
+            raise ConfigError({"AUTH_TOKENS_FILE": str(exc)}) from exc
+        self.add_closer(watcher.aclose)
 
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING, let in-flight calls finish for `grace` seconds, then close
@@ -200,10 +266,13 @@ async def wait_for_shutdown_signal() -> signal.Signals:
     """Wait until SIGTERM or SIGINT arrives; return which one."""
     loop = asyncio.get_running_loop()
     received: asyncio.Future[signal.Signals] = loop.create_future()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not received.done():
+            received.set_result(sig)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(
-            sig, lambda s=sig: received.done() or received.set_result(s)
-        )
+        loop.add_signal_handler(sig, on_signal, sig)
     try:
         return await received
     finally:
@@ -214,10 +283,8 @@ async def wait_for_shutdown_signal() -> signal.Signals:
 
 async def serve(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT, then shut down gracefully. Returns the exit code."""
-    async with AuthServer(settings) as server:
+    async with AuthServer(settings):
         sig = await wait_for_shutdown_signal()
-        log.info(
-            "received %s: draining for up to %.1fs", sig.name, settings.shutdown_grace_s
-        )
+        log.info("received %s: draining for up to %.1fs", sig.name, settings.shutdown_grace_s)
     log.info("auth-service stopped")
     return 0

@@ -31,11 +31,30 @@ def _fail(message: str, code: int = 1) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from auth_service import logs  # noqa: PLC0415
     from auth_service.app import serve  # noqa: PLC0415
+    from auth_service.tls import insecure_listen_problem  # noqa: PLC0415
 
     overrides: dict[str, Any] = {}
     if args.listen:
         overrides["listen"] = args.listen
+    if args.allow_insecure:
+        overrides["allow_insecure"] = True
+    if args.worker_index is not None:
+        # One of several processes sharing the port; only worker 0 runs the relay.
+        overrides["reuse_port"] = True
+        if args.worker_index > 0:
+            overrides["relay_enabled"] = False
     settings = Settings.from_env(**overrides).replace(allow_unauthenticated_reads=False)
+    problem = insecure_listen_problem(settings)
+    if problem:
+        return _fail(problem, code=2)
+    if args.workers > 1:
+        from auth_service.workers import WorkersError, run_workers  # noqa: PLC0415
+
+        passthrough = ["--allow-insecure"] if args.allow_insecure else []
+        try:
+            return run_workers(args.workers, settings.listen, passthrough)
+        except WorkersError as exc:
+            return _fail(str(exc), code=2)
     logs.configure(settings.log_level, settings.log_format)
     return run_async(serve(settings))
 
@@ -157,16 +176,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the gRPC server (configured by environment)")
     serve.add_argument("--listen", help="host:port to bind (overrides GRPC_LISTEN)")
+    serve.add_argument(
+        "--allow-insecure",
+        action="store_true",
+        help="listen without TLS on a non-loopback address (sets ALLOW_INSECURE)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N server processes on the same port (SO_REUSEPORT); about one per core",
+    )
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     mig = sub.add_parser("migrate", help="apply pending database migrations and exit")
     mig.add_argument("--database-url", help="overrides DATABASE_URL")
-    mig.add_argument("--wait", type=float, default=0, metavar="SECONDS",
-                     help="wait up to SECONDS for the database to accept connections")
+    mig.add_argument(
+        "--wait",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="wait up to SECONDS for the database to accept connections",
+    )
     mig.set_defaults(func=cmd_migrate)
 
-    dev = sub.add_parser("dev", help="run locally: embedded PostgreSQL, migrations, demo users, server")
-    dev.add_argument("--listen", default="127.0.0.1:50051", help="gRPC host:port (default %(default)s)")
+    dev = sub.add_parser(
+        "dev", help="run locally: embedded PostgreSQL, migrations, demo users, server"
+    )
+    dev.add_argument(
+        "--listen", default="127.0.0.1:50051", help="gRPC host:port (default %(default)s)"
+    )
     dev.add_argument("--admin-token", help="admin bearer token (default: random, printed)")
     dev.add_argument("--data-dir", help="keep the embedded database here (default: temporary)")
     dev.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -185,10 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
     relay.set_defaults(func=cmd_relay)
 
     users = sub.add_parser("users", help="create, get or delete users on a running server")
-    users.add_argument("--target", default=cli_default("AUTH_SERVICE_TARGET", "127.0.0.1:50051"),
-                       help="server host:port (env AUTH_SERVICE_TARGET)")
-    users.add_argument("--token", default=cli_default("AUTH_SERVICE_TOKEN"),
-                       help="admin bearer token (env AUTH_SERVICE_TOKEN)")
+    users.add_argument(
+        "--target",
+        default=cli_default("AUTH_SERVICE_TARGET", "127.0.0.1:50051"),
+        help="server host:port (env AUTH_SERVICE_TARGET)",
+    )
+    users.add_argument(
+        "--token",
+        default=cli_default("AUTH_SERVICE_TOKEN"),
+        help="admin bearer token (env AUTH_SERVICE_TOKEN)",
+    )
     users.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
     actions = users.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = actions.add_parser("create", help="create a user; prints it as JSON")

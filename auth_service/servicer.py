@@ -17,6 +17,7 @@ from auth_service import ids
 from auth_service.auth import SCOPE_ADMIN, SCOPE_READ
 from auth_service.db import Budget, Conn, translate_errors
 from auth_service.errors import NotFoundError
+from auth_service.lookup import StateLookup
 from auth_service.rpc import Access, Call, handler
 from auth_service.users import Deletion, User, UserRepository, UserState
 
@@ -49,17 +50,25 @@ def user_to_proto(user: User) -> auth_pb2.User:
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
-    def __init__(self, users: UserRepository, access: Access, default_budget_s: float) -> None:
+    def __init__(
+        self,
+        users: UserRepository,
+        access: Access,
+        default_budget_s: float,
+        lookup: StateLookup | None = None,
+    ) -> None:
         self.users = users
         self.access = access
         self.default_budget_s = default_budget_s
+        # Concurrent UserExists calls share queries (see lookup.py); None = one each.
+        self._state = lookup.state if lookup is not None else users.state
 
     @handler(SCOPE_READ, read=True)
     async def UserExists(
         self, request: auth_pb2.UserExistsRequest, call: Call
     ) -> auth_pb2.UserExistsResponse:
         user_id = ids.parse_user_id(request.user_id)
-        state = await self.users.state(user_id, call.budget())
+        state = await self._state(user_id, call.budget())
         return auth_pb2.UserExistsResponse(exists=state is UserState.ACTIVE, state=_STATE[state])
 
     @handler(SCOPE_READ, read=True)

@@ -130,6 +130,8 @@ async def _start_serve(database_url: str, port: int, grace: float) -> asyncio.su
         # Connections opened up front: a new connection's first query would wait
         # behind the test's table lock before the test sees it inside the server.
         "DB_POOL_MIN_SIZE": "8",
+        # One query per call, so the test can see every call waiting in PostgreSQL.
+        "DB_LOOKUP_CONCURRENCY": "0",
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -1,0 +1,66 @@
+"""Concurrent UserExists calls share database queries, and each caller still gets
+its own answer (the server-side fast path, auth_service/lookup.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+import grpc
+
+from auth_client._proto.auth.v1 import auth_pb2
+from tests.helpers import create_user, delete_user
+
+
+async def test_concurrent_lookups_share_queries_and_answer_each_caller(
+    server, auth_stub, admin_stub
+) -> None:
+    alive = [await create_user(admin_stub) for _ in range(5)]
+    gone = [await create_user(admin_stub) for _ in range(5)]
+    for user in gone:
+        await delete_user(admin_stub, user.id)
+    expected = {u.id: auth_pb2.USER_STATE_ACTIVE for u in alive}
+    expected |= {u.id: auth_pb2.USER_STATE_DELETED for u in gone}
+    expected |= {str(uuid.uuid4()): auth_pb2.USER_STATE_NOT_FOUND for _ in range(10)}
+    asked = list(expected) * 5  # 100 calls (under the per-caller in-flight bound)
+    lookup = server._lookup
+    before = (lookup.batches, lookup.lookups)
+
+    replies = await asyncio.gather(
+        *(auth_stub.UserExists(auth_pb2.UserExistsRequest(user_id=i), timeout=20) for i in asked)
+    )
+
+    assert [r.state for r in replies] == [expected[i] for i in asked]
+    assert [r.exists for r in replies] == [expected[i] == auth_pb2.USER_STATE_ACTIVE for i in asked]
+    batches = lookup.batches - before[0]
+    assert lookup.lookups - before[1] == len(asked)
+    assert batches < len(asked)  # queries were shared
+
+
+async def test_cancelled_callers_do_not_fail_the_others(server, auth_stub, admin_stub) -> None:
+    user = await create_user(admin_stub)
+    blocker = await asyncpg.connect(server.settings.database_url)
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        request = auth_pb2.UserExistsRequest(user_id=user.id)
+        patient = [
+            asyncio.ensure_future(auth_stub.UserExists(request, timeout=20)) for _ in range(10)
+        ]
+        hasty = [
+            asyncio.ensure_future(auth_stub.UserExists(request, timeout=0.3)) for _ in range(10)
+        ]
+        hasty_results = await asyncio.gather(*hasty, return_exceptions=True)
+        assert all(
+            isinstance(r, grpc.aio.AioRpcError) and r.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            for r in hasty_results
+        )
+        for call in patient[:3]:
+            call.cancel()
+        await tx.rollback()
+        answers = await asyncio.gather(*patient[3:])
+        assert all(a.exists for a in answers)
+    finally:
+        await blocker.close()
