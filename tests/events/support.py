@@ -42,6 +42,13 @@ class Proc:
         self._changed = asyncio.Event()
         self.stderr_path = Path(tempfile.mkstemp(prefix="proc-", suffix=".log")[1])
 
+    @classmethod
+    def script(cls, path: str, *args: str, env: dict[str, str] | None = None) -> Proc:
+        """A script file (relative to the repository root) instead of a module."""
+        proc = cls("-", *args, env=env)
+        proc.argv = [sys.executable, path, *args]
+        return proc
+
     async def start(self) -> Proc:
         with self.stderr_path.open("wb") as err:
             self._proc = await asyncio.create_subprocess_exec(
