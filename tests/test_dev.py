@@ -25,11 +25,26 @@ TOKEN = "dev-test-token-0123456789"
 @pytest.fixture
 def dev_server() -> Iterator[tuple[str, list[str], str]]:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"}}
+    env = {
+        k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"}
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "auth_service", "dev", "--listen", f"127.0.0.1:{port}",
-         "--admin-token", TOKEN],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "auth_service",
+            "dev",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--admin-token",
+            TOKEN,
+            "--kafka-listen",
+            f"127.0.0.1:{free_port()}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     try:
         output = _read_banner(proc)
@@ -61,9 +76,19 @@ def _read_banner(proc: subprocess.Popen[str]) -> str:
     return output
 
 
-def _buf_curl(address: str, method: str, body: dict[str, object], token: str | None = None) -> dict[str, object]:
-    cmd = [str(BUF), "curl", "--protocol", "grpc", "--http2-prior-knowledge", "--emit-defaults",
-           "-d", json.dumps(body)]
+def _buf_curl(
+    address: str, method: str, body: dict[str, object], token: str | None = None
+) -> dict[str, object]:
+    cmd = [
+        str(BUF),
+        "curl",
+        "--protocol",
+        "grpc",
+        "--http2-prior-knowledge",
+        "--emit-defaults",
+        "-d",
+        json.dumps(body),
+    ]
     if token:
         cmd += ["-H", f"authorization: Bearer {token}"]
     cmd.append(f"http://{address}/{method}")
@@ -114,11 +139,24 @@ def test_dev_serves_demo_users_to_a_generic_client(dev_server) -> None:
 
 def test_ctrl_c_stops_everything_dev_started() -> None:
     port, kafka_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"}}
+    env = {
+        k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"}
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "auth_service", "dev", "--listen", f"127.0.0.1:{port}",
-         "--kafka-listen", f"127.0.0.1:{kafka_port}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "auth_service",
+            "dev",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--kafka-listen",
+            f"127.0.0.1:{kafka_port}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     try:
         banner = _read_banner(proc)
