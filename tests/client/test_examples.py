@@ -1,0 +1,192 @@
+"""The examples run as their users would: against `auth-service dev` in a
+subprocess, each with its own database on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import asyncpg
+import pytest
+
+from auth_service.embedded import free_port
+from tests.client.conftest import REPO
+from tests.conftest import _admin, _with_database, run_sync
+
+EXAMPLES = REPO / "examples"
+
+
+@dataclass
+class Dev:
+    target: str
+    users: dict[str, str]
+    proc: subprocess.Popen[bytes]
+
+
+def _read_banner(proc: subprocess.Popen[bytes], timeout: float) -> str:
+    """Everything `auth-service dev` printed up to the end of its banner. Reads
+    the raw pipe (no Python buffering between select() and the data)."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    deadline = time.monotonic() + timeout
+    out = b""
+    while time.monotonic() < deadline and b"Ctrl-C stops everything" not in out:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            out += chunk
+    text = out.decode(errors="replace")
+    if "Ctrl-C stops everything" not in text:
+        pytest.fail(f"auth-service dev did not start (exit {proc.poll()}):\n{text}")
+    return text
+
+
+@pytest.fixture(scope="module")
+def dev(pg_admin_url: str) -> Iterator[Dev]:
+    """`auth-service dev` on a free port, using a fresh database (DATABASE_URL)."""
+    name = f"t_dev_{uuid.uuid4().hex[:12]}"
+    run_sync(_admin(pg_admin_url, f"CREATE DATABASE {name}"))
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "auth_service",
+            "dev",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "WARNING",
+        ],
+        env={**os.environ, "DATABASE_URL": _with_database(pg_admin_url, name)},
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        banner = _read_banner(proc, timeout=60)
+        users = dict(re.findall(r"^\s+(alice|bob|carol)\s+([0-9a-f-]{36})$", banner, re.MULTILINE))
+        assert set(users) == {"alice", "bob", "carol"}, banner
+        yield Dev(f"127.0.0.1:{port}", users, proc)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        run_sync(_admin(pg_admin_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture
+def service_db(pg_admin_url: str) -> Iterator[str]:
+    """URL of a database that does not exist yet: the example creates it."""
+    name = f"t_svc_{uuid.uuid4().hex[:12]}"
+    yield _with_database(pg_admin_url, name)
+    run_sync(_admin(pg_admin_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+def run_example(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def query(url: str, sql: str) -> list[tuple[object, ...]]:
+    async def fetch() -> list[tuple[object, ...]]:
+        conn = await asyncpg.connect(url)
+        try:
+            return [tuple(row) for row in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+
+    return run_sync(fetch())
+
+
+def test_messaging_adds_a_member_only_after_validating_the_user(dev: Dev, service_db: str) -> None:
+    common = ("--target", dev.target, "--database-url", service_db, "--group", "general")
+    alice = dev.users["alice"]
+
+    first = run_example("messaging_add_member.py", *common, alice)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout) == {
+        "group": "general",
+        "user_id": alice,
+        "username": "alice",
+        "added": True,
+    }
+    again = run_example("messaging_add_member.py", *common, alice)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["added"] is False
+
+    stranger = str(uuid.uuid4())
+    missing = run_example("messaging_add_member.py", *common, stranger)
+    assert missing.returncode == 1
+    assert stranger in missing.stderr
+    malformed = run_example("messaging_add_member.py", *common, "not-a-uuid")
+    assert malformed.returncode == 2
+
+    assert query(service_db, "SELECT user_id::text FROM group_members") == [(alice,)]
+    assert query(service_db, "SELECT body FROM group_messages") == [
+        ("Alice Example (@alice) joined",)
+    ]
+
+
+def test_content_creates_a_post_only_when_author_and_mentions_exist(
+    dev: Dev, service_db: str
+) -> None:
+    common = ("--target", dev.target, "--database-url", service_db)
+    alice, bob = dev.users["alice"], dev.users["bob"]
+
+    ok = run_example(
+        "content_create_post.py", *common, "--author", alice, "--mention", bob, "hi @bob"
+    )
+    assert ok.returncode == 0, ok.stderr
+    post = json.loads(ok.stdout)
+    assert (post["author_id"], post["mentions"]) == (alice, [bob])
+
+    ghost = str(uuid.uuid4())
+    rejected = run_example(
+        "content_create_post.py", *common, "--author", alice, "--mention", ghost, "hi @ghost"
+    )
+    assert rejected.returncode == 1
+    assert ghost in rejected.stderr
+    assert query(service_db, "SELECT id::text, author_id::text FROM posts") == [
+        (post["post_id"], alice)
+    ]
+    assert query(service_db, "SELECT user_id::text FROM post_mentions") == [(bob,)]
+
+
+def test_examples_insert_nothing_when_auth_service_is_down(service_db: str) -> None:
+    down = f"127.0.0.1:{free_port()}"  # nothing listens there
+    result = run_example(
+        "messaging_add_member.py",
+        "--target",
+        down,
+        "--database-url",
+        service_db,
+        "--timeout",
+        "1",
+        str(uuid.uuid4()),
+    )
+    assert result.returncode == 3, result.stderr
+    assert query(service_db, "SELECT count(*) FROM group_members") == [(0,)]
