@@ -1,18 +1,45 @@
 """Callers, scopes and bearer tokens.
 
-Tokens are kept only as SHA-256 digests; a presented token is hashed and compared
-by digest, so neither memory nor timing reveals the secret.
-Tokens never appear in logs or in `repr`.
+A caller is a service name plus scopes. Tokens are configured as lines of
+`NAME SCOPES TOKEN` (see `parse_tokens`), kept in memory only as SHA-256 digests,
+and never appear in logs, error messages or `repr`. A presented token is hashed and
+looked up by digest, so neither memory nor timing reveals a stored secret.
+
+`TokenFile` reloads a token file when it changes on disk, so tokens can be
+rotated without a restart: list the new token next to the old one (same name),
+roll the callers over, then remove the old line.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Self
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Callable, Iterable, Sequence
+
+log = logging.getLogger(__name__)
 
 SCOPE_READ = "users:read"
 SCOPE_ADMIN = "users:admin"
+KNOWN_SCOPES = frozenset({SCOPE_READ, SCOPE_ADMIN})
+ADMIN_CALLER = "admin"
+MIN_TOKEN_LENGTH = 16
+
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# RFC 6750 `b64token`: what may follow "Bearer " in an authorization header.
+_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+class TokenFormatError(ValueError):
+    """A token list is malformed. The message names lines, never token text."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,28 +56,108 @@ class Caller:
 ANONYMOUS = Caller("anonymous", frozenset())
 
 
-def _digest(token: str) -> bytes:
+@dataclass(frozen=True, slots=True)
+class TokenEntry:
+    """One configured token: the caller it identifies and the token's digest."""
+
+    caller: Caller
+    digest: bytes = field(repr=False)
+
+
+def digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
+def parse_tokens(text: str, *, source: str = "line") -> list[TokenEntry]:
+    """Parse `NAME SCOPES TOKEN` entries, one per line (or separated by `;`).
+
+    NAME is 1-64 of `A-Z a-z 0-9 . _ -`; SCOPES is a comma-separated list of
+    `users:read` / `users:admin`; TOKEN is at least 16 characters of the RFC 6750
+    token alphabet. Blank lines and `#` comments are ignored. The same NAME may
+    appear on several lines (several valid tokens, e.g. during rotation).
+    """
+    entries: list[TokenEntry] = []
+    problems: list[str] = []
+    for number, raw in enumerate(re.split(r"[\n;]", text), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        fields = line.split()
+        where = f"{source} {number}"
+        if len(fields) != 3:
+            problems.append(f"{where}: expected NAME SCOPES TOKEN")
+            continue
+        name, scope_text, token = fields
+        scopes = frozenset(s for s in scope_text.split(",") if s)
+        if _NAME.fullmatch(name) is None:
+            problems.append(f"{where}: NAME must be 1-64 of letters, digits, '.', '_', '-'")
+        elif not scopes or not scopes <= KNOWN_SCOPES:
+            known = ", ".join(sorted(KNOWN_SCOPES))
+            problems.append(f"{where}: SCOPES must be a comma-separated list of {known}")
+        elif len(token) < MIN_TOKEN_LENGTH or _TOKEN.fullmatch(token) is None:
+            problems.append(
+                f"{where}: TOKEN must be at least {MIN_TOKEN_LENGTH} characters of "
+                "A-Z a-z 0-9 - . _ ~ + / (optionally ending in =)"
+            )
+        else:
+            entries.append(TokenEntry(Caller(name, scopes), digest(token)))
+    if problems:
+        raise TokenFormatError("; ".join(problems))
+    return entries
+
+
+def admin_entries(tokens: Sequence[str]) -> list[TokenEntry]:
+    """ADMIN_TOKENS: each token is the caller `admin` with both scopes."""
+    caller = Caller(ADMIN_CALLER, frozenset({SCOPE_ADMIN, SCOPE_READ}))
+    return [TokenEntry(caller, digest(token)) for token in tokens]
+
+
 class TokenRegistry:
-    """Maps bearer tokens to callers. Holds digests only."""
+    """Maps bearer tokens to callers. Holds digests only; immutable once built."""
+
+    __slots__ = ("_by_digest", "_names")
 
     def __init__(self, entries: Iterable[tuple[str, Caller]] = ()) -> None:
         self._by_digest: dict[bytes, Caller] = {}
-        for token, caller in entries:
-            self._by_digest[_digest(token)] = caller
+        self._names: frozenset[str] = frozenset()
+        self._add(TokenEntry(caller, digest(token)) for token, caller in entries)
+
+    @classmethod
+    def from_entries(cls, entries: Iterable[TokenEntry]) -> TokenRegistry:
+        """Build from parsed entries. TokenFormatError when one token is listed for
+        two callers or one caller name is listed with different scopes."""
+        registry = cls()
+        registry._add(entries)
+        return registry
 
     @classmethod
     def admins(cls, tokens: Sequence[str]) -> TokenRegistry:
-        scopes = frozenset({SCOPE_ADMIN, SCOPE_READ})
-        return cls((token, Caller("admin", scopes)) for token in tokens)
+        return cls.from_entries(admin_entries(tokens))
+
+    def _add(self, entries: Iterable[TokenEntry]) -> None:
+        scopes_of = {c.name: c.scopes for c in self._by_digest.values()}
+        for entry in entries:
+            caller = entry.caller
+            known = scopes_of.setdefault(caller.name, caller.scopes)
+            if known != caller.scopes:
+                raise TokenFormatError(f"caller {caller.name!r} is listed with different scopes")
+            previous = self._by_digest.setdefault(entry.digest, caller)
+            if previous.name != caller.name:
+                raise TokenFormatError(
+                    f"one token is listed for both {previous.name!r} and {caller.name!r}"
+                )
+        self._names = frozenset(scopes_of)
+
+    @property
+    def callers(self) -> frozenset[str]:
+        """Names of the configured callers (for start-up logs)."""
+        return self._names
 
     def __len__(self) -> int:
         return len(self._by_digest)
 
     def __repr__(self) -> str:
-        return f"TokenRegistry(<{len(self)} token(s)>)"
+        return f"TokenRegistry(<{len(self)} token(s) for {len(self._names)} caller(s)>)"
 
     def lookup(self, token: str) -> Caller | None:
         """The caller owning `token`, or None.
@@ -59,16 +166,110 @@ class TokenRegistry:
         depends on the digest of the presented token, which an attacker cannot steer
         towards a stored one without a preimage.
         """
-        return self._by_digest.get(_digest(token))
+        return self._by_digest.get(digest(token))
 
 
 def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
-    """The token of an `authorization: Bearer <token>` header, if any."""
+    """The token of the `authorization: Bearer <token>` header; None when there is
+    none, it is not a bearer token, or there are several (ambiguous: a proxy may
+    have added one)."""
+    found: str | None = None
+    seen = False
     for key, value in metadata or ():
-        if key != "authorization" or not isinstance(value, str):
+        if key != "authorization":
             continue
+        if seen or not isinstance(value, str):
+            return None
+        seen = True
         scheme, _, token = value.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-        return None
-    return None
+            found = token.strip()
+    return found
+
+
+def read_token_file(path: str | os.PathLike[str]) -> list[TokenEntry]:
+    """Parse a token file; OSError / TokenFormatError (naming lines, not tokens)."""
+    return parse_tokens(Path(path).read_text(encoding="utf-8"), source="line")
+
+
+class TokenFile:
+    """Keeps a registry in step with a token file: `static` entries (from the
+    environment) plus the file's. Polls the file's stat every `interval` seconds
+    and reloads it when it changed; a file that fails to parse is logged and the
+    previous tokens stay in force. An async context manager; `aclose()` is idempotent.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        static: Sequence[TokenEntry],
+        apply: Callable[[TokenRegistry], None],
+        interval: float,
+    ) -> None:
+        self.path = Path(path)
+        self._static = tuple(static)
+        self._apply = apply
+        self._interval = interval
+        self._signature: tuple[int, int, int] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.reloads = 0
+
+    def _stat(self) -> tuple[int, int, int]:
+        st = self.path.stat()  # follows symlinks: a Kubernetes secret swap changes st_ino
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def load(self) -> TokenRegistry:
+        """Read the file now and apply it; raises when unreadable or malformed."""
+        signature = self._stat()
+        registry = TokenRegistry.from_entries([*self._static, *read_token_file(self.path)])
+        self._signature = signature
+        self._apply(registry)
+        return registry
+
+    def check(self) -> bool:
+        """Reload if the file changed since the last load. True when reloaded."""
+        try:
+            if self._stat() == self._signature:
+                return False
+            registry = self.load()
+        except (OSError, TokenFormatError) as exc:
+            # The message names lines, never token text.
+            log.error(  # noqa: TRY400 - a traceback adds nothing; the message names lines
+                "token file %s not reloaded, keeping the previous tokens: %s", self.path, exc
+            )
+            with contextlib.suppress(OSError):
+                self._signature = self._stat()  # do not log the same problem every poll
+            return False
+        self.reloads += 1
+        log.info(
+            "token file %s reloaded: %d token(s) for %d caller(s)",
+            self.path,
+            len(registry),
+            len(registry.callers),
+        )
+        return True
+
+    async def start(self) -> None:
+        self.load()
+        if self._interval > 0:
+            self._task = asyncio.create_task(self._run(), name="token-file-watcher")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            self.check()
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -81,7 +81,7 @@ class Access:
         if token is None:
             if read and self.allow_unauthenticated_reads:
                 return ANONYMOUS
-            raise errors.UnauthenticatedError("missing bearer token")
+            raise errors.UnauthenticatedError("missing or malformed bearer token")
         caller = self.tokens.lookup(token)
         if caller is None:
             if read and self.allow_unauthenticated_reads:
