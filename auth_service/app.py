@@ -28,6 +28,7 @@ from auth_service.config import ConfigError, Settings
 from auth_service.health import HealthMonitor
 from auth_service.limits import Limits
 from auth_service.lookup import StateLookup
+from auth_service.metrics import MetricsServer, track_pool
 from auth_service.outbox import write_user_deleted
 from auth_service.relay import Relay, RelayConfig
 from auth_service.rpc import Access, add_service
@@ -71,6 +72,7 @@ class AuthServer:
         # Every committed deletion writes its user_deleted event to the outbox.
         self._on_deleted = on_deleted if on_deleted is not None else write_user_deleted
         self.relay: Relay | None = None
+        self.metrics: MetricsServer | None = None
         self._lookup: StateLookup | None = None
         self._pool: asyncpg.Pool | None = None
         self._server: grpc.aio.Server | None = None
@@ -115,6 +117,17 @@ class AuthServer:
         s = self.settings
         self._pool = await db.create_pool(s)
         await db.warm_up(self._pool, s.pool_min_size)
+        if s.metrics_listen:
+            # Up before the rest (and closed after it), so scrapes see start-up and drain.
+            self.metrics = MetricsServer(s.metrics_listen)
+            try:
+                await self.metrics.start()
+            except OSError as exc:
+                raise ServerStartError(
+                    f"cannot serve metrics on {s.metrics_listen}: {exc}"
+                ) from exc
+            self.add_closer(self.metrics.aclose)
+            self.add_closer(track_pool(self._pool))
         if s.relay_enabled and s.kafka_bootstrap_servers:
             # Needs neither Kafka nor PostgreSQL up: it connects and retries by itself.
             self.relay = Relay(RelayConfig.from_settings(s))
@@ -131,7 +144,10 @@ class AuthServer:
             burst=s.rate_limit_burst,
         )
         access = Access(
-            self.tokens, allow_unauthenticated_reads=s.allow_unauthenticated_reads, limits=limits
+            self.tokens,
+            allow_unauthenticated_reads=s.allow_unauthenticated_reads,
+            limits=limits,
+            metrics=bool(s.metrics_listen),
         )
         self.access = access
         if s.auth_tokens_file and not self._fixed_tokens:

@@ -38,6 +38,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         overrides["listen"] = args.listen
     if args.allow_insecure:
         overrides["allow_insecure"] = True
+    if args.metrics_listen:
+        overrides["metrics_listen"] = args.metrics_listen
     if args.worker_index is not None:
         # One of several processes sharing the port; only worker 0 runs the relay.
         overrides["reuse_port"] = True
@@ -47,10 +49,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     problem = insecure_listen_problem(settings)
     if problem:
         return _fail(problem, code=2)
+    if args.worker_index and settings.metrics_listen:
+        from auth_service.metrics import worker_listen  # noqa: PLC0415
+
+        settings = settings.replace(
+            metrics_listen=worker_listen(settings.metrics_listen, args.worker_index)
+        )
     if args.workers > 1:
         from auth_service.workers import WorkersError, run_workers  # noqa: PLC0415
 
         passthrough = ["--allow-insecure"] if args.allow_insecure else []
+        if args.metrics_listen:
+            passthrough += ["--metrics-listen", args.metrics_listen]
         try:
             return run_workers(args.workers, settings.listen, passthrough)
         except WorkersError as exc:
@@ -86,6 +96,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         kafka_listen=args.kafka_listen,
         kafka_bootstrap_servers=cli_default("KAFKA_BOOTSTRAP_SERVERS"),
+        metrics_listen=args.metrics_listen,
     )
     try:
         return run_async(run_dev(options))
@@ -93,15 +104,41 @@ def cmd_dev(args: argparse.Namespace) -> int:
         return _fail(str(exc))
 
 
-def cmd_relay(_args: argparse.Namespace) -> int:
+def cmd_relay(args: argparse.Namespace) -> int:
     from auth_service import logs  # noqa: PLC0415
+    from auth_service.metrics import optional_server  # noqa: PLC0415
     from auth_service.relay import run_relay  # noqa: PLC0415
 
-    settings = Settings.from_env()
+    overrides = {"metrics_listen": args.metrics_listen} if args.metrics_listen else {}
+    settings = Settings.from_env(**overrides)
     if not settings.kafka_bootstrap_servers:
         raise ConfigError({"KAFKA_BOOTSTRAP_SERVERS": "is required by auth-service relay"})
     logs.configure(settings.log_level, settings.log_format)
-    return run_async(run_relay(settings))
+
+    async def relay_with_metrics() -> int:
+        async with optional_server(settings.metrics_listen):
+            return await run_relay(settings)
+
+    try:
+        return run_async(relay_with_metrics())
+    except OSError as exc:  # the metrics port is taken
+        return _fail(f"cannot serve metrics on {settings.metrics_listen}: {exc}")
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from auth_service.probe import ProbeTLS, run  # noqa: PLC0415
+
+    tls = None
+    if args.tls or args.ca_file or args.cert_file:
+        tls = ProbeTLS(args.ca_file, args.cert_file, args.key_file, args.server_name)
+    return run(
+        target=args.target,
+        grpc_listen=cli_default("GRPC_LISTEN"),
+        service=args.service,
+        timeout=args.timeout,
+        http_url=args.http,
+        tls=tls,
+    )
 
 
 def cmd_users(args: argparse.Namespace) -> int:
@@ -170,6 +207,25 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         return _fail(str(exc))
 
 
+def _host_port(value: str) -> str:
+    from auth_service.addresses import parse_host_port  # noqa: PLC0415
+
+    try:
+        parse_host_port(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value.strip()
+
+
+def _metrics_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics-listen",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (overrides METRICS_LISTEN; off unless set)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Canonical user-validation service.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -189,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run N server processes on the same port (SO_REUSEPORT); about one per core",
     )
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    _metrics_flag(serve)
     serve.set_defaults(func=cmd_serve)
 
     mig = sub.add_parser("migrate", help="apply pending database migrations and exit")
@@ -217,13 +274,40 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="embedded broker address, unless KAFKA_BOOTSTRAP_SERVERS is set (default %(default)s)",
     )
+    _metrics_flag(dev)
     dev.set_defaults(func=cmd_dev)
 
     relay = sub.add_parser(
         "relay",
         help="publish outbox events to Kafka (several replicas may run; configured by environment)",
     )
+    _metrics_flag(relay)
     relay.set_defaults(func=cmd_relay)
+
+    health = sub.add_parser(
+        "health",
+        help="probe a server's gRPC health (exit 0 only when SERVING); for HEALTHCHECK",
+    )
+    health.add_argument(
+        "--target",
+        metavar="HOST:PORT",
+        help="server to ask (default: the local server of GRPC_LISTEN, else 127.0.0.1:50051)",
+    )
+    health.add_argument(
+        "--service", default="", help="service name to ask about (default: the whole server)"
+    )
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds (default %(default)s)")
+    health.add_argument(
+        "--http",
+        metavar="URL",
+        help="instead: GET this http:// URL, healthy when it answers 200 (relay metrics)",
+    )
+    health.add_argument("--tls", action="store_true", help="use TLS with the system CAs")
+    health.add_argument("--ca-file", metavar="PEM", help="use TLS, trusting this CA bundle")
+    health.add_argument("--server-name", help="TLS name to verify instead of the target host")
+    health.add_argument("--cert-file", metavar="PEM", help="client certificate (mTLS)")
+    health.add_argument("--key-file", metavar="PEM", help="key of --cert-file")
+    health.set_defaults(func=cmd_health)
 
     users = sub.add_parser("users", help="create, get or delete users on a running server")
     users.add_argument(

@@ -23,10 +23,10 @@ from auth_service import logs
 from auth_service.addresses import parse_host_port
 from auth_service.app import AuthServer, wait_for_shutdown_signal
 from auth_service.config import Settings
+from auth_service.db import Budget
 from auth_service.embedded import EmbeddedKafka, EmbeddedPostgres
 from auth_service.migrate import migrate
 from auth_service.users import User, UserRepository, find_active_by_username
-from auth_service.db import Budget
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,8 @@ class DevOptions:
     # The embedded broker listens here unless kafka_bootstrap_servers is given.
     kafka_listen: str = "127.0.0.1:9092"
     kafka_bootstrap_servers: str | None = None
+    # Prometheus /metrics endpoint (off unless set).
+    metrics_listen: str | None = None
 
 
 async def seed_demo_users(database_url: str) -> list[User]:
@@ -56,7 +58,9 @@ async def seed_demo_users(database_url: str) -> list[User]:
         repo = UserRepository(pool)
         out: list[User] = []
         for existing, (name, display) in zip(found, DEMO_USERS, strict=True):
-            out.append(existing or await repo.create(name, display, f"{name}@example.com", Budget(5.0)))
+            out.append(
+                existing or await repo.create(name, display, f"{name}@example.com", Budget(5.0))
+            )
         return out
     finally:
         await pool.close()
@@ -74,7 +78,7 @@ def banner(server: AuthServer, token: str, users: list[User], extra: list[str]) 
         *(f"    {u.username:<8} {u.id}" for u in users),
         "",
         "  try it:",
-        f"    grpcurl -plaintext -d '{{\"user_id\": \"{users[0].id}\"}}' {addr} auth.v1.AuthService/UserExists",
+        f'    grpcurl -plaintext -d \'{{"user_id": "{users[0].id}"}}\' {addr} auth.v1.AuthService/UserExists',
         f"    AUTH_SERVICE_TARGET={addr} AUTH_SERVICE_TOKEN={token} auth-service users create dave",
         "",
         "  Ctrl-C stops everything.",
@@ -114,12 +118,15 @@ async def run_dev(options: DevOptions) -> int:
             log_format="text",
             shutdown_grace_s=2.0,
             kafka_bootstrap_servers=bootstrap,
+            metrics_listen=options.metrics_listen,
         )
         kafka = [
             f"  kafka         {bootstrap}  ({kafka_kind}; the relay publishes"
             f" user_deleted events to topic {settings.kafka_topic})",
         ]
         async with AuthServer(settings) as server:
+            if server.metrics is not None:
+                kafka.append(f"  metrics       {server.metrics.url}")
             print(banner(server, token, users, kafka), flush=True)  # noqa: T201
             await wait_for_shutdown_signal()
             print("stopping...", file=sys.stderr, flush=True)  # noqa: T201

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -23,6 +24,7 @@ from auth_service import errors
 from auth_service.auth import ANONYMOUS, Caller, TokenRegistry, bearer_token
 from auth_service.db import Budget
 from auth_service.limits import Limits
+from auth_service.metrics import MethodMetrics, method_metrics
 
 if TYPE_CHECKING:
     from google.protobuf.descriptor import ServiceDescriptor
@@ -68,11 +70,14 @@ class Access:
         *,
         allow_unauthenticated_reads: bool,
         limits: Limits | None = None,
+        metrics: bool = False,
     ) -> None:
         # Replaced as a whole when the token file is reloaded (one attribute store).
         self.tokens = tokens
         self.allow_unauthenticated_reads = allow_unauthenticated_reads
         self.limits = limits if limits is not None else Limits()
+        # Record grpc_server_* metrics (auth_service.metrics) for every call.
+        self.metrics = metrics
 
     def authorize(
         self, context: grpc.aio.ServicerContext[Any, Any], scope: str, read: bool
@@ -136,6 +141,10 @@ def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: o
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )
+    # Names for metrics and logs; the started counters exist (at 0) from the start.
+    _SERVICE_NAMES[type(servicer)] = service.full_name
+    for method in service.methods:
+        method_metrics(service.full_name, method.name)
     # As the generated code does: lets gRPC core match these methods without Python.
     server.add_registered_method_handlers(service.full_name, handlers)  # type: ignore[attr-defined]
 
@@ -185,21 +194,33 @@ def handler(
         fn: Callable[[S, Req, Call], Awaitable[Resp]],
     ) -> Callable[[S, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]:
         method = fn.__name__
+        sites: dict[type, MethodMetrics] = {}  # per servicer class (= gRPC service)
 
         @functools.wraps(fn)
         async def wrapper(
             self: S, request: Req, context: grpc.aio.ServicerContext[Any, Any]
         ) -> Resp:
+            started = time.perf_counter()
             caller = ANONYMOUS
+            code = grpc.StatusCode.CANCELLED  # unless the call ends below
+            rid: str | None = None
+            access = self.access
+            site: MethodMetrics | None = None
+            if access.metrics:
+                site = sites.get(type(self))
+                if site is None:
+                    site = sites[type(self)] = method_metrics(_service_name(self), method)
+                site.started.inc()
             try:
-                access = self.access
                 caller = access.authorize(context, scope, read)
                 limits = access.limits
                 limits.admit(caller.name)
                 try:
                     if request is MALFORMED:
                         raise errors.InvalidArgumentError("request is not a valid message")
-                    return await fn(self, request, Call(context, caller, self.default_budget_s))
+                    response = await fn(self, request, Call(context, caller, self.default_budget_s))
+                    code = grpc.StatusCode.OK
+                    return response
                 finally:
                     limits.release(caller.name)
             except Exception as exc:
@@ -226,10 +247,54 @@ def handler(
                 context.set_trailing_metadata((("x-request-id", rid),))
                 await context.abort(code, message)
                 raise  # pragma: no cover - abort() always raises
+            finally:
+                if site is not None:
+                    site.done(caller.name, code, time.perf_counter() - started)
+                if log.isEnabledFor(logging.DEBUG):
+                    _log_call(
+                        self, method, caller, code, started=started, rid=rid or request_id(context)
+                    )
 
         return wrapper
 
     return wrap
+
+
+_SERVICE_NAMES: dict[type, str] = {}
+
+
+def _service_name(servicer: object) -> str:
+    """The gRPC service a servicer was registered as (by `add_service`)."""
+    return _SERVICE_NAMES.get(type(servicer), type(servicer).__name__)
+
+
+def _log_call(
+    servicer: object,
+    method: str,
+    caller: Caller,
+    code: grpc.StatusCode,
+    *,
+    started: float,
+    rid: str,
+) -> None:
+    """The one DEBUG line per call: names and outcome only, never request data."""
+    ms = (time.perf_counter() - started) * 1000
+    log.debug(
+        "%s %s in %.2f ms (caller %s, request id %s)",
+        method,
+        code.name,
+        ms,
+        caller.name,
+        rid,
+        extra={
+            "request_id": rid,
+            "caller": caller.name,
+            "service": _service_name(servicer),
+            "method": method,
+            "code": code.name,
+            "duration_ms": round(ms, 3),
+        },
+    )
 
 
 __all__ = ["MALFORMED", "Access", "Call", "add_service", "handler", "status_for"]

@@ -1,0 +1,180 @@
+"""The /metrics endpoint of a real server after real calls: per-method counters by
+status code and caller, latency histograms, pool gauges, the relay's outbox metrics.
+
+Counters are process-wide (several servers run in one test process), so each test
+compares a scrape before and after its calls, and uses caller names of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.error
+import urllib.request
+import uuid
+
+import grpc
+import pytest
+
+from auth_client._proto.auth.v1 import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
+from auth_service.app import AuthServer, ServerStartError
+from auth_service.auth import parse_tokens
+from auth_service.embedded import free_port
+from auth_service.metrics import LATENCY_BUCKETS
+from tests.conftest import make_settings
+from tests.helpers import ADMIN_MD, expect_status
+from tests.ops.support import delta, samples, value
+
+AUTH = "auth.v1.AuthService"
+ADMIN = "auth.v1.UserAdminService"
+
+
+def _caller() -> tuple[str, str]:
+    name = f"svc-{uuid.uuid4().hex[:8]}"
+    return name, f"tok-{uuid.uuid4().hex}"
+
+
+async def test_counters_and_histograms_by_method_code_and_caller(database_url: str) -> None:
+    caller, token = _caller()
+    settings = make_settings(
+        database_url,
+        metrics_listen="127.0.0.1:0",
+        allow_unauthenticated_reads=False,
+        auth_tokens=tuple(parse_tokens(f"{caller} users:read {token}")),
+    )
+    md = (("authorization", f"Bearer {token}"),)
+    async with AuthServer(settings) as server:
+        assert server.metrics is not None
+        url = server.metrics.url
+        before = await samples(url)
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            reads = auth_pb2_grpc.AuthServiceStub(channel)
+            admin = admin_pb2_grpc.UserAdminServiceStub(channel)
+            created = await admin.CreateUser(
+                admin_pb2.CreateUserRequest(username=f"u{uuid.uuid4().hex[:8]}"),
+                metadata=ADMIN_MD,
+                timeout=10,
+            )
+            user_id = created.user.id
+            for _ in range(3):
+                reply = await reads.UserExists(
+                    auth_pb2.UserExistsRequest(user_id=user_id), metadata=md, timeout=10
+                )
+                assert reply.exists
+            await expect_status(
+                reads.GetUser(
+                    auth_pb2.GetUserRequest(user_id=str(uuid.uuid4())), metadata=md, timeout=10
+                ),
+                grpc.StatusCode.NOT_FOUND,
+            )
+            await expect_status(
+                reads.UserExists(
+                    auth_pb2.UserExistsRequest(user_id="not-a-uuid"), metadata=md, timeout=10
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            )
+            await expect_status(
+                admin.DeleteUser(
+                    admin_pb2.DeleteUserRequest(user_id=user_id),
+                    metadata=(("authorization", "Bearer wrong-token-0123456789abcdef"),),
+                    timeout=10,
+                ),
+                grpc.StatusCode.UNAUTHENTICATED,
+            )
+        after = await samples(url)
+
+    def handled(method: str, code: str, who: str, service: str = AUTH) -> float:
+        return delta(
+            before,
+            after,
+            "grpc_server_handled_total",
+            grpc_type="unary",
+            grpc_service=service,
+            grpc_method=method,
+            grpc_code=code,
+            caller=who,
+        )
+
+    assert handled("UserExists", "OK", caller) == 3
+    assert handled("GetUser", "NOT_FOUND", caller) == 1
+    assert handled("UserExists", "INVALID_ARGUMENT", caller) == 1
+    assert handled("CreateUser", "OK", "admin", ADMIN) == 1
+    # An unknown token is nobody: counted under "anonymous", never the token.
+    assert handled("DeleteUser", "UNAUTHENTICATED", "anonymous", ADMIN) == 1
+    started = {"grpc_type": "unary", "grpc_service": AUTH, "grpc_method": "UserExists"}
+    assert delta(before, after, "grpc_server_started_total", **started) == 4
+
+    latency = {**started, "caller": caller}
+    assert delta(before, after, "grpc_server_handling_seconds_count", **latency) == 4
+    assert delta(before, after, "grpc_server_handling_seconds_bucket", le="+Inf", **latency) == 4
+    assert value(after, "grpc_server_handling_seconds_sum", **latency) > 0
+    buckets = {
+        float(dict(labels)["le"])
+        for (name, labels) in after
+        if name == "grpc_server_handling_seconds_bucket" and ("caller", caller) in labels
+    }
+    assert buckets == {*LATENCY_BUCKETS, float("inf")}
+
+    # The pool gauges read the live pool; outbox metrics come from the relay module.
+    assert value(after, "db_pool_max_size") == settings.pool_max_size
+    assert 1 <= value(after, "db_pool_size") <= settings.pool_max_size
+    assert value(after, "db_pool_in_use") + value(after, "db_pool_idle") == value(
+        after, "db_pool_size"
+    )
+    for name in (
+        "outbox_unpublished_rows",
+        "outbox_oldest_unpublished_age_seconds",
+        "outbox_events_published_total",
+        "outbox_events_failed_total",
+    ):
+        assert any(n == name for n, _ in after), name
+    # No caller token appears on the endpoint.
+    assert token not in str(after)
+
+
+async def test_metrics_are_off_unless_configured(database_url: str) -> None:
+    caller, token = _caller()
+    settings = make_settings(
+        database_url, auth_tokens=tuple(parse_tokens(f"{caller} users:read {token}"))
+    )
+    async with (
+        AuthServer(settings) as quiet,
+        AuthServer(make_settings(database_url, metrics_listen="127.0.0.1:0")) as scraped,
+    ):
+        assert quiet.metrics is None
+        assert scraped.metrics is not None
+        async with grpc.aio.insecure_channel(quiet.address) as channel:
+            await auth_pb2_grpc.AuthServiceStub(channel).UserExists(
+                auth_pb2.UserExistsRequest(user_id=str(uuid.uuid4())),
+                metadata=(("authorization", f"Bearer {token}"),),
+                timeout=10,
+            )
+        found = await samples(scraped.metrics.url)
+    # The server without metrics recorded nothing for its caller.
+    assert value(found, "grpc_server_handled_total", caller=caller) == 0
+
+
+async def test_only_metrics_path_is_served(database_url: str) -> None:
+    async with AuthServer(make_settings(database_url, metrics_listen="127.0.0.1:0")) as server:
+        assert server.metrics is not None
+        base = f"http://{server.metrics.address}"
+
+        def status(path: str, method: str = "GET") -> int:
+            request = urllib.request.Request(base + path, method=method)
+            try:
+                with urllib.request.urlopen(request, timeout=10) as reply:
+                    return int(reply.status)
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        assert await asyncio.to_thread(status, "/metrics") == 200
+        assert await asyncio.to_thread(status, "/metrics", "HEAD") == 200
+        assert await asyncio.to_thread(status, "/") == 404
+        assert await asyncio.to_thread(status, "/metrics", "POST") == 405
+
+
+async def test_taken_metrics_port_fails_start(database_url: str) -> None:
+    port = free_port()
+    async with AuthServer(make_settings(database_url, metrics_listen=f"127.0.0.1:{port}")):
+        with pytest.raises(ServerStartError, match="metrics"):
+            async with AuthServer(make_settings(database_url, metrics_listen=f"127.0.0.1:{port}")):
+                pass
