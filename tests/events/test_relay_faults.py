@@ -11,10 +11,12 @@ import asyncpg
 from prometheus_client import REGISTRY
 
 from auth_service.app import AuthServer
+from auth_service.outbox import write_event
 from auth_service.relay import Relay, RelayConfig
 from tests.conftest import eventually, make_settings
 from tests.events.conftest import event_settings
 from tests.events.support import (
+    Collector,
     admin_stub,
     create_user,
     delete_user,
@@ -24,9 +26,10 @@ from tests.events.support import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
-    from auth_service.embedded import EmbeddedKafka
+    from auth_service.embedded import EmbeddedKafka, EmbeddedPostgres
+    from auth_service.outbox import OutboxRecord
 
 
 def _metric(name: str) -> float:
@@ -133,6 +136,46 @@ async def test_relay_killed_between_publish_and_mark_resends_and_dedupe_absorbs_
     # Delivered twice, cleaned up once.
     assert await _count(dedupe_url, "SELECT count(*) FROM effects") == 1
     assert await _count(dedupe_url, "SELECT count(*) FROM processed_events") == 1
+
+
+async def test_postgres_gone_between_publish_and_mark_resends_after_it_is_back(
+    private_postgres: EmbeddedPostgres, kafka_bootstrap: str, topic: str
+) -> None:
+    url = private_postgres.url
+    conn = await asyncpg.connect(url)
+    try:
+        async with conn.transaction():
+            event_id = await write_event(
+                conn, event_type="auth.v1.UserDeleted", key=str(uuid.uuid4()), payload=b"\x0a\x00"
+            )
+    finally:
+        await conn.close()
+    calls = 0
+
+    async def stop_postgres_once(records: Sequence[OutboxRecord]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # acknowledged by Kafka; now the mark cannot be written
+            await asyncio.to_thread(private_postgres.stop)
+
+    config = RelayConfig.from_settings(event_settings(url, kafka_bootstrap, topic))
+    async with Collector(kafka_bootstrap, topic) as seen:
+        async with Relay(config, on_published=stop_postgres_once) as relay:
+            await eventually(lambda: _true(calls == 1 and not private_postgres.running), 60)
+            await asyncio.sleep(1.0)  # the relay fails to mark and backs off
+            assert relay.published == 0
+            await asyncio.to_thread(private_postgres.start)
+            await eventually(lambda: _true(relay.published == 1), timeout=60)
+
+        def copies():
+            return [
+                r for r in seen.records if dict(r.headers)["event-id"] == str(event_id).encode()
+            ]
+
+        await eventually(lambda: _true(len(copies()) == 2), timeout=30)
+    [row] = await outbox_rows(url)
+    assert row["published_at"] is not None
+    assert calls == 2
 
 
 async def _true(value: bool) -> bool:
