@@ -4,7 +4,6 @@ validation without network calls, lifecycle, and `channel=`."""
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 
 import grpc
@@ -176,14 +175,6 @@ async def test_target_and_channel_are_exclusive() -> None:
 def test_configs_are_frozen() -> None:
     with pytest.raises(AttributeError):
         CacheConfig().positive_ttl = 1  # type: ignore[misc]
-
-
-def test_service_config_retries_unavailable_for_the_read_methods_only() -> None:
-    config = json.loads(ChannelConfig().service_config())
-    assert config["loadBalancingConfig"] == [{"round_robin": {}}]
-    (method_config,) = config["methodConfig"]
-    assert {n["service"] for n in method_config["name"]} == {"auth.v1.AuthService"}
-    assert method_config["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
 
 
 @pytest.mark.parametrize(
