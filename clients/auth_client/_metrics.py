@@ -151,7 +151,11 @@ def _families(snapshots: list[tuple[str, ClientStats]]) -> Iterator[Any]:
 
 class _Collector:
     def collect(self) -> Iterator[Any]:
-        return _families([(source.name, source.stats()) for source in list(_sources)])
+        # Scrapes run in the exporter's thread: copy the live set under the lock
+        # that guards its changes. Counters are plain ints, read without a lock.
+        with _lock:
+            sources = list(_sources)
+        return _families([(source.name, source.stats()) for source in sources])
 
     def describe(self) -> list[Any]:
         return list(_families([]))  # the names, so the registry can detect clashes
@@ -160,8 +164,8 @@ class _Collector:
 def register(source: StatsSource) -> None:
     """Export `source`'s counters through prometheus-client (if installed)."""
     global _registered  # noqa: PLW0603 - one collector per process
-    _sources.add(source)
     with _lock:
+        _sources.add(source)
         if _registered:
             return
         try:
@@ -173,4 +177,5 @@ def register(source: StatsSource) -> None:
 
 
 def unregister(source: StatsSource) -> None:
-    _sources.discard(source)
+    with _lock:
+        _sources.discard(source)
