@@ -217,8 +217,10 @@ async def test_killed_server_then_open_breaker_then_half_open_probe_after_restar
 
         sent = counter.total
         for _ in range(100):
+            # Fails on its first step: nothing to wait for, no RPC.
+            lookup = client.user_exists(uuid.uuid4())
             with pytest.raises(CircuitOpenError):
-                await client.user_exists(uuid.uuid4())
+                lookup.send(None)
         with pytest.raises(CircuitOpenError):
             await client.get_user(user)
         assert counter.total == sent  # no RPC while open
