@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
+from auth_service.errors import PermissionDeniedError
+
 if TYPE_CHECKING:
     import os
     from collections.abc import Callable, Iterable, Sequence
@@ -54,6 +56,15 @@ class Caller:
 
 
 ANONYMOUS = Caller("anonymous", frozenset())
+
+
+class MissingScopeError(PermissionDeniedError):
+    """A known caller without the scope a method needs (PERMISSION_DENIED). Carries
+    the caller so logs and metrics name who was refused."""
+
+    def __init__(self, caller: Caller, scope: str) -> None:
+        super().__init__(f"caller lacks the {scope} scope")
+        self.caller = caller
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ import grpc
 from google.protobuf import message_factory
 
 from auth_service import errors
-from auth_service.auth import ANONYMOUS, Caller, TokenRegistry, bearer_token
+from auth_service.auth import ANONYMOUS, Caller, MissingScopeError, TokenRegistry, bearer_token
 from auth_service.db import Budget
 from auth_service.limits import Limits
 from auth_service.metrics import MethodMetrics, method_metrics
@@ -93,7 +93,7 @@ class Access:
                 return ANONYMOUS
             raise errors.UnauthenticatedError("unknown bearer token")
         if not caller.has(scope):
-            raise errors.PermissionDeniedError(f"caller lacks the {scope} scope")
+            raise MissingScopeError(caller, scope)
         return caller
 
 
@@ -224,6 +224,8 @@ def handler(
                 finally:
                     limits.release(caller.name)
             except Exception as exc:
+                if isinstance(exc, MissingScopeError):
+                    caller = exc.caller  # known, just not allowed: name it
                 code, message = status_for(exc)
                 rid = request_id(context)
                 # Logs carry the caller's name and the request id: never tokens,
