@@ -1,19 +1,19 @@
 """How `auth-service reconcile` asks auth-service about ids, and how fast.
 
-`AuthClient.users_exist` answers only "exists or not"; reconciliation must tell a
-deleted user from an id that never existed, so this calls `BatchUserExists` with
-the stub generated in `auth_client._proto` and reads each result's `state`.
+Reconciliation must tell a deleted user from an id that never existed, so it uses
+`AuthClient.user_states` (BatchUserExists, no cache, through the client's circuit
+breaker) and retries while auth-service is unavailable.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from typing import TYPE_CHECKING, Protocol, Self
 
-import grpc
-
-from auth_client._proto.auth.v1 import auth_pb2, auth_pb2_grpc
+from auth_client import AuthClient, AuthClientError, BreakerConfig, ServiceUnavailableError
+from auth_client import UserState as ClientState
 from auth_service.reconcile_model import IdState, ReconcileError
 
 if TYPE_CHECKING:
@@ -22,17 +22,10 @@ if TYPE_CHECKING:
 
 MAX_IDS_PER_CALL = 1000  # the server's BatchUserExists limit
 _STATES = {
-    auth_pb2.USER_STATE_ACTIVE: IdState.ACTIVE,
-    auth_pb2.USER_STATE_DELETED: IdState.DELETED,
-    auth_pb2.USER_STATE_NOT_FOUND: IdState.NOT_FOUND,
+    ClientState.ACTIVE: IdState.ACTIVE,
+    ClientState.DELETED: IdState.DELETED,
+    ClientState.NOT_FOUND: IdState.NOT_FOUND,
 }
-_RETRIABLE = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-    }
-)
 
 
 class UserStates(Protocol):
@@ -42,8 +35,9 @@ class UserStates(Protocol):
 
 
 class GrpcUserStates:
-    """BatchUserExists over a channel of its own. Retries UNAVAILABLE, DEADLINE_EXCEEDED
-    and RESOURCE_EXHAUSTED with exponential backoff; anything else is fatal."""
+    """BatchUserExists through `auth_client.AuthClient`. Retries while auth-service is
+    unavailable (incl. an open breaker) with exponential backoff; anything else is
+    fatal."""
 
     def __init__(
         self,
@@ -56,20 +50,28 @@ class GrpcUserStates:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._target = target
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._token = token
         self._timeout = timeout
         self._retries = retries
         self._backoff = backoff
         self._sleep = sleep
-        self._channel: grpc.aio.Channel | None = None
-        self._stub: auth_pb2_grpc.AuthServiceAsyncStub | None = None
+        self._client: AuthClient | None = None
 
     def __repr__(self) -> str:  # never show the token
         return f"GrpcUserStates({self._target!r})"
 
     async def __aenter__(self) -> Self:
-        self._channel = grpc.aio.insecure_channel(self._target)
-        self._stub = auth_pb2_grpc.AuthServiceStub(self._channel)
+        # The breaker's reset timeout stays below our first backoff step, so a retry
+        # after an outage is the half-open probe rather than another fast failure.
+        breaker = BreakerConfig(fail_max=3, reset_timeout=min(self._backoff, 1.0))
+        self._client = AuthClient(
+            self._target,
+            token=self._token,
+            timeout=self._timeout,
+            breaker=breaker,
+            name="reconcile",
+        )
+        await self._client.start()
         return self
 
     async def __aexit__(
@@ -81,36 +83,28 @@ class GrpcUserStates:
         await self.aclose()
 
     async def aclose(self) -> None:
-        channel, self._channel, self._stub = self._channel, None, None
-        if channel is not None:
-            await channel.close(None)
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
 
     async def states(self, ids: Sequence[str]) -> list[IdState]:
-        if self._stub is None:
+        if self._client is None:
             raise RuntimeError("use `async with GrpcUserStates(...)`")
-        request = auth_pb2.BatchUserExistsRequest(user_ids=list(ids))
+        keys = [uuid.UUID(i) for i in ids]
         attempt = 0
         while True:
             try:
-                reply = await self._stub.BatchUserExists(
-                    request, metadata=self._metadata, timeout=self._timeout
-                )
+                answers = await self._client.user_states(keys)
                 break
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code()
-                if code in _RETRIABLE and attempt < self._retries:
+            except ServiceUnavailableError as exc:
+                if attempt < self._retries:
                     await self._sleep(self._backoff * 2**attempt)
                     attempt += 1
                     continue
-                raise ReconcileError(
-                    f"BatchUserExists at {self._target} failed: {code.name}: {exc.details()}"
-                ) from exc
-        if len(reply.results) != len(ids):
-            raise ReconcileError("BatchUserExists answered a different number of ids")
-        try:
-            return [_STATES[result.state] for result in reply.results]
-        except KeyError as exc:
-            raise ReconcileError(f"BatchUserExists answered an unknown state {exc}") from exc
+                raise ReconcileError(f"BatchUserExists at {self._target} failed: {exc}") from exc
+            except AuthClientError as exc:
+                raise ReconcileError(f"BatchUserExists at {self._target} failed: {exc}") from exc
+        return [_STATES[answers[key]] for key in keys]
 
 
 class Pacer:

@@ -29,7 +29,7 @@ from auth_client._errors import (
     UserNotFoundError,
 )
 from auth_client._metrics import ClientStats
-from auth_client._models import User, UserId
+from auth_client._models import User, UserId, UserState
 
 __all__ = [
     "AuthClient",
@@ -53,4 +53,5 @@ __all__ = [
     "User",
     "UserId",
     "UserNotFoundError",
+    "UserState",
 ]

@@ -138,6 +138,13 @@ class Batcher:
             if not future.done():
                 future.set_result(state)
 
+    async def states_uncached(self, ids: list[uuid.UUID], timeout: float) -> list[int]:
+        """Ask auth-service directly (through the breaker), bypassing the cache and
+        coalescing: for audits that must see the server's current answer."""
+        if self._closed:
+            raise RuntimeError("AuthClient is closed")
+        return await self._breaker.call(functools.partial(self._transport.states, ids, timeout))
+
     def _settle_failed(self, batch: _Batch, error: BaseException) -> None:
         inflight = self._inflight
         for key, future in batch.futures.items():

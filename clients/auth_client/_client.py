@@ -30,7 +30,7 @@ from auth_client._config import (
 from auth_client._errors import InvalidRequestError, UserNotFoundError
 from auth_client._lookup import Lookup
 from auth_client._metrics import ClientStats, Counters, register, unregister
-from auth_client._models import DELETED, User, UserId
+from auth_client._models import DELETED, User, UserId, UserState
 from auth_client._transport import Transport, build_channel
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import grpc
 
 _UUID = uuid.UUID
+_MAX_IDS_PER_RPC = 1000  # the server's BatchUserExists limit
 _monotonic = time.monotonic
 
 OnUnverified = Callable[[tuple[uuid.UUID, ...]], object]
@@ -254,6 +255,29 @@ class AuthClient:
         auth-service cannot answer, this raises `ServiceUnavailableError`."""
         key = self._text_ids.get(user_id)
         return await self._lookup.user(self._open(), key, timeout)
+
+    async def user_states(
+        self,
+        user_ids: Iterable[UserId],
+        *,
+        timeout: float | None = None,
+    ) -> dict[uuid.UUID, UserState]:
+        """The state of each id (ACTIVE, DELETED or NOT_FOUND) as auth-service answers
+        it now: no cache, no coalescing, no rollout mode, no fallback. For audits
+        such as `auth-service reconcile`, which must tell a deleted user from an id
+        that never existed. Sent in RPCs of at most 1000 ids through the circuit
+        breaker; raises `ServiceUnavailableError` when auth-service cannot answer."""
+        if isinstance(user_ids, str | uuid.UUID):
+            raise InvalidRequestError("user_states takes a collection of ids, not one id")
+        keys = list(dict.fromkeys(self._text_ids.get(value) for value in user_ids))
+        budget = self._lookup._budget(timeout)
+        batcher = self._open()
+        out: dict[uuid.UUID, UserState] = {}
+        for start in range(0, len(keys), _MAX_IDS_PER_RPC):
+            chunk = keys[start : start + _MAX_IDS_PER_RPC]
+            states = await batcher.states_uncached(chunk, budget)
+            out.update(zip(chunk, map(UserState, states), strict=True))
+        return out
 
     # -- cache control -----------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import re
 import uuid
 from dataclasses import dataclass
@@ -19,6 +20,15 @@ _UUID_TEXT = re.compile(
 ACTIVE = 1
 DELETED = 2
 NOT_FOUND = 3
+
+
+class UserState(enum.IntEnum):
+    """What auth-service knows of an id (values match the cached ints and the proto)."""
+
+    ACTIVE = ACTIVE
+    DELETED = DELETED
+    NOT_FOUND = NOT_FOUND
+
 
 UserId = uuid.UUID | str
 """A user id: a `uuid.UUID`, or its hyphenated text form."""

@@ -9,7 +9,13 @@ import uuid
 import asyncpg
 import pytest
 
-from auth_client import AuthClient, CacheConfig, FallbackPolicy, ServiceUnavailableError
+from auth_client import (
+    AuthClient,
+    CacheConfig,
+    FallbackPolicy,
+    ServiceUnavailableError,
+    UserState,
+)
 from auth_client._proto.auth.v1 import admin_pb2
 from auth_service.app import AuthServer
 from tests.client.conftest import CountingInterceptor, seed_users
@@ -163,3 +169,28 @@ async def test_a_zero_ttl_disables_caching(make_client, counter: CountingInterce
     assert await client.user_exists(uid) is False
     assert await client.user_exists(uid) is False
     assert counter.total == 2
+
+
+async def test_user_states_tell_deleted_from_never_and_bypass_the_cache(
+    make_client, counter: CountingInterceptor, server: AuthServer, settings
+) -> None:
+    (user,), (gone,) = await seed_users(settings.database_url, 1, deleted=1)
+    never = uuid.uuid4()
+    client: AuthClient = await make_client(cache=LONG)
+    assert await client.user_exists(user) is True  # now cached as existing
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute("UPDATE users SET deleted_at = now() WHERE id = $1", user)
+    finally:
+        await conn.close()
+    sent = counter.total
+    states = await client.user_states([user, gone, str(never), gone])
+    assert states == {
+        user: UserState.DELETED,  # the server's answer, not the cached "exists"
+        gone: UserState.DELETED,
+        never: UserState.NOT_FOUND,
+    }
+    assert counter.total == sent + 1
+    many = [uuid.uuid4() for _ in range(2500)]
+    assert set((await client.user_states(many)).values()) == {UserState.NOT_FOUND}
+    assert counter.total == sent + 4  # 1000 + 1000 + 500

@@ -59,6 +59,7 @@ def test_public_names_are_pinned() -> None:
         "User",
         "UserId",
         "UserNotFoundError",
+        "UserState",
     ]
     for name in auth_client.__all__:
         assert getattr(auth_client, name) is not None
@@ -70,6 +71,7 @@ def test_public_names_are_pinned() -> None:
         "require_users",
         "invalidate",
         "mark_deleted",
+        "user_states",
         "stats",
         "aclose",
     ):
