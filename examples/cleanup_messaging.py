@@ -149,6 +149,7 @@ def main() -> None:
     parser.add_argument("--seed", action="append", default=[], metavar="USER_ID")
     parser.add_argument("--auth-target", help="auth-service host:port (cache invalidation)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
     asyncio.run(run(parser.parse_args()))
 
 
