@@ -1,0 +1,146 @@
+"""BatchUserExists of 1000 ids through the server vs the same query sent straight
+to PostgreSQL with asyncpg (`= ANY($1::uuid[])`, prepared), on the same database."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+
+import asyncpg
+
+from auth_client._proto.auth.v1 import auth_pb2
+from bench.context import Context
+from bench.measure import Measured, call_raw, error_note, measure
+from bench.report import Section, fmt_int, median
+from bench.serving import spec
+
+BATCH = "/auth.v1.AuthService/BatchUserExists"
+SIZE = 1000
+DELETED_PER_BATCH = 50  # 5%, as in the table
+RAW_CONNECTIONS = 4
+RAW_QUERY = "SELECT id, deleted_at IS NULL FROM users WHERE id = ANY($1::uuid[])"
+
+
+async def _bodies(
+    ctx: Context, batches: list[list[str]], deleted: set[str]
+) -> tuple[list[bytes], list[int]]:
+    bodies, sizes = [], []
+    for ids in batches:
+        body = auth_pb2.BatchUserExistsRequest(user_ids=ids).SerializeToString()
+        reply = auth_pb2.BatchUserExistsResponse.FromString(
+            await call_raw(ctx.srv.target, BATCH, body, ctx.srv.metadata)
+        )
+        states = [(r.user_id, r.exists, r.state) for r in reply.results]
+        expected = [
+            (i, False, auth_pb2.USER_STATE_DELETED)
+            if i in deleted
+            else (i, True, auth_pb2.USER_STATE_ACTIVE)
+            for i in ids
+        ]
+        if states != expected:
+            raise RuntimeError("BatchUserExists answered differently from the database")
+        bodies.append(body)
+        sizes.append(reply.ByteSize())
+    return bodies, sizes
+
+
+async def raw_ids_per_s(url: str, batches: list[list[uuid.UUID]], duration: float) -> float:
+    """ids/s of RAW_CONNECTIONS connections each sending the prepared query in a loop."""
+    conns = [await asyncpg.connect(url) for _ in range(RAW_CONNECTIONS)]
+    try:
+        statements = [await c.prepare(RAW_QUERY) for c in conns]
+        rows = 0
+        end = time.perf_counter() + duration
+
+        async def loop(index: int) -> None:
+            nonlocal rows
+            statement = statements[index]
+            turn = index
+            while time.perf_counter() < end:
+                result = await statement.fetch(batches[turn % len(batches)])
+                rows += len(result)
+                turn += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(loop(i) for i in range(RAW_CONNECTIONS)))
+        return rows / (time.perf_counter() - started)
+    finally:
+        for conn in conns:
+            await conn.close()
+
+
+async def run(ctx: Context) -> Section:
+    o, srv = ctx.options, ctx.srv
+    section = Section("batch", f"BatchUserExists of {SIZE:,} ids vs raw asyncpg")
+    rng = random.Random(8)
+    deleted: set[str] = set()
+    batches = []
+    for _ in range(o.processes):
+        dead = ctx.take("deleted", DELETED_PER_BATCH)
+        ids = ctx.take("active", SIZE - DELETED_PER_BATCH) + dead
+        rng.shuffle(ids)
+        deleted.update(dead)
+        batches.append(ids)
+    bodies = await _bodies(ctx, batches, deleted)
+    uuids = [[uuid.UUID(i) for i in ids] for ids in batches]
+    pg_pid = ctx.db.postmaster_pid()
+    load = spec(ctx, srv, BATCH, bodies, connections=1, streams=2)
+    await ctx.generator.run(
+        spec(ctx, srv, BATCH, bodies, connections=1, streams=2, duration=o.warmup)
+    )
+    await raw_ids_per_s(ctx.db.url, uuids, o.warmup)
+
+    served: list[Measured] = []
+    raw: list[float] = []
+    for _ in range(o.rounds):
+        served.append(await measure(ctx.generator, load, srv, pg_pid))
+        raw.append(await raw_ids_per_s(ctx.db.url, uuids, o.duration))
+    server_ids = median([r.rps * SIZE for r in served])
+    raw_ids = median(raw)
+    ratio = server_ids / raw_ids
+    section.row(
+        f"BatchUserExists ({SIZE:,} ids), ids/s",
+        f"{fmt_int(server_ids)} ids/s",
+        f"raw asyncpg = ANY($1::uuid[]) {fmt_int(raw_ids)} ids/s",
+        ratio,
+        ">= 0.8",
+        ratio >= 0.8,
+    )
+    section.row(
+        "BatchUserExists ids/s, absolute",
+        f"{fmt_int(server_ids)} ids/s",
+        "",
+        None,
+        ">= 200,000",
+        server_ids >= 200_000,
+    )
+    cpu = median([r.cpu_us() for r in served])
+    pg_cpu = median([r.pg_cpu_us() or 0.0 for r in served])
+    section.row(
+        f"server CPU per {SIZE:,}-id batch",
+        f"{cpu:,.0f} µs",
+        f"PostgreSQL {pg_cpu:,.0f} µs per batch",
+    )
+    section.figures.update(
+        batch_ids_per_s=server_ids,
+        raw_ids_per_s=raw_ids,
+        batch_vs_raw=ratio,
+        cpu_us_per_batch=cpu,
+        pg_cpu_us_per_batch=pg_cpu,
+    )
+    section.notes += [
+        (
+            f"{o.processes} distinct batches of {SIZE:,} ids ({DELETED_PER_BATCH} soft-deleted, shuffled), "
+            f"one per {ctx.generator.name} process, {load.in_flight} calls in flight; each batch checked "
+            "against the database with one real call first."
+        ),
+        (
+            f"Raw reference: {RAW_CONNECTIONS} asyncpg connections in this Python process (uvloop), "
+            "one prepared query each in a loop over the same batches."
+        ),
+        f"{o.rounds} alternating runs of {o.duration:g} s each (medians).",
+        error_note(served),
+    ]
+    return section

@@ -1,0 +1,218 @@
+"""The benchmark runner: `python -m bench [--quick] [--only NAME ...]`.
+
+Starts embedded PostgreSQL with the users dataset, `auth-service serve`
+subprocesses and load generators, runs the benchmarks in one go, prints the table
+and (for a full run of everything) rewrites the generated part of bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import shlex
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import external, machine, report
+from bench.context import Context, Options
+from bench.dataset import Dataset
+from bench.load import H2Load, PythonLoad, ensure_h2load, h2load_version
+from bench.server import Features, ServerProcess
+
+# Benchmarks in the order they run; those marked True need the dataset and server.
+NAMES = ("serving", "batch", "inserts", "workers", "client", "relay")
+_NEEDS_SERVER = {"serving", "batch", "inserts", "workers"}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark auth-service against real processes; see bench/RESULTS.md.",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="100k users, 3 s runs, one round: to try the harness out (figures are rough)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="NAME",
+        help=f"run only these benchmarks (repeat or comma-separate): {', '.join(NAMES)}",
+    )
+    parser.add_argument("--users", type=int, help="dataset size (default 1,000,000; quick 100,000)")
+    parser.add_argument("--duration", type=float, help="seconds per measured run (default 10)")
+    parser.add_argument(
+        "--load-generator",
+        choices=["auto", "h2load", "python"],
+        default="auto",
+        help="auto: h2load (installed with apt-get when missing and running as root), "
+        "else Python processes",
+    )
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help="rewrite bench/RESULTS.md even for a --quick or --only run",
+    )
+    parser.add_argument("--no-write", action="store_true", help="never rewrite bench/RESULTS.md")
+    parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON here")
+    return parser.parse_args(argv)
+
+
+def _selected(only: list[str] | None) -> list[str]:
+    if not only:
+        return list(NAMES)
+    wanted = {name.strip() for item in only for name in item.split(",") if name.strip()}
+    unknown = wanted - set(NAMES)
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s): {', '.join(sorted(unknown))}; known: {NAMES}")
+    return [name for name in NAMES if name in wanted]
+
+
+def _generator(choice: str) -> H2Load | PythonLoad:
+    if choice != "python":
+        binary = ensure_h2load(install=True)
+        if binary:
+            return H2Load(binary)
+        if choice == "h2load":
+            raise SystemExit("h2load not found (apt-get install nghttp2-client)")
+        print("  h2load not available: using Python load-generator processes", flush=True)
+    return PythonLoad()
+
+
+def _failed(name: str, exc: BaseException) -> report.Section:
+    section = report.Section(name, f"{name} (FAILED)")
+    detail = " ".join(str(exc).split())
+    section.row("benchmark failed", type(exc).__name__, detail[:100])
+    section.notes.append(f"{name} raised {type(exc).__name__}: {detail}"[:500])
+    return section
+
+
+async def _guarded(name: str, step: Callable[[], Awaitable[report.Section]]) -> report.Section:
+    print(f"- {name} ...", flush=True)
+    started = time.perf_counter()
+    try:
+        section = await step()
+    except Exception as exc:
+        traceback.print_exc()
+        section = _failed(name, exc)
+    print(f"  {name} done in {time.perf_counter() - started:.0f}s", flush=True)
+    return section
+
+
+def _module_step(ctx: Context, name: str) -> Callable[[], Awaitable[report.Section]]:
+    module = importlib.import_module(f"bench.{name}")
+
+    async def step() -> report.Section:
+        section: report.Section = await module.run(ctx)
+        return section
+
+    return step
+
+
+async def _server_benchmarks(ctx: Context, names: list[str]) -> list[report.Section]:
+    o = ctx.options
+    sections = []
+    async with Dataset(o.users) as dataset:
+        ctx.dataset = dataset
+        active = min(int(o.users * 0.6), 400_000)
+        ctx.sample = await dataset.sample(active=active, deleted=max(200, o.processes * 60))
+        async with ServerProcess(dataset.url, ctx.features) as server:
+            ctx.server = server
+            await asyncio.sleep(0.5)
+            ctx.idle_rss = server.rss_bytes()
+            sections.extend(
+                [
+                    await _guarded(name, _module_step(ctx, name))
+                    for name in names
+                    if name != "workers"
+                ]
+            )
+        ctx.server = None
+        if "workers" in names:
+            sections.append(await _guarded("workers", _module_step(ctx, "workers")))
+    ctx.dataset = None
+    return sections
+
+
+async def _self_contained(name: str) -> report.Section:
+    """bench_client / bench_relay: modules owned by other engineers with `run()`."""
+    return await _guarded(name, lambda: external.run(name))
+
+
+async def run(
+    args: argparse.Namespace,
+) -> tuple[list[report.Section], dict[str, str], machine.Busy]:
+    names = _selected(args.only)
+    options = Options.make(quick=args.quick, users=args.users, duration=args.duration)
+    busy = machine.Busy()
+    started = datetime.now(UTC)
+    generator = _generator(args.load_generator)
+    features = Features()
+    extra = {
+        "load generator": h2load_version(generator.binary)
+        if isinstance(generator, H2Load)
+        else generator.name,
+        "auth-service serve": "--workers "
+        + ("yes" if features.workers else "no")
+        + ", metrics "
+        + ("yes" if features.metrics else "no"),
+    }
+    ctx = Context(options=options, generator=generator, features=features)
+    sections: list[report.Section] = []
+    server_names = [n for n in names if n in _NEEDS_SERVER]
+    if server_names:
+        sections += await _server_benchmarks(ctx, server_names)
+    for name in names:
+        if name not in _NEEDS_SERVER:
+            sections.append(await _self_contained(name))
+    busy.finish()
+    extra["started"] = started.strftime("%Y-%m-%d %H:%M UTC")
+    return sections, extra, busy
+
+
+def _header(info: dict[str, str], busy: machine.Busy, options: Options) -> str:
+    command = shlex.join(["python", "-m", "bench", *sys.argv[1:]])
+    mode = "quick" if options.quick else "full"
+    lines = [
+        (
+            f"Command: `{command}` ({mode} run: {options.users:,} users, {options.duration:g} s runs, "
+            f"{options.rounds} round(s))."
+        ),
+        "",
+        "Machine: " + "; ".join(f"{k} {v}" for k, v in info.items()) + ".",
+        "",
+        f"Machine load while measuring: {busy.describe()}.",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        import uvloop  # noqa: PLC0415
+    except ImportError:  # pragma: no cover
+        sections, extra, busy = asyncio.run(run(args))
+    else:
+        sections, extra, busy = uvloop.run(run(args))
+    options = Options.make(quick=args.quick, users=args.users, duration=args.duration)
+    info = machine.describe(extra)
+    block = report.generated_block(_header(info, busy, options), sections)
+    print()
+    print(block)
+    complete = not args.quick and not args.only
+    if not args.no_write and (complete or args.write):
+        report.write_results(block)
+        print(f"\nwrote {report.RESULTS}")
+    elif not args.no_write:
+        print("\nbench/RESULTS.md not rewritten (quick or partial run; --write to force)")
+    if args.json:
+        figures = {s.name: s.figures for s in sections}
+        Path(args.json).write_text(json.dumps({"machine": info, "figures": figures}, indent=2))
+    return 0 if all("FAILED" not in s.title for s in sections) else 1

@@ -1,0 +1,92 @@
+"""`auth-service serve --workers N` (N processes on one port, SO_REUSEPORT) vs one
+process: UserExists requests/s, server CPU per request, memory."""
+
+from __future__ import annotations
+
+import os
+
+from bench.context import Context
+from bench.load import LoadSpec
+from bench.measure import Measured, error_note, measure
+from bench.report import Section, fmt_int, median
+from bench.server import ServerProcess
+from bench.serving import USER_EXISTS, spec, user_exists_bodies
+
+MIB = 1024 * 1024
+# More connections than usual: the kernel spreads connections, not calls, across
+# the workers, so a few connections can land unevenly.
+CONNECTIONS = 4
+STREAMS = 8
+
+
+async def run(ctx: Context) -> Section:
+    o = ctx.options
+    count = max(2, os.cpu_count() or 2)
+    section = Section("workers", f"{count} server processes on one port vs 1")
+    if not ctx.features.workers:
+        section.row(
+            "N server processes on one port", "not available yet", "`serve` has no --workers"
+        )
+        return section
+    ids = [ctx.take("active", o.processes) for _ in range(o.rounds + 1)]
+    async with (
+        ServerProcess(ctx.db.url, ctx.features) as single,
+        ServerProcess(ctx.db.url, ctx.features, workers=count) as multi,
+    ):
+        rounds_single = [await user_exists_bodies(single, i) for i in ids]
+        rounds_multi = [await user_exists_bodies(multi, i) for i in ids]
+
+        def load(
+            server: ServerProcess, bodies: tuple[list[bytes], list[int]], **kw: object
+        ) -> LoadSpec:
+            return spec(
+                ctx, server, USER_EXISTS, bodies, connections=CONNECTIONS, streams=STREAMS, **kw
+            )
+
+        for server, bodies in ((single, rounds_single[-1]), (multi, rounds_multi[-1])):
+            await ctx.generator.run(load(server, bodies, duration=o.warmup))
+        one: list[Measured] = []
+        many: list[Measured] = []
+        for index in range(o.rounds):
+            one.append(await measure(ctx.generator, load(single, rounds_single[index]), single))
+            many.append(await measure(ctx.generator, load(multi, rounds_multi[index]), multi))
+        rss_single, rss_multi = single.rss_bytes(), multi.rss_bytes()
+    rps_one, rps_many = median([r.rps for r in one]), median([r.rps for r in many])
+    cpu_one, cpu_many = median([r.cpu_us() for r in one]), median([r.cpu_us() for r in many])
+    section.row(
+        f"UserExists, `serve --workers {count}`",
+        f"{fmt_int(rps_many)} req/s",
+        f"1 process {fmt_int(rps_one)} req/s",
+        rps_many / rps_one,
+    )
+    section.row(
+        f"server CPU per UserExists, {count} workers",
+        f"{cpu_many:.0f} µs",
+        f"1 process {cpu_one:.0f} µs",
+        cpu_many / cpu_one,
+    )
+    section.row(
+        f"server RSS after the runs, {count} workers (all processes)",
+        f"{rss_multi / MIB:.0f} MiB",
+        f"1 process {rss_single / MIB:.0f} MiB",
+    )
+    section.figures.update(
+        workers=count,
+        workers_rps=rps_many,
+        single_rps=rps_one,
+        workers_vs_single=rps_many / rps_one,
+        workers_cpu_us=cpu_many,
+        single_cpu_us=cpu_one,
+        workers_rss_mib=rss_multi / MIB,
+    )
+    section.notes += [
+        (
+            f"Both servers run at once on the same database; {o.rounds} alternating runs of "
+            f"{o.duration:g} s (medians), {o.processes} {ctx.generator.name} processes x "
+            f"{CONNECTIONS} connections x {STREAMS} streams. On a {os.cpu_count()}-core machine the "
+            "workers share the cores with the load generator and PostgreSQL, so N processes cannot "
+            "reach N times one."
+        ),
+        error_note([*one, *many]),
+    ]
+    return section
