@@ -1,0 +1,111 @@
+"""Smoke tests of the benchmark harness (bench/): the modules import, the gRPC
+framing h2load sends is what a real server accepts, errors hidden behind HTTP 200
+are counted, and RESULTS.md keeps its hand-written part. No timings asserted."""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+
+from auth_client._proto.auth.v1 import auth_pb2
+from auth_service.app import AuthServer
+from bench import report
+from bench.load import H2Load, LoadSpec, grpc_frame, parse_h2load
+from bench.measure import call_raw
+from tests.helpers import create_user
+
+MODULES = [
+    "bench.run",
+    "bench.serving",
+    "bench.batch",
+    "bench.inserts",
+    "bench.workers",
+    "bench.external",
+    "bench.pyload",
+    "bench.bench_client",
+    "bench.bench_relay",
+]
+USER_EXISTS = "/auth.v1.AuthService/UserExists"
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_bench_module_imports(name: str) -> None:
+    module = importlib.import_module(name)
+    if name in {"bench.bench_client", "bench.bench_relay"}:
+        assert callable(module.run), "the runner calls run() of this module"
+
+
+def test_grpc_frame_is_flag_length_message() -> None:
+    message = auth_pb2.BatchUserExistsRequest(
+        user_ids=[f"00000000-0000-4000-8000-{i:012d}" for i in range(1000)]
+    ).SerializeToString()
+    frame = grpc_frame(message)
+    assert frame[0] == 0  # not compressed
+    assert struct.unpack(">I", frame[1:5])[0] == len(message) > 0xFFFF // 2
+    assert auth_pb2.BatchUserExistsRequest.FromString(frame[5:]).user_ids[999].endswith("999")
+
+
+def test_h2load_parser_counts_errors_from_data_bytes() -> None:
+    output = (
+        "finished in 3.00s, 100.00 req/s, 1KB/s\n"
+        "requests: 300 total, 300 started, 300 done, 300 succeeded, 0 failed, 0 errored, 0 timeout\n"
+        "status codes: 300 2xx, 0 3xx, 0 4xx, 0 5xx\n"
+        "traffic: 20KB (20000) total, 9KB (9000) headers (space savings 90.00%), 2.48KB (2538) data\n"
+    )
+    # 282 answers of 4 + 5 bytes; the other 18 "successes" were grpc-status errors.
+    result = parse_h2load(output, response_size=4)
+    assert (result.done, result.ok, result.failed) == (300, 282, 18)
+    assert result.rps == 100.0
+
+
+@pytest.fixture
+def h2load() -> H2Load:
+    binary = shutil.which("h2load")
+    if binary is None:
+        pytest.skip("h2load not installed (apt-get install nghttp2-client)")
+    return H2Load(binary)
+
+
+async def test_h2load_drives_a_real_server(h2load: H2Load, server: AuthServer, admin_stub) -> None:
+    user = await create_user(admin_stub)
+    good = auth_pb2.UserExistsRequest(user_id=user.id).SerializeToString()
+    bad = auth_pb2.UserExistsRequest(user_id="not-a-uuid").SerializeToString()
+    reply = await call_raw(server.address, USER_EXISTS, good, ())
+    assert auth_pb2.UserExistsResponse.FromString(reply).exists
+
+    def spec(body: bytes) -> LoadSpec:
+        return LoadSpec(
+            target=server.address,
+            path=USER_EXISTS,
+            bodies=[body],
+            response_sizes=[len(reply)],
+            connections=1,
+            streams=2,
+            duration=0.3,
+            latencies=True,
+        )
+
+    answered = await h2load.run(spec(good))
+    assert answered.done > 0
+    assert answered.ok == answered.done
+    assert answered.latencies_us  # per-request times from --log-file
+    rejected = await h2load.run(spec(bad))  # INVALID_ARGUMENT, but HTTP 200
+    assert rejected.done > 0
+    assert rejected.ok == 0
+    assert rejected.failed == rejected.done
+
+
+def test_results_rewrite_keeps_the_history(tmp_path: Path) -> None:
+    path = tmp_path / "RESULTS.md"
+    report.write_results("first table", path)
+    text = path.read_text().replace("## History\n", "## History\n\n- fast path: 2x\n")
+    path.write_text(text)
+    report.write_results("second table", path)
+    text = path.read_text()
+    assert "second table" in text
+    assert "first table" not in text
+    assert "- fast path: 2x" in text
