@@ -201,7 +201,9 @@ class AuthServer:
         if self._port == 0:
             raise ServerStartError(f"cannot listen on {s.listen} (address in use?)")
         self._server = server
-        self._health = HealthMonitor(health_servicer, self._pool, s.health_interval_s)
+        self._health = HealthMonitor(
+            health_servicer, s.database_url, s.health_interval_s, s.connect_timeout_s
+        )
         await self._health.start()
         await server.start()
         log.info(

@@ -1,4 +1,4 @@
-"""Connection pool, health ping, and the one translation of asyncpg errors.
+"""Connection pool, and the one translation of asyncpg errors.
 
 Repository code runs its queries inside `translate_errors(...)`, which turns the
 failures of the layer below into domain errors:
@@ -11,7 +11,6 @@ failures of the layer below into domain errors:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -106,14 +105,3 @@ async def warm_up(pool: asyncpg.Pool, count: int) -> None:
     finally:
         for conn in conns:
             await pool.release(conn)
-
-
-async def ping(pool: asyncpg.Pool, timeout: float) -> bool:
-    """True when the database answers `SELECT 1` within `timeout` seconds."""
-    try:
-        async with asyncio.timeout(timeout):
-            async with pool.acquire() as conn:
-                await conn.fetchval("SELECT 1")
-    except Exception:
-        return False
-    return True

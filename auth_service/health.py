@@ -1,4 +1,10 @@
-"""gRPC health status that follows the database: NOT_SERVING while it is unreachable."""
+"""gRPC health status that follows the database: NOT_SERVING while it is unreachable.
+
+The monitor pings over a connection of its own, not the request pool: a pool busy
+with slow queries (answered RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED) must not make
+a replica look dead to the load balancer, and a dead database must show up even
+when no request comes in.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,6 @@ import asyncpg
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
-from auth_service import db
-
 log = logging.getLogger(__name__)
 
 SERVICES = ("", "auth.v1.AuthService", "auth.v1.UserAdminService")
@@ -20,10 +24,18 @@ SERVICES = ("", "auth.v1.AuthService", "auth.v1.UserAdminService")
 class HealthMonitor:
     """Pings the database every `interval` seconds and sets every service's status."""
 
-    def __init__(self, servicer: HealthServicer, pool: asyncpg.Pool, interval: float) -> None:
+    def __init__(
+        self,
+        servicer: HealthServicer,
+        database_url: str,
+        interval: float,
+        connect_timeout: float = 5.0,
+    ) -> None:
         self._servicer = servicer
-        self._pool = pool
+        self._database_url = database_url
         self._interval = interval
+        self._connect_timeout = connect_timeout
+        self._conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._serving: bool | None = None
         self._stopped = False
@@ -37,9 +49,29 @@ class HealthMonitor:
         self._task = asyncio.create_task(self._run(), name="health-monitor")
 
     async def check_once(self) -> bool:
-        ok = await db.ping(self._pool, timeout=max(self._interval, 1.0))
+        ok = await self._ping(timeout=max(self._interval, 1.0))
         await self._set(ok)
         return ok
+
+    async def _ping(self, timeout: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout + self._connect_timeout):
+                if self._conn is None or self._conn.is_closed():
+                    self._conn = await asyncpg.connect(
+                        self._database_url,
+                        timeout=self._connect_timeout,
+                        server_settings={"application_name": "auth-service-health"},
+                    )
+                await self._conn.fetchval("SELECT 1", timeout=timeout)
+        except Exception:
+            await self._drop_connection()
+            return False
+        return True
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
 
     async def _set(self, serving: bool, *, reason: str = "database") -> None:
         if self._stopped or serving == self._serving:
@@ -77,3 +109,9 @@ class HealthMonitor:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), timeout=1.0)
+            if not conn.is_closed():
+                conn.terminate()

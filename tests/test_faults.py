@@ -104,7 +104,7 @@ async def test_caller_deadline_bounds_a_slow_query(server, auth_stub, admin_stub
         async def no_query_left_waiting() -> bool:
             waiting = await blocker.fetchval(
                 "SELECT count(*) FROM pg_stat_activity "
-                "WHERE application_name = 'auth-service' AND state = 'active'"
+                "WHERE application_name = 'auth-service' AND wait_event_type = 'Lock'"
             )
             return waiting == 0
 
