@@ -36,7 +36,9 @@ async def run_users(
         try:
             if action == "create":
                 assert username is not None
-                request = admin_pb2.CreateUserRequest(username=username, display_name=display_name or "")
+                request = admin_pb2.CreateUserRequest(
+                    username=username, display_name=display_name or ""
+                )
                 if email:
                     request.email = email
                 created = await admin_pb2_grpc.UserAdminServiceStub(channel).CreateUser(
@@ -53,7 +55,9 @@ async def run_users(
                     admin_pb2.DeleteUserRequest(user_id=user_id or ""), metadata=md, timeout=timeout
                 )
                 out = MessageToDict(
-                    deleted, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+                    deleted,
+                    preserving_proto_field_name=True,
+                    always_print_fields_with_no_presence=True,
                 )
         except grpc.aio.AioRpcError as exc:
             print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)  # noqa: T201

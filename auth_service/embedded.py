@@ -39,7 +39,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
+def _wait_for_port(
+    host: str, port: int, timeout: float, proc: subprocess.Popen[bytes], log: Path
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -47,7 +49,9 @@ def _wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
             return
         time.sleep(0.02)
-    raise EmbeddedError(f"server did not listen on {host}:{port} within {timeout}s; log:\n{_tail(log)}")
+    raise EmbeddedError(
+        f"server did not listen on {host}:{port} within {timeout}s; log:\n{_tail(log)}"
+    )
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -78,7 +82,14 @@ def _system_user() -> str | None:
         pwd.getpwnam(PG_SYSTEM_USER)
     except KeyError:
         subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_SYSTEM_USER],
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                PG_SYSTEM_USER,
+            ],
             check=True,
             capture_output=True,
         )
@@ -101,7 +112,9 @@ class EmbeddedPostgres:
     tests); `close()` stops it and deletes a temporary data directory.
     """
 
-    def __init__(self, data_dir: Path | None = None, *, port: int | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, data_dir: Path | None = None, *, port: int | None = None, host: str = "127.0.0.1"
+    ) -> None:
         self._bin = postgres_bin_dir()
         self._user = _system_user()
         self._temporary = data_dir is None
@@ -133,8 +146,19 @@ class EmbeddedPostgres:
             for path in (self.base_dir, self.data_dir):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
         try:
-            self._run_as([str(self._bin / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
-                          "--auth=trust", "--encoding=UTF8", "--no-sync", "--no-instructions"])
+            self._run_as(
+                [
+                    str(self._bin / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--no-sync",
+                    "--no-instructions",
+                ]
+            )
         except subprocess.CalledProcessError as exc:
             raise EmbeddedError(f"initdb failed: {exc.stderr.decode(errors='replace')}") from exc
 
@@ -144,11 +168,31 @@ class EmbeddedPostgres:
         self._init()
         log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
-            [str(self._bin / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
-             "-h", self.host, "-k", str(self.base_dir),
-             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-             "-c", "max_connections=200", "-c", "log_min_messages=warning"],
-            stdout=log, stderr=subprocess.STDOUT, user=self._user, start_new_session=True,
+            [
+                str(self._bin / "postgres"),
+                "-D",
+                str(self.data_dir),
+                "-p",
+                str(self.port),
+                "-h",
+                self.host,
+                "-k",
+                str(self.base_dir),
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=200",
+                "-c",
+                "log_min_messages=warning",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            user=self._user,
+            start_new_session=True,
         )
         log.close()
         _wait_for_port(self.host, self.port, timeout, self._proc, self.log_path)
@@ -156,7 +200,16 @@ class EmbeddedPostgres:
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        isready = [str(self._bin / "pg_isready"), "-h", self.host, "-p", str(self.port), "-U", "postgres", "-q"]
+        isready = [
+            str(self._bin / "pg_isready"),
+            "-h",
+            self.host,
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-q",
+        ]
         while time.monotonic() < deadline:
             if subprocess.run(isready, check=False).returncode == 0:
                 return
@@ -196,7 +249,12 @@ class EmbeddedPostgres:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
 
@@ -242,9 +300,19 @@ class EmbeddedKafka:
         url = f"tcp://{self.host}:{self.port}"
         log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
-            [self._bin, "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                self._bin,
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
         _wait_for_port(self.host, self.port, timeout, self._proc, self.log_path)
@@ -268,5 +336,10 @@ class EmbeddedKafka:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()

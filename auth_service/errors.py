@@ -1,14 +1,14 @@
 """Domain errors of the server. `servicer.py` turns them into gRPC statuses.
 
-    ServiceError
-    ├── InvalidArgumentError      bad input (never echoes the input back)
-    ├── NotFoundError             no such user
-    ├── AlreadyExistsError        username taken by an active user
-    ├── UnauthenticatedError      missing / unknown bearer token
-    ├── PermissionDeniedError     known caller without the needed scope
-    ├── ResourceExhaustedError    a limit was hit (concurrency, rate, size)
-    ├── DeadlineExceededError     the caller's deadline ran out
-    └── UnavailableError          the database cannot be reached right now
+ServiceError
+├── InvalidArgumentError      bad input (never echoes the input back)
+├── NotFoundError             no such user
+├── AlreadyExistsError        username taken by an active user
+├── UnauthenticatedError      missing / unknown bearer token
+├── PermissionDeniedError     known caller without the needed scope
+├── ResourceExhaustedError    a limit was hit (concurrency, rate, size)
+├── DeadlineExceededError     the caller's deadline ran out
+└── UnavailableError          the database cannot be reached right now
 """
 
 from __future__ import annotations

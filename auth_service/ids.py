@@ -13,7 +13,9 @@ _MAX_DISPLAY_NAME = 128
 _MAX_EMAIL = 254
 # Canonical, hyphenated UUID text (any case). Braces, urn: prefixes and
 # hyphen-less forms are rejected so one id has one spelling on the wire.
-_UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_UUID_TEXT = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
 
 
 def parse_user_id(text: str, field: str = "user_id") -> uuid.UUID:
@@ -53,6 +55,13 @@ def check_email(text: str | None) -> str | None:
     if text is None or text == "":
         return None
     local, at, domain = text.partition("@")
-    if len(text) > _MAX_EMAIL or not at or not local or "." not in domain or not text.isprintable() or " " in text:
+    if (
+        len(text) > _MAX_EMAIL
+        or not at
+        or not local
+        or "." not in domain
+        or not text.isprintable()
+        or " " in text
+    ):
         raise InvalidArgumentError("email is not a valid address")
     return text
