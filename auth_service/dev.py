@@ -14,6 +14,7 @@ import contextlib
 import logging
 import secrets
 import sys
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,14 @@ async def seed_demo_users(database_url: str) -> list[User]:
         return out
     finally:
         await pool.close()
+
+
+def _redact(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return url
 
 
 def banner(server: AuthServer, token: str, users: list[User], extra: list[str]) -> str:
@@ -120,9 +129,13 @@ async def run_dev(options: DevOptions) -> int:
             kafka_bootstrap_servers=bootstrap,
             metrics_listen=options.metrics_listen,
         )
+        db_kind = "embedded" if options.database_url is None else "from DATABASE_URL"
         kafka = [
-            f"  kafka         {bootstrap}  ({kafka_kind}; the relay publishes"
-            f" user_deleted events to topic {settings.kafka_topic})",
+            f"  postgres      {_redact(database_url)}  ({db_kind})",
+            (
+                f"  kafka         {bootstrap}  ({kafka_kind}; the relay publishes"
+                f" user_deleted events to topic {settings.kafka_topic})"
+            ),
         ]
         async with AuthServer(settings) as server:
             if server.metrics is not None:
