@@ -18,6 +18,8 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 _TEMPLATE = f"""# Benchmark results
 
+Run from the repository root: `.venv/bin/python -m bench` (see `--help`).
+
 {START}
 {END}
 

@@ -177,8 +177,17 @@ async def run(
     return sections, extra, busy
 
 
+def _interpreter() -> str:
+    """sys.executable relative to the repository root when it lives there (.venv)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        return str(Path(sys.executable).absolute().relative_to(root))
+    except ValueError:
+        return "python"
+
+
 def _header(info: dict[str, str], busy: machine.Busy, options: Options) -> str:
-    command = shlex.join(["python", "-m", "bench", *sys.argv[1:]])
+    command = shlex.join([_interpreter(), "-m", "bench", *sys.argv[1:]])
     mode = "quick" if options.quick else "full"
     lines = [
         (
