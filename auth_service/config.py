@@ -458,6 +458,16 @@ class Settings:
         if values.get("relay_enabled", True) and not values.get("kafka_bootstrap_servers"):
             problems.setdefault("KAFKA_BOOTSTRAP_SERVERS", "is required unless RELAY_ENABLED=false")
         if problems:
+            # Also judge the cross-field rules (defaults standing in for the bad
+            # values), so one error names every problem.
+            probe = {"database_url": "postgresql://placeholder/db", **values}
+            try:
+                cls(**probe)
+            except ConfigError as exc:
+                for key, why in exc.problems.items():
+                    problems.setdefault(key, why)
+            except TypeError:  # pragma: no cover - programming error in overrides
+                pass
             raise ConfigError(problems)
         try:
             return cls(**values)

@@ -52,6 +52,13 @@ def test_secrets_are_not_in_repr() -> None:
     assert "tok-abcdefghijklmnop" not in repr(s)
 
 
+def test_cross_field_problems_are_reported_with_the_others() -> None:
+    env = {**GOOD, "LOG_LEVEL": "LOUD", "DB_POOL_MIN_SIZE": "20", "RATE_LIMIT_BURST": "5"}
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert {"LOG_LEVEL", "DB_POOL_MIN_SIZE", "RATE_LIMIT_BURST"} <= set(info.value.problems)
+
+
 def test_pool_min_above_max_is_rejected() -> None:
     with pytest.raises(ConfigError) as info:
         Settings.from_env({**GOOD, "DB_POOL_MIN_SIZE": "20", "DB_POOL_MAX_SIZE": "5"})
