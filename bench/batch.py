@@ -132,15 +132,15 @@ async def run(ctx: Context) -> Section:
     )
     section.notes += [
         (
-            f"{o.processes} distinct batches of {SIZE:,} ids ({DELETED_PER_BATCH} soft-deleted, shuffled), "
-            f"one per {ctx.generator.name} process, {load.in_flight} calls in flight; each batch checked "
-            "against the database with one real call first."
+            f"{o.processes} distinct batches of {SIZE:,} ids ({DELETED_PER_BATCH} soft-deleted, "
+            f"shuffled), one per {ctx.generator.name} process, {load.in_flight} calls in flight; "
+            "each batch checked against the database with one real call first."
         ),
         (
-            f"Raw reference: {RAW_CONNECTIONS} asyncpg connections in this Python process (uvloop), "
-            "one prepared query each in a loop over the same batches."
+            f"Raw reference: {RAW_CONNECTIONS} asyncpg connections in this Python process "
+            "(uvloop), one prepared query each in a loop over the same batches."
         ),
-        f"{o.rounds} alternating runs of {o.duration:g} s each (medians).",
-        error_note(served),
+        f"{o.rounds} alternating round(s) of {o.duration:g} s each (medians).",
+        error_note(served, ctx.generator.error_method),
     ]
     return section

@@ -153,7 +153,8 @@ class Dataset:
         try:
             await conn.execute("VACUUM (ANALYZE) users")
             await conn.execute(
-                "CREATE TABLE bench_dataset (users integer NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now())"
+                "CREATE TABLE bench_dataset ("
+                "users integer NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now())"
             )
             await conn.execute("INSERT INTO bench_dataset (users) VALUES ($1)", self.users)
         finally:

@@ -222,7 +222,8 @@ async def run(ctx: Context) -> Section:
             f"the client sent {median(rpcs_cold):.3f} RPCs per cold insert (it merges concurrent "
             "misses into BatchUserExists)."
         ),
-        f"{o.rounds} rounds of the four runs, {o.duration:g} s each (medians); {errors} failed inserts"
+        f"{o.rounds} round(s) of the four runs, {o.duration:g} s each (medians); "
+        f"{errors} failed inserts"
         + (f"; senders ran out early in: {', '.join(exhausted)}" if exhausted else "")
         + ".",
         "The FK only checks that the row exists; `require_user` also rejects soft-deleted users.",

@@ -134,6 +134,9 @@ def _latencies(log_file: Path) -> list[int]:
 
 class H2Load:
     name = "h2load"
+    rate_method = "h2load --rps (a fixed rate per connection), per-call times from --log-file"
+    error_method = "counted from the DATA bytes h2load received"
+    caveat = ""
 
     def __init__(self, binary: str) -> None:
         self.binary = binary
@@ -196,6 +199,12 @@ class PythonLoad:
     h2load: it may be the bottleneck, and the report says so."""
 
     name = "python (grpc.aio processes; h2load not available)"
+    rate_method = "an open-loop schedule in each generator process"
+    error_method = "gRPC status of each answer"
+    caveat = (
+        "The Python load generator manages ~3k calls/s per process and may be the "
+        "bottleneck: install h2load (nghttp2-client) for real figures."
+    )
 
     async def run(self, spec: LoadSpec) -> LoadResult:
         from bench import pyload  # noqa: PLC0415 - pyload imports this module

@@ -104,12 +104,13 @@ async def call_raw(
         return reply
 
 
-def error_note(runs: list[Measured]) -> str:
-    """One sentence on errors across runs: client-side and server-side counts."""
+def error_note(runs: list[Measured], how: str) -> str:
+    """One sentence on errors across runs: client-side (`how` they were counted)
+    and server-side counts."""
     client = sum(r.load.failed for r in runs)
     done = sum(r.load.done for r in runs)
     problems = sum(r.log_problems for r in runs)
-    text = f"Errors: {client:,} of {done:,} answers not OK (counted from the answers' bytes)"
+    text = f"Errors: {client:,} of {done:,} answers not OK ({how})"
     if all(r.server_codes is not None for r in runs):
         codes: dict[str, int] = {}
         for r in runs:

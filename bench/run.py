@@ -148,7 +148,7 @@ async def _self_contained(name: str) -> report.Section:
 
 async def run(
     args: argparse.Namespace,
-) -> tuple[list[report.Section], dict[str, str], machine.Busy]:
+) -> tuple[list[report.Section], dict[str, str], machine.Busy, str]:
     names = _selected(args.only)
     options = Options.make(quick=args.quick, users=args.users, duration=args.duration)
     busy = machine.Busy()
@@ -174,7 +174,7 @@ async def run(
             sections.append(await _self_contained(name))
     busy.finish()
     extra["started"] = started.strftime("%Y-%m-%d %H:%M UTC")
-    return sections, extra, busy
+    return sections, extra, busy, generator.caveat
 
 
 def _interpreter() -> str:
@@ -191,8 +191,8 @@ def _header(info: dict[str, str], busy: machine.Busy, options: Options) -> str:
     mode = "quick" if options.quick else "full"
     lines = [
         (
-            f"Command: `{command}` ({mode} run: {options.users:,} users, {options.duration:g} s runs, "
-            f"{options.rounds} round(s))."
+            f"Command: `{command}` ({mode} run: {options.users:,} users, "
+            f"{options.duration:g} s runs, {options.rounds} round(s))."
         ),
         "",
         "Machine: " + "; ".join(f"{k} {v}" for k, v in info.items()) + ".",
@@ -207,12 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop  # noqa: PLC0415
     except ImportError:  # pragma: no cover
-        sections, extra, busy = asyncio.run(run(args))
+        sections, extra, busy, caveat = asyncio.run(run(args))
     else:
-        sections, extra, busy = uvloop.run(run(args))
+        sections, extra, busy, caveat = uvloop.run(run(args))
     options = Options.make(quick=args.quick, users=args.users, duration=args.duration)
     info = machine.describe(extra)
-    block = report.generated_block(_header(info, busy, options), sections)
+    header = _header(info, busy, options) + (f"\n\n**{caveat}**" if caveat else "")
+    block = report.generated_block(header, sections)
     print()
     print(block)
     complete = not args.quick and not args.only

@@ -123,7 +123,8 @@ async def run(ctx: Context) -> Section:
     section.row(
         f"UserExists latency p50 / p99 at {fmt_int(rate)} req/s (50% of saturation)",
         f"{_ms(percentile(u_lat, 50))} / {_ms(percentile(u_lat, 99))} ms",
-        f"Health/Check at the same rate: {_ms(percentile(h_lat, 50))} / {_ms(percentile(h_lat, 99))} ms",
+        "Health/Check at the same rate: "
+        f"{_ms(percentile(h_lat, 50))} / {_ms(percentile(h_lat, 99))} ms",
     )
     section.row("server RSS idle", f"{ctx.idle_rss / MIB:.0f} MiB", "after start, before any call")
     peak = max(r.rss_max for r in [*u_runs, lat_u])
@@ -145,24 +146,27 @@ async def run(ctx: Context) -> Section:
         achieved_latency_rate=lat_u.rps,
     )
     spec0 = spec(ctx, srv, USER_EXISTS, rounds[0])
+    gen = ctx.generator
     section.notes += [
         (
-            f"Load: {ctx.generator.name}, {spec0.processes} processes x {o.connections} connections x "
-            f"{o.streams} streams = {spec0.in_flight} calls in flight; {o.rounds} alternating runs of "
-            f"{o.duration:g} s each for UserExists and Health/Check (medians), after a {o.warmup:g} s warm-up."
+            f"Load: {gen.name}, {spec0.processes} processes x {o.connections} connections x "
+            f"{o.streams} streams = {spec0.in_flight} calls in flight; {o.rounds} alternating "
+            f"round(s) of {o.duration:g} s each for UserExists and Health/Check (medians), "
+            f"after a {o.warmup:g} s warm-up."
         ),
         (
-            f"UserExists ids: {o.processes} distinct active ids per run (h2load sends one body per "
-            f"process), {o.processes * (o.rounds + 1)} in all, drawn at random from {o.users:,} users."
+            f"UserExists ids: {o.processes} distinct active ids per run (the load generator "
+            f"sends one request body per process), {o.processes * (o.rounds + 1)} in all, "
+            f"drawn at random from {o.users:,} users."
         ),
         (
             "CPU: utime+stime of the server process tree (and of the PostgreSQL postmaster tree) "
             "over the run, divided by completed calls."
         ),
         (
-            f"Latency: h2load --rps at a fixed total rate of {fmt_int(rate)} req/s (achieved "
-            f"{fmt_int(lat_u.rps)}), per-request times from --log-file."
+            f"Latency: a fixed total rate of {fmt_int(rate)} req/s (achieved "
+            f"{fmt_int(lat_u.rps)}): {ctx.generator.rate_method}."
         ),
-        error_note([*h_runs, *u_runs, lat_u, lat_h]),
+        error_note([*h_runs, *u_runs, lat_u, lat_h], ctx.generator.error_method),
     ]
     return section

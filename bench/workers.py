@@ -81,12 +81,12 @@ async def run(ctx: Context) -> Section:
     )
     section.notes += [
         (
-            f"Both servers run at once on the same database; {o.rounds} alternating runs of "
+            f"Both servers run at once on the same database; {o.rounds} alternating round(s) of "
             f"{o.duration:g} s (medians), {o.processes} {ctx.generator.name} processes x "
-            f"{CONNECTIONS} connections x {STREAMS} streams. On a {os.cpu_count()}-core machine the "
-            "workers share the cores with the load generator and PostgreSQL, so N processes cannot "
+            f"{CONNECTIONS} connections x {STREAMS} streams. On a {os.cpu_count()}-core machine "
+            "the workers share the cores with the load generator and PostgreSQL, so N processes cannot "
             "reach N times one."
         ),
-        error_note([*one, *many]),
+        error_note([*one, *many], ctx.generator.error_method),
     ]
     return section
