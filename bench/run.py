@@ -116,11 +116,20 @@ def _module_step(ctx: Context, name: str) -> Callable[[], Awaitable[report.Secti
     return step
 
 
-async def _server_benchmarks(ctx: Context, names: list[str]) -> list[report.Section]:
+async def _server_benchmarks(
+    ctx: Context, names: list[str], extra: dict[str, str]
+) -> list[report.Section]:
     o = ctx.options
     sections = []
     async with Dataset(o.users) as dataset:
         ctx.dataset = dataset
+        extra["PostgreSQL"] = f"{dataset.server_version} (embedded; fsync=off)"
+        loaded = (
+            "reused from bench/.data"
+            if dataset.load_seconds is None
+            else f"loaded in {dataset.load_seconds:.0f} s by this run"
+        )
+        extra["dataset"] = f"{o.users:,} users, 5% soft-deleted, {loaded}"
         active = min(int(o.users * 0.6), 400_000)
         ctx.sample = await dataset.sample(active=active, deleted=max(200, o.processes * 60))
         async with ServerProcess(dataset.url, ctx.features) as server:
@@ -168,7 +177,7 @@ async def run(
     sections: list[report.Section] = []
     server_names = [n for n in names if n in _NEEDS_SERVER]
     if server_names:
-        sections += await _server_benchmarks(ctx, server_names)
+        sections += await _server_benchmarks(ctx, server_names, extra)
     for name in names:
         if name not in _NEEDS_SERVER:
             sections.append(await _self_contained(name))
