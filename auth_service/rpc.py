@@ -210,7 +210,7 @@ def handler(
                 site = sites.get(type(self))
                 if site is None:
                     site = sites[type(self)] = method_metrics(_service_name(self), method)
-                site.started.inc()
+                site.start()
             try:
                 caller = access.authorize(context, scope, read)
                 limits = access.limits

@@ -14,15 +14,16 @@ import uuid
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY, generate_latest
 
 from auth_client._proto.auth.v1 import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
 from auth_service.app import AuthServer, ServerStartError
 from auth_service.auth import parse_tokens
 from auth_service.embedded import free_port
-from auth_service.metrics import LATENCY_BUCKETS
+from auth_service.metrics import LATENCY_BUCKETS, method_metrics
 from tests.conftest import make_settings
 from tests.helpers import ADMIN_MD, expect_status
-from tests.ops.support import delta, samples, value
+from tests.ops.support import delta, parse, samples, value
 
 AUTH = "auth.v1.AuthService"
 ADMIN = "auth.v1.UserAdminService"
@@ -178,3 +179,24 @@ async def test_taken_metrics_port_fails_start(database_url: str) -> None:
         with pytest.raises(ServerStartError, match="metrics"):
             async with AuthServer(make_settings(database_url, metrics_listen=f"127.0.0.1:{port}")):
                 pass
+
+
+def test_histogram_buckets_are_cumulative_le_buckets() -> None:
+    """The hand-rolled exposition follows Prometheus histogram semantics: a value on
+    a bound counts in that `le` bucket, buckets are cumulative, +Inf = count."""
+    service = f"unit.v1.S{uuid.uuid4().hex[:6]}"
+    site = method_metrics(service, "M")
+    site.start()
+    site.start()
+    site.done("c", grpc.StatusCode.OK, 0.001)  # exactly on a bound
+    site.done("c", grpc.StatusCode.NOT_FOUND, 42.0)  # beyond the last bound
+    found = parse(generate_latest(REGISTRY).decode())
+    labels = {"grpc_service": service, "grpc_method": "M", "caller": "c"}
+    assert value(found, "grpc_server_started_total", grpc_service=service) == 2
+    assert value(found, "grpc_server_handling_seconds_bucket", le="0.0005", **labels) == 0
+    assert value(found, "grpc_server_handling_seconds_bucket", le="0.001", **labels) == 1
+    assert value(found, "grpc_server_handling_seconds_bucket", le="10.0", **labels) == 1
+    assert value(found, "grpc_server_handling_seconds_bucket", le="+Inf", **labels) == 2
+    assert value(found, "grpc_server_handling_seconds_count", **labels) == 2
+    assert value(found, "grpc_server_handling_seconds_sum", **labels) == 42.001
+    assert value(found, "grpc_server_handled_total", grpc_code="NOT_FOUND", **labels) == 1
