@@ -33,6 +33,7 @@ WRITERS = 32  # concurrent request handlers of the messaging service
 POOL_SIZE = 8
 HOT_USERS = 1000
 MESSAGING_DB = "bench_messaging"
+LEAVE_FOR_OTHERS = 1000  # sampled ids left for the benchmarks after this one
 
 _COLUMNS = """
     id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -135,7 +136,7 @@ async def run(ctx: Context) -> Section:
     hot = [uuid.UUID(i) for i in ctx.take("active", HOT_USERS)]
     # Cold runs need one new sender per insert: one slice of the sample per round,
     # used by both the FK run and the validated run (a fresh client each time).
-    per_round = (ctx.remaining("active") - 10) // o.rounds
+    per_round = (ctx.remaining("active") - LEAVE_FOR_OTHERS) // o.rounds
     fk_pool, plain_pool = await _setup(ctx)
 
     async def fk_insert(sender: uuid.UUID) -> None:
@@ -152,32 +153,45 @@ async def run(ctx: Context) -> Section:
 
         return insert
 
-    results: dict[str, list[Outcome]] = {"fk_hot": [], "warm": [], "fk_cold": [], "cold": []}
+    async def plain_insert(sender: uuid.UUID) -> None:
+        await plain_pool.execute(
+            "INSERT INTO messages (sender_id, body) VALUES ($1, $2)", sender, "hello"
+        )
+
+    results: dict[str, list[Outcome]] = {
+        k: [] for k in ("fk_hot", "warm", "plain", "fk_cold", "cold")
+    }
     rpcs_cold: list[float] = []
     try:
         async with _client(ctx) as warm_client:
             await warm_client.users_exist(hot)  # warm the cache
             warm_insert = validated(warm_client)
-            # Warm-up of both paths (pools, prepared statements), not recorded.
-            await _drive(_hot(hot, 0), fk_insert, o.warmup)
-            await _drive(_hot(hot, 0), warm_insert, o.warmup)
+            # Warm-up of every path (pools, prepared statements), not recorded.
+            for insert in (fk_insert, warm_insert, plain_insert):
+                await _drive(_hot(hot, 0), insert, o.warmup)
+
+            async def cold_run(fresh: list[uuid.UUID]) -> Outcome:
+                async with _client(ctx) as cold_client:
+                    outcome = await _drive(iter(fresh), validated(cold_client), o.duration)
+                rpcs_cold.append(cold_client.stats().rpcs / max(1, outcome.inserts))
+                return outcome
+
+            hot_paths = {"fk_hot": fk_insert, "warm": warm_insert, "plain": plain_insert}
+
+            async def one(name: str, seed: int, fresh: list[uuid.UUID]) -> Outcome:
+                if name in hot_paths:
+                    return await _drive(_hot(hot, seed), hot_paths[name], o.duration)
+                if name == "fk_cold":
+                    return await _drive(iter(fresh), fk_insert, o.duration)
+                return await cold_run(fresh)
+
+            names = list(results)
             for index in range(o.rounds):
-                seed = index + 1
                 fresh = [uuid.UUID(i) for i in ctx.take("active", per_round)]
-                # Alternate which path goes first, so drift does not favour one.
-                order = ("fk", "validated") if index % 2 == 0 else ("validated", "fk")
-                for path in order:
-                    if path == "fk":
-                        results["fk_hot"].append(
-                            await _drive(_hot(hot, seed), fk_insert, o.duration)
-                        )
-                        results["fk_cold"].append(await _drive(iter(fresh), fk_insert, o.duration))
-                        continue
-                    results["warm"].append(await _drive(_hot(hot, seed), warm_insert, o.duration))
-                    async with _client(ctx) as cold_client:
-                        outcome = await _drive(iter(fresh), validated(cold_client), o.duration)
-                        results["cold"].append(outcome)
-                        rpcs_cold.append(cold_client.stats().rpcs / max(1, outcome.inserts))
+                # Rotate the order each round, so drift does not favour one path.
+                shift = index % len(names)
+                for name in names[shift:] + names[:shift]:
+                    results[name].append(await one(name, index + 1, fresh))
     finally:
         await _teardown(ctx, fk_pool, plain_pool)
 
@@ -185,6 +199,7 @@ async def run(ctx: Context) -> Section:
         return median([r.per_s for r in results[key]])
 
     fk_hot, warm, fk_cold, cold = rate("fk_hot"), rate("warm"), rate("fk_cold"), rate("cold")
+    plain = rate("plain")
     section.row(
         "validated inserts, warm cache",
         f"{fmt_int(warm)} rows/s",
@@ -199,7 +214,13 @@ async def run(ctx: Context) -> Section:
         f"FK-checked {fmt_int(fk_cold)} rows/s (same kind of senders)",
         cold / fk_cold,
     )
+    section.row(
+        "unchecked inserts (no FK, no lookup)",
+        f"{fmt_int(plain)} rows/s",
+        f"FK costs {1 - fk_hot / plain:.0%}, require_user (warm) {1 - warm / plain:.0%} of it",
+    )
     section.figures.update(
+        unchecked_rows_per_s=plain,
         fk_hot_rows_per_s=fk_hot,
         validated_warm_rows_per_s=warm,
         fk_cold_rows_per_s=fk_cold,
@@ -222,7 +243,7 @@ async def run(ctx: Context) -> Section:
             f"the client sent {median(rpcs_cold):.3f} RPCs per cold insert (it merges concurrent "
             "misses into BatchUserExists)."
         ),
-        f"{o.rounds} round(s) of the four runs, {o.duration:g} s each (medians); "
+        f"{o.rounds} round(s) of the five runs (order rotated each round), {o.duration:g} s each (medians); "
         f"{errors} failed inserts"
         + (f"; senders ran out early in: {', '.join(exhausted)}" if exhausted else "")
         + ".",
