@@ -190,3 +190,63 @@ async def _memberships(database_url: str, user_id: str) -> int:
         )
     finally:
         await conn.close()
+
+
+async def test_dev_serves_metrics_and_readable_logs() -> None:
+    """`auth-service dev --metrics-listen`: the banner names the endpoint, it answers
+    with the server's metrics, and dev logs are human-readable text (DEBUG: one line
+    per call), not JSON."""
+    grpc_port, metrics_port = free_port(), free_port()
+    target = f"127.0.0.1:{grpc_port}"
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    token = f"dev-ops-{uuid.uuid4().hex}"
+    args = (
+        "auth-service", "dev", "--listen", target, "--admin-token", token,
+        "--kafka-listen", f"127.0.0.1:{free_port()}",
+        "--metrics-listen", f"127.0.0.1:{metrics_port}", "--log-level", "DEBUG",
+    )  # fmt: skip
+    async with Service(*args, env=clean_env()) as dev:
+
+        async def up() -> bool:
+            code, _, _ = await run_cli("health", "--target", target, env=clean_env())
+            return code == 0
+
+        await dev.wait_until_up(up, timeout=120)
+        async with grpc.aio.insecure_channel(target) as channel:
+            await admin_pb2_grpc.UserAdminServiceStub(channel).CreateUser(
+                admin_pb2.CreateUserRequest(username="devops"),
+                metadata=(("authorization", f"Bearer {token}"),),
+                timeout=10,
+            )
+        found = await samples(url)
+        assert (
+            value(found, "grpc_server_handled_total", grpc_method="CreateUser", caller="admin") == 1
+        )
+        assert await dev.stop(timeout=60) == 0
+        # Dev writes its banner on stdout (not captured here) and text logs on stderr.
+        text = dev.output()
+    assert "CreateUser OK in" in text
+    assert "(caller admin, request id " in text
+    assert not any(line.lstrip().startswith("{") for line in text.splitlines())
+
+
+async def test_workers_each_serve_metrics_on_port_plus_index(database_url: str) -> None:
+    """`serve --workers 2 --metrics-listen HOST:P`: worker i answers on P + i."""
+    grpc_port, metrics_port = free_port(), free_port()
+    while metrics_port + 1 == grpc_port:
+        metrics_port = free_port()
+    env = clean_env(DATABASE_URL=database_url, RELAY_ENABLED="false", LOG_FORMAT="json")
+    args = (
+        "auth-service", "serve", "--listen", f"127.0.0.1:{grpc_port}", "--workers", "2",
+        "--metrics-listen", f"127.0.0.1:{metrics_port}",
+    )  # fmt: skip
+    async with Service(*args, env=env) as serve:
+        for port in (metrics_port, metrics_port + 1):
+            url = f"http://127.0.0.1:{port}/metrics"
+
+            async def answers(url: str = url) -> bool:
+                code, _, _ = await run_cli("health", "--http", url, env=clean_env())
+                return code == 0
+
+            await serve.wait_until_up(answers, timeout=60)
+        assert await serve.stop() == 0

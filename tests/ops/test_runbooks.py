@@ -36,11 +36,10 @@ READER_TOKEN = f"runbook-reader-{uuid.uuid4().hex}"
 ADMIN_MD = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
 
 
-def _serve_env(database_url: str, port: int, metrics: int, **extra: str) -> dict[str, str]:
+def _serve_env(database_url: str, port: int, **extra: str) -> dict[str, str]:
     return clean_env(
         DATABASE_URL=database_url,
         GRPC_LISTEN=f"127.0.0.1:{port}",
-        METRICS_LISTEN=f"127.0.0.1:{metrics}",
         RELAY_ENABLED="false",
         ADMIN_TOKENS=ADMIN_TOKEN,
         AUTH_TOKENS=f"messaging users:read {READER_TOKEN}",
@@ -69,7 +68,11 @@ async def test_postgresql_failover(private_postgres: EmbeddedPostgres) -> None:
     reader = (("authorization", f"Bearer {READER_TOKEN}"),)
     request = auth_pb2.UserExistsRequest(user_id=str(uuid.uuid4()))
     async with Service(
-        "auth-service", "serve", env=_serve_env(private_postgres.url, port, metrics)
+        "auth-service",
+        "serve",
+        "--metrics-listen",
+        f"127.0.0.1:{metrics}",
+        env=_serve_env(private_postgres.url, port),
     ) as serve:
         await serve.wait_until_up(_probe("--target", target))
         async with grpc.aio.insecure_channel(target) as channel:
@@ -147,7 +150,9 @@ async def test_kafka_down_for_an_hour(database_url: str, own_kafka: EmbeddedKafk
     )
     async with (
         Service(
-            "auth-service", "serve", env=_serve_env(database_url, port, serve_metrics)
+            "auth-service",
+            "serve",
+            env=_serve_env(database_url, port, METRICS_LISTEN=f"127.0.0.1:{serve_metrics}"),
         ) as serve,
         Service("auth-service", "relay", env=relay_env) as relay,
     ):
