@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
 from aiokafka import AIOKafkaProducer
+
 from auth_client._event_codec import (
     CONTENT_TYPE,
     HEADER_CONTENT_TYPE,

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Self
 
 import asyncpg
-from auth_client._event_codec import USER_DELETED_TYPE
 from prometheus_client import Counter, Gauge
 
+from auth_client._event_codec import USER_DELETED_TYPE
 from auth_service.outbox import NOTIFY_CHANNEL, Lag, OutboxRecord, OutboxStore
 from auth_service.publisher import ProducerConfig, Publisher, PublishError
 
