@@ -125,9 +125,7 @@ class UserRepository:
         return _user(row)
 
     @staticmethod
-    async def soft_delete(
-        conn: Conn, user_id: uuid.UUID, budget: Budget
-    ) -> Deletion | None:
+    async def soft_delete(conn: Conn, user_id: uuid.UUID, budget: Budget) -> Deletion | None:
         """Soft-delete inside the caller's transaction (so the caller can write the
         `user_deleted` outbox row in the same one). None when the id never existed.
 
