@@ -3,6 +3,7 @@ sampled ids, and the running single-process server."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from bench.dataset import Dataset, Sample
@@ -21,10 +22,26 @@ class Options:
     streams: int = 16  # calls in flight per connection
 
     @classmethod
-    def make(cls, *, quick: bool, users: int | None, duration: float | None) -> Options:
+    def make(
+        cls,
+        *,
+        quick: bool,
+        users: int | None = None,
+        duration: float | None = None,
+        processes: int | None = None,
+        connections: int | None = None,
+        streams: int | None = None,
+    ) -> Options:
         if quick:
-            return cls(quick=True, users=users or 100_000, duration=duration or 3.0, rounds=1)
-        return cls(users=users or 1_000_000, duration=duration or 10.0)
+            base = cls(quick=True, users=users or 100_000, duration=duration or 3.0, rounds=1)
+        else:
+            base = cls(users=users or 1_000_000, duration=duration or 10.0)
+        return dataclasses.replace(
+            base,
+            processes=processes or base.processes,
+            connections=connections or base.connections,
+            streams=streams or base.streams,
+        )
 
     @property
     def warmup(self) -> float:

@@ -12,6 +12,7 @@ import asyncio
 import importlib
 import json
 import shlex
+import subprocess
 import sys
 import time
 import traceback
@@ -49,6 +50,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--users", type=int, help="dataset size (default 1,000,000; quick 100,000)")
     parser.add_argument("--duration", type=float, help="seconds per measured run (default 10)")
     parser.add_argument(
+        "--processes",
+        type=int,
+        help="load-generator processes, one distinct request body each (default 4)",
+    )
+    parser.add_argument(
+        "--connections", type=int, help="HTTP/2 connections per generator process (default 2)"
+    )
+    parser.add_argument("--streams", type=int, help="calls in flight per connection (default 16)")
+    parser.add_argument(
         "--load-generator",
         choices=["auto", "h2load", "python"],
         default="auto",
@@ -63,6 +73,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-write", action="store_true", help="never rewrite bench/RESULTS.md")
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON here")
     return parser.parse_args(argv)
+
+
+def _options(args: argparse.Namespace) -> Options:
+    return Options.make(
+        quick=args.quick,
+        users=args.users,
+        duration=args.duration,
+        processes=args.processes,
+        connections=args.connections,
+        streams=args.streams,
+    )
+
+
+def _code_version() -> str:
+    """The commit measured, and whether the server's code had uncommitted changes."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        out = subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=False, timeout=30
+        )
+        return out.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "unknown (not a git checkout)"
+    dirty = git("status", "--porcelain", "--", "auth_service", "clients", "migrations")
+    return commit + (" + uncommitted changes to the service/client" if dirty else "")
 
 
 def _selected(only: list[str] | None) -> list[str]:
@@ -159,7 +197,7 @@ async def run(
     args: argparse.Namespace,
 ) -> tuple[list[report.Section], dict[str, str], machine.Busy, str]:
     names = _selected(args.only)
-    options = Options.make(quick=args.quick, users=args.users, duration=args.duration)
+    options = _options(args)
     busy = machine.Busy()
     started = datetime.now(UTC)
     generator = _generator(args.load_generator)
@@ -168,6 +206,7 @@ async def run(
         "load generator": h2load_version(generator.binary)
         if isinstance(generator, H2Load)
         else generator.name,
+        "code": _code_version(),
         "auth-service serve": "--workers "
         + ("yes" if features.workers else "no")
         + ", metrics "
@@ -219,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         sections, extra, busy, caveat = asyncio.run(run(args))
     else:
         sections, extra, busy, caveat = uvloop.run(run(args))
-    options = Options.make(quick=args.quick, users=args.users, duration=args.duration)
+    options = _options(args)
     info = machine.describe(extra)
     header = _header(info, busy, options) + (f"\n\n**{caveat}**" if caveat else "")
     block = report.generated_block(header, sections)
