@@ -9,7 +9,9 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from auth_client import ChannelConfig, TLSConfig
 from auth_client._proto.auth.v1 import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
+from auth_client._transport import build_channel
 
 
 def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
@@ -26,12 +28,14 @@ async def run_users(
     target: str,
     token: str | None,
     timeout: float,
+    tls: TLSConfig | None = None,
     username: str | None = None,
     display_name: str | None = None,
     email: str | None = None,
     user_id: str | None = None,
 ) -> int:
-    async with grpc.aio.insecure_channel(target) as channel:
+    channel = build_channel(target, tls=tls, config=ChannelConfig())
+    async with channel:
         md = _metadata(token)
         try:
             if action == "create":

@@ -12,7 +12,13 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Protocol, Self
 
-from auth_client import AuthClient, AuthClientError, BreakerConfig, ServiceUnavailableError
+from auth_client import (
+    AuthClient,
+    AuthClientError,
+    BreakerConfig,
+    ServiceUnavailableError,
+    TLSConfig,
+)
 from auth_client import UserState as ClientState
 from auth_service.reconcile_model import IdState, ReconcileError
 
@@ -44,6 +50,7 @@ class GrpcUserStates:
         target: str,
         *,
         token: str | None = None,
+        tls: TLSConfig | None = None,
         timeout: float = 10.0,
         retries: int = 5,
         backoff: float = 0.5,
@@ -51,6 +58,7 @@ class GrpcUserStates:
     ) -> None:
         self._target = target
         self._token = token
+        self._tls = tls
         self._timeout = timeout
         self._retries = retries
         self._backoff = backoff
@@ -67,6 +75,7 @@ class GrpcUserStates:
         self._client = AuthClient(
             self._target,
             token=self._token,
+            tls=self._tls,
             timeout=self._timeout,
             breaker=breaker,
             name="reconcile",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import asyncpg
 
+from auth_client import TLSConfig
 from auth_service.reconcile import Options, reconcile
 from auth_service.reconcile_checker import GrpcUserStates, Pacer
 from auth_service.reconcile_model import Progress, ReconcileError, StateFile
@@ -40,6 +41,7 @@ async def run(
     target: str,
     token: str | None,
     rate: float,
+    tls: TLSConfig | None = None,
     state_file: str | None = None,
     output_format: str = "table",
     timeout: float = 10.0,
@@ -51,7 +53,7 @@ async def run(
     state = StateFile(Path(state_file)) if state_file else None
     conn = await _connect(database_url)
     try:
-        async with GrpcUserStates(target, token=token, timeout=timeout) as checker:
+        async with GrpcUserStates(target, token=token, tls=tls, timeout=timeout) as checker:
             report = await reconcile(
                 conn, checker, options, pacer=Pacer(rate), progress=Progress(), state=state
             )

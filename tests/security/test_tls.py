@@ -4,6 +4,7 @@ plaintext guard of `auth-service serve`."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import ssl
@@ -20,7 +21,7 @@ from auth_client._proto.auth.v1 import auth_pb2, auth_pb2_grpc
 from auth_service.app import AuthServer
 from auth_service.config import ConfigError
 from tests.conftest import eventually
-from tests.security.conftest import PKI, READER, md, secure_settings
+from tests.security.conftest import ADMIN, PKI, READER, md, secure_settings
 from tests.security.pki import der_serial, serial_of
 
 if TYPE_CHECKING:
@@ -236,3 +237,39 @@ def _starts(env: dict[str, str], args: tuple[str, ...], mode: str) -> bool:
             proc.terminate()
             proc.wait(30)
     return False
+
+
+async def test_admin_cli_over_mtls(mtls_server: AuthServer, pki: PKI, tmp_path: Path) -> None:
+    """`auth-service users` reaches a TLS server with the same flags as `health`."""
+    cert, key = pki.client.write(tmp_path, "cli")
+
+    async def users(*flags: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "auth_service",
+            "users",
+            "--target",
+            mtls_server.address,
+            "--token",
+            ADMIN,
+            "--timeout",
+            "5",
+            *flags,
+            "create",
+            "tls_admin_user",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+    code, _, err = await users()  # plaintext against a TLS server
+    assert code == 1
+    assert "UNAVAILABLE" in err
+    code, out, err = await users(
+        "--ca-file", str(pki.ca_file), "--cert-file", str(cert), "--key-file", str(key)
+    )
+    assert code == 0, err
+    assert json.loads(out)["username"] == "tls_admin_user"
