@@ -49,6 +49,15 @@ def token_registry(settings: Settings) -> TokenRegistry:
         raise ConfigError({"AUTH_TOKENS": str(exc)}) from exc
 
 
+def _connection_age(seconds: float) -> list[tuple[str, int]]:
+    if seconds <= 0:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", int(seconds * 1000)),
+        ("grpc.max_connection_age_grace_ms", 30_000),
+    ]
+
+
 class ServerStartError(RuntimeError):
     """The server could not start (e.g. the listen address is taken)."""
 
@@ -167,6 +176,9 @@ class AuthServer:
                 # unlimited): bounds what one peer's half-sent requests can pin.
                 ("grpc.max_concurrent_streams", max(100, 2 * s.max_concurrent_rpcs)),
                 ("grpc.keepalive_permit_without_calls", 1),
+                # Clients reconnect (and re-resolve) now and then, so new replicas
+                # get a share of long-lived channels.
+                *_connection_age(s.max_connection_age_s),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ],
         )

@@ -35,6 +35,9 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
     asyncpg.ReadOnlySQLTransactionError,  # a failover left us on a standby
+    # 55000 and kin: "database is not currently accepting connections" (being
+    # dropped, restored or shut down), lock not available: try again later.
+    asyncpg.ObjectNotInPrerequisiteStateError,
 )
 
 
