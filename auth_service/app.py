@@ -144,7 +144,11 @@ class AuthServer:
             self.add_closer(self.relay.aclose)
         users = UserRepository(self._pool)
         if s.lookup_concurrency > 0:
-            self._lookup = StateLookup(self._pool, max_in_flight=s.lookup_concurrency)
+            self._lookup = StateLookup(
+                self._pool,
+                max_in_flight=s.lookup_concurrency,
+                max_window=s.lookup_window_ms / 1000,
+            )
             self.add_closer(self._lookup.aclose)
         limits = Limits(
             max_in_flight=s.max_concurrent_rpcs,

@@ -61,6 +61,7 @@ class Settings:
     statement_timeout_ms: int = 2000
     connect_timeout_s: float = 5.0
     lookup_concurrency: int = 2
+    lookup_window_ms: float = 2.0
     # Not from the environment: set for the processes of `serve --workers N`.
     reuse_port: bool = False
     health_interval_s: float = 1.0

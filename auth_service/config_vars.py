@@ -270,6 +270,12 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "UserExists queries running at once; lookups arriving meanwhile share the next query (0 = one query per call)",
     ),
     EnvVar(
+        "DB_LOOKUP_WINDOW_MS",
+        "lookup_window_ms",
+        _non_negative_float,
+        "under load, how long a UserExists lookup may wait to share a query with others (0 = never wait); a quiet server never waits",
+    ),
+    EnvVar(
         "DB_CONNECT_TIMEOUT_S",
         "connect_timeout_s",
         _positive_float,

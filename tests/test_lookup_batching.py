@@ -9,7 +9,9 @@ import uuid
 import asyncpg
 import grpc
 
-from auth_client._proto.auth.v1 import auth_pb2
+from auth_client._proto.auth.v1 import auth_pb2, auth_pb2_grpc
+from auth_service.app import AuthServer
+from tests.conftest import make_settings
 from tests.helpers import create_user, delete_user
 
 
@@ -64,3 +66,20 @@ async def test_cancelled_callers_do_not_fail_the_others(server, auth_stub, admin
         assert all(a.exists for a in answers)
     finally:
         await blocker.close()
+
+
+async def test_a_quiet_server_never_waits_for_company(database_url: str) -> None:
+    """Lookups that arrive one at a time go out at once, even with a long window."""
+    settings = make_settings(database_url, lookup_window_ms=500.0)
+    async with AuthServer(settings) as srv, grpc.aio.insecure_channel(srv.address) as ch:
+        stub = auth_pb2_grpc.AuthServiceStub(ch)
+        request = auth_pb2.UserExistsRequest(user_id=str(uuid.uuid4()))
+        loop = asyncio.get_running_loop()
+        for _ in range(5):
+            await asyncio.sleep(0.6)  # longer than the window: the server is quiet
+            started = loop.time()
+            reply = await stub.UserExists(request, timeout=5)
+            assert reply.state == auth_pb2.USER_STATE_NOT_FOUND
+            assert loop.time() - started < 0.45  # not held for the 500 ms window
+        assert srv._lookup is not None
+        assert srv._lookup.batches == srv._lookup.lookups == 5
