@@ -85,18 +85,20 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def BatchUserExists(
         self, request: auth_pb2.BatchUserExistsRequest, call: Call
     ) -> auth_pb2.BatchUserExistsResponse:
-        texts = list(request.user_ids)
-        user_ids = ids.parse_user_ids(texts)
-        states = await self.users.states(user_ids, call.budget())
-        results = [
-            auth_pb2.UserExistsResult(
-                user_id=text,
-                exists=states[uid] is UserState.ACTIVE,
-                state=_STATE[states[uid]],
-            )
-            for text, uid in zip(texts, user_ids, strict=True)
-        ]
-        return auth_pb2.BatchUserExistsResponse(results=results)
+        texts = list(request.user_ids)  # decode the repeated field once
+        keys = ids.canonical_user_ids(texts)
+        active = await self.users.active_flags(keys, call.budget())
+        response = auth_pb2.BatchUserExistsResponse()
+        add = response.results.add
+        for text, key in zip(texts, keys, strict=True):
+            flag = active.get(key)  # True active, False deleted, None never created
+            if flag:
+                add(user_id=text, exists=True, state=auth_pb2.USER_STATE_ACTIVE)
+            elif flag is None:
+                add(user_id=text, exists=False, state=auth_pb2.USER_STATE_NOT_FOUND)
+            else:
+                add(user_id=text, exists=False, state=auth_pb2.USER_STATE_DELETED)
+        return response
 
 
 class UserAdminServicer(admin_pb2_grpc.UserAdminServiceServicer):

@@ -46,7 +46,7 @@ class Deletion:
 
 _COLUMNS = "id, username, display_name, email, created_at, updated_at, deleted_at"
 _STATE_ONE = "SELECT deleted_at IS NULL FROM users WHERE id = $1"
-_STATE_MANY = "SELECT id, deleted_at IS NULL FROM users WHERE id = ANY($1::uuid[])"
+_ACTIVE_FLAGS = "SELECT id::text, deleted_at IS NULL FROM users WHERE id = ANY($1::uuid[])"
 _GET = f"SELECT {_COLUMNS} FROM users WHERE id = $1"  # noqa: S608 - constant columns
 _INSERT = f"""
 INSERT INTO users (id, username, display_name, email)
@@ -93,17 +93,16 @@ class UserRepository:
             active = await conn.fetchval(_STATE_ONE, user_id, timeout=budget.seconds)
         return _state(active)
 
-    async def states(
-        self, user_ids: Sequence[uuid.UUID], budget: Budget
-    ) -> dict[uuid.UUID, UserState]:
-        """State of every id (duplicates allowed); ids never created are NOT_FOUND."""
-        unique = list(dict.fromkeys(user_ids))
-        if not unique:
+    async def active_flags(self, keys: Sequence[str], budget: Budget) -> dict[str, bool]:
+        """For each canonical (lower-case) id text that exists: True when active,
+        False when deleted. Ids never created are absent. The fast path of
+        BatchUserExists: text in, text out, no `uuid.UUID` objects."""
+        if not keys:
             return {}
+        unique = list(dict.fromkeys(keys))
         async with translate_errors(budget), self._pool.acquire(timeout=budget.seconds) as conn:
-            rows = await conn.fetch(_STATE_MANY, unique, timeout=budget.seconds)
-        found = {row[0]: _state(row[1]) for row in rows}
-        return {uid: found.get(uid, UserState.NOT_FOUND) for uid in unique}
+            rows = await conn.fetch(_ACTIVE_FLAGS, unique, timeout=budget.seconds)
+        return dict(rows)  # type: ignore[arg-type]
 
     async def get(self, user_id: uuid.UUID, budget: Budget) -> User | None:
         """The user, deleted or not; None when the id was never created."""
