@@ -6,7 +6,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from auth_service.cli_common import fail, metrics_flag, run_async, tls_flags, wants_tls
+from auth_service.cli_common import (
+    fail,
+    host_port,
+    metrics_flag,
+    run_async,
+    tls_flags,
+    wants_tls,
+)
 from auth_service.config import ConfigError, Settings, cli_default
 
 
@@ -125,7 +132,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run the gRPC server (configured by environment)")
-    serve.add_argument("--listen", help="host:port to bind (overrides GRPC_LISTEN)")
+    serve.add_argument("--listen", type=host_port, help="host:port to bind (overrides GRPC_LISTEN)")
     serve.add_argument(
         "--allow-insecure",
         action="store_true",
@@ -157,13 +164,17 @@ def register(sub: Any) -> None:
         "dev", help="run locally: embedded PostgreSQL, migrations, demo users, server"
     )
     dev.add_argument(
-        "--listen", default="127.0.0.1:50051", help="gRPC host:port (default %(default)s)"
+        "--listen",
+        type=host_port,
+        default="127.0.0.1:50051",
+        help="gRPC host:port (default %(default)s)",
     )
     dev.add_argument("--admin-token", help="admin bearer token (default: random, printed)")
     dev.add_argument("--data-dir", help="keep the embedded database here (default: temporary)")
     dev.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     dev.add_argument(
         "--kafka-listen",
+        type=host_port,
         default="127.0.0.1:9092",
         metavar="HOST:PORT",
         help="embedded broker address, unless KAFKA_BOOTSTRAP_SERVERS is set (default %(default)s)",
