@@ -19,7 +19,7 @@ from auth_service.config import ConfigError, Settings, cli_default
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from auth_service import logs  # noqa: PLC0415
-    from auth_service.app import serve  # noqa: PLC0415
+    from auth_service.app import ServerStartError, serve  # noqa: PLC0415
     from auth_service.tls import insecure_listen_problem  # noqa: PLC0415
 
     overrides: dict[str, Any] = {}
@@ -55,7 +55,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except WorkersError as exc:
             return fail(str(exc), code=2)
     logs.configure(settings.log_level, settings.log_format)
-    return run_async(serve(settings))
+    try:
+        return run_async(serve(settings))
+    except ServerStartError as exc:
+        return fail(str(exc))
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -73,6 +76,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
+    from auth_service.app import ServerStartError  # noqa: PLC0415
     from auth_service.dev import DevOptions, run_dev  # noqa: PLC0415
     from auth_service.embedded import EmbeddedError  # noqa: PLC0415
     from auth_service.migrate import MigrationError  # noqa: PLC0415
@@ -89,7 +93,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     )
     try:
         return run_async(run_dev(options))
-    except (EmbeddedError, MigrationError) as exc:
+    except (EmbeddedError, MigrationError, ServerStartError) as exc:
         return fail(str(exc))
 
 

@@ -39,6 +39,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def ensure_free(host: str, port: int, what: str) -> None:
+    """Fail clearly when something already listens on `port`: waiting for our server
+    to listen would otherwise find the other one and report success."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise EmbeddedError(
+                f"{what}: {host}:{port} is already in use ({exc.strerror})"
+            ) from None
+
+
 def _wait_for_port(
     host: str, port: int, timeout: float, proc: subprocess.Popen[bytes], log: Path
 ) -> None:
@@ -166,6 +179,7 @@ class EmbeddedPostgres:
         if self.running:
             return
         self._init()
+        ensure_free(self.host, self.port, "embedded PostgreSQL")
         log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
             [
@@ -298,6 +312,11 @@ class EmbeddedKafka:
         if self.running:
             return
         url = f"tcp://{self.host}:{self.port}"
+        ensure_free(
+            self.host,
+            self.port,
+            "embedded broker (pass --kafka-listen HOST:PORT or set KAFKA_BOOTSTRAP_SERVERS)",
+        )
         log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
             [

@@ -172,3 +172,32 @@ def test_ctrl_c_stops_everything_dev_started() -> None:
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_a_taken_port_is_one_clear_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"}
+        }
+        for flags in (
+            ["--kafka-listen", f"127.0.0.1:{port}", "--listen", f"127.0.0.1:{free_port()}"],
+            ["--listen", f"127.0.0.1:{port}", "--kafka-listen", f"127.0.0.1:{free_port()}"],
+        ):
+            result = subprocess.run(
+                [sys.executable, "-m", "auth_service", "dev", *flags],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=env,
+                check=False,
+            )
+            assert result.returncode == 1
+            last = result.stderr.strip().splitlines()[-1]
+            assert last.startswith("auth-service: ")
+            assert f"127.0.0.1:{port}" in last
+            assert "Traceback" not in result.stderr
