@@ -124,6 +124,7 @@ class Relay:
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._closing = asyncio.Event()
+        self._listen_wakeup: asyncio.Event | None = None
         self._closed = asyncio.Event()
         self._state = "new"
         self.published = 0
@@ -169,6 +170,8 @@ class Relay:
         self._state = "closing"
         self._closing.set()
         self._wake.set()
+        if self._listen_wakeup is not None:
+            self._listen_wakeup.set()  # the LISTEN loop waits on it, not on _closing
         try:
             if self._tasks:
                 # Let the batch in flight finish; then cancel (its transaction rolls
@@ -276,7 +279,7 @@ class Relay:
 
     async def _listen_once(self, backoff: Backoff) -> None:
         c = self.config
-        lost = asyncio.Event()
+        lost = self._listen_wakeup = asyncio.Event()
         conn = await asyncpg.connect(
             c.database_url,
             timeout=c.connect_timeout_s,
@@ -296,7 +299,7 @@ class Relay:
                 if not lost.is_set() and not self._closing.is_set():
                     # A silently dead connection (no FIN) fails here.
                     await conn.fetchval("SELECT 1", timeout=5)
-            if lost.is_set():
+            if lost.is_set() and not self._closing.is_set():
                 log.warning("outbox relay: LISTEN connection lost; reconnecting")
         finally:
             self.listening = False
