@@ -49,16 +49,15 @@ class DevOptions:
 
 
 async def seed_demo_users(database_url: str) -> list[User]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        found = [await find_active_by_username(conn, name) for name, _ in DEMO_USERS]
-    finally:
-        await conn.close()
+    """The demo users, created unless an active user already has the name (a kept
+    --data-dir or an external DATABASE_URL)."""
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
     try:
         repo = UserRepository(pool)
         out: list[User] = []
-        for existing, (name, display) in zip(found, DEMO_USERS, strict=True):
+        for name, display in DEMO_USERS:
+            async with pool.acquire() as conn:
+                existing = await find_active_by_username(conn, name)
             out.append(
                 existing or await repo.create(name, display, f"{name}@example.com", Budget(5.0))
             )

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import asyncpg
 import grpc
@@ -39,10 +40,28 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coro).result()
 
 
-def _missing(what: str, exc: Exception) -> None:
+def _missing(what: str, exc: Exception) -> NoReturn:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{what} is required in CI: {exc}")
     pytest.skip(f"{what} not available: {exc}")
+
+
+S = TypeVar("S", EmbeddedPostgres, EmbeddedKafka)
+
+
+@contextlib.contextmanager
+def embedded(kind: type[S]) -> Iterator[S]:
+    """Start an embedded server of `kind`, yield it, close it. A missing binary
+    skips the test locally and fails it in CI."""
+    try:
+        server = kind()
+        server.start()
+    except EmbeddedError as exc:
+        _missing(kind.__name__, exc)
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture(scope="session")
@@ -52,15 +71,8 @@ def pg_admin_url() -> Iterator[str]:
     if external:
         yield external
         return
-    try:
-        server = EmbeddedPostgres()
-        server.start()
-    except EmbeddedError as exc:
-        _missing("embedded PostgreSQL", exc)
-    try:
+    with embedded(EmbeddedPostgres) as server:
         yield server.url
-    finally:
-        server.close()
 
 
 def _with_database(url: str, name: str) -> str:
@@ -121,16 +133,9 @@ def database_url(new_database: Callable[[], str]) -> str:
 def private_postgres(tmp_path: Any) -> Iterator[EmbeddedPostgres]:
     """A PostgreSQL server of this test's own, migrated, that the test may stop,
     kill and restart (fault tests)."""
-    try:
-        server = EmbeddedPostgres()
-        server.start()
-    except EmbeddedError as exc:
-        _missing("embedded PostgreSQL", exc)
-    try:
+    with embedded(EmbeddedPostgres) as server:
         migrate(server.url)
         yield server
-    finally:
-        server.close()
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
@@ -182,15 +187,16 @@ def kafka_bootstrap() -> Iterator[str]:
     if external:
         yield external
         return
-    try:
-        broker = EmbeddedKafka()
-        broker.start()
-    except EmbeddedError as exc:
-        _missing("embedded Kafka broker", exc)
-    try:
+    with embedded(EmbeddedKafka) as broker:
         yield broker.bootstrap_servers
-    finally:
-        broker.close()
+
+
+@pytest.fixture
+def private_kafka() -> Iterator[EmbeddedKafka]:
+    """A broker of this test's own, which the test may stop and start again (on the
+    same port; a restarted embedded broker is empty)."""
+    with embedded(EmbeddedKafka) as broker:
+        yield broker
 
 
 @pytest.fixture

@@ -25,26 +25,13 @@ TOKEN = "dev-test-token-0123456789"
 @pytest.fixture
 def dev_server() -> Iterator[tuple[str, list[str], str]]:
     port = free_port()
-    env = {
-        k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"}
-    }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "auth_service",
-            "dev",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--admin-token",
-            TOKEN,
-            "--kafka-listen",
-            f"127.0.0.1:{free_port()}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
+    proc = _start_dev(
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--admin-token",
+        TOKEN,
+        "--kafka-listen",
+        f"127.0.0.1:{free_port()}",
     )
     try:
         output = _read_banner(proc)
@@ -58,6 +45,23 @@ def dev_server() -> Iterator[tuple[str, list[str], str]]:
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def _dev_env() -> dict[str, str]:
+    """The environment without the variables that make dev use external servers."""
+    return {
+        k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"}
+    }
+
+
+def _start_dev(*flags: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "auth_service", "dev", *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_dev_env(),
+    )
 
 
 def _read_banner(proc: subprocess.Popen[str]) -> str:
@@ -139,25 +143,7 @@ def test_dev_serves_demo_users_to_a_generic_client(dev_server) -> None:
 
 def test_ctrl_c_stops_everything_dev_started() -> None:
     port, kafka_port = free_port(), free_port()
-    env = {
-        k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"}
-    }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "auth_service",
-            "dev",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--kafka-listen",
-            f"127.0.0.1:{kafka_port}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
+    proc = _start_dev("--listen", f"127.0.0.1:{port}", "--kafka-listen", f"127.0.0.1:{kafka_port}")
     try:
         banner = _read_banner(proc)
         pg_port = int(re.findall(r"PostgreSQL on 127\.0\.0\.1:(\d+)", banner)[0])
@@ -179,11 +165,6 @@ def test_a_taken_port_is_one_clear_line() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"}
-        }
         for flags in (
             ["--kafka-listen", f"127.0.0.1:{port}", "--listen", f"127.0.0.1:{free_port()}"],
             ["--listen", f"127.0.0.1:{port}", "--kafka-listen", f"127.0.0.1:{free_port()}"],
@@ -193,7 +174,7 @@ def test_a_taken_port_is_one_clear_line() -> None:
                 capture_output=True,
                 text=True,
                 timeout=120,
-                env=env,
+                env=_dev_env(),
                 check=False,
             )
             assert result.returncode == 1

@@ -7,12 +7,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from auth_service.app import AuthServer
-from auth_service.embedded import EmbeddedError, EmbeddedKafka
-from tests.conftest import _missing, make_settings
+from tests.conftest import make_settings
 from tests.events.support import create_topic
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator
 
     from auth_service.config import Settings
 
@@ -43,18 +42,3 @@ async def events_server(
     """A server whose relay publishes to `topic`."""
     async with AuthServer(event_settings(database_url, kafka_bootstrap, topic)) as server:
         yield server
-
-
-@pytest.fixture
-def private_kafka() -> Iterator[EmbeddedKafka]:
-    """A broker of this test's own, which the test may stop and start again (on the
-    same port; a restarted embedded broker is empty)."""
-    try:
-        broker = EmbeddedKafka()
-        broker.start()
-    except EmbeddedError as exc:
-        _missing("embedded Kafka broker", exc)
-    try:
-        yield broker
-    finally:
-        broker.close()

@@ -129,7 +129,7 @@ async def test_postgresql_failover(private_postgres: EmbeddedPostgres) -> None:
     assert any("reachable again" in line["message"] for line in lines)
 
 
-async def test_kafka_down_for_an_hour(database_url: str, own_kafka: EmbeddedKafka) -> None:
+async def test_kafka_down_for_an_hour(database_url: str, private_kafka: EmbeddedKafka) -> None:
     """Runbook "Kafka down for an hour" (a few seconds here): deletions keep being
     accepted, their events wait in the outbox (outbox_unpublished_rows,
     outbox_oldest_unpublished_age_seconds), and the relay drains every one of them
@@ -141,7 +141,7 @@ async def test_kafka_down_for_an_hour(database_url: str, own_kafka: EmbeddedKafk
     relay_env = clean_env(
         DATABASE_URL=database_url,
         METRICS_LISTEN=f"127.0.0.1:{relay_metrics}",
-        KAFKA_BOOTSTRAP_SERVERS=own_kafka.bootstrap_servers,
+        KAFKA_BOOTSTRAP_SERVERS=private_kafka.bootstrap_servers,
         KAFKA_TOPIC=topic,
         KAFKA_REQUEST_TIMEOUT_S="2",
         RELAY_MAX_BACKOFF_S="1",
@@ -158,7 +158,7 @@ async def test_kafka_down_for_an_hour(database_url: str, own_kafka: EmbeddedKafk
     ):
         await serve.wait_until_up(_probe("--target", target))
         await relay.wait_until_up(_probe("--http", relay_url))
-        await asyncio.to_thread(own_kafka.stop)
+        await asyncio.to_thread(private_kafka.stop)
 
         async with grpc.aio.insecure_channel(target) as channel:
             admin = admin_pb2_grpc.UserAdminServiceStub(channel)
@@ -186,8 +186,8 @@ async def test_kafka_down_for_an_hour(database_url: str, own_kafka: EmbeddedKafk
         await eventually(lagging, timeout=60)
         assert await _probe("--http", relay_url)()  # the relay itself stays up
 
-        await asyncio.to_thread(own_kafka.start)
-        async with Collector(own_kafka.bootstrap_servers, topic) as seen:
+        await asyncio.to_thread(private_kafka.start)
+        async with Collector(private_kafka.bootstrap_servers, topic) as seen:
 
             async def drained() -> bool:
                 found = await samples(relay_url)
