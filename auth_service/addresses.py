@@ -36,3 +36,17 @@ def is_loopback(host: str) -> bool:
 
 def format_host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_WILDCARDS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - recognised, not bound
+
+
+def local_address(listen: str, port: int | None = None) -> str:
+    """Where a server bound to `listen` is reached from the same host: a wildcard
+    host becomes 127.0.0.1; `port` replaces the configured one (e.g. the port a
+    `:0` bind got)."""
+    host, configured = parse_host_port(listen)
+    host = host.strip("[]")
+    if host in _WILDCARDS:
+        host = "127.0.0.1"
+    return format_host_port(host, configured if port is None else port)

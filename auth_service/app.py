@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from auth_client._proto.auth.v1 import admin_pb2, auth_pb2
 from auth_service import db
-from auth_service.addresses import format_host_port, parse_host_port
+from auth_service.addresses import local_address
 from auth_service.auth import TokenFile, TokenFormatError, TokenRegistry, admin_entries
 from auth_service.config import ConfigError, Settings
 from auth_service.health import HealthMonitor
@@ -102,10 +102,7 @@ class AuthServer:
 
     @property
     def address(self) -> str:
-        host, _ = parse_host_port(self.settings.listen)
-        if host in {"0.0.0.0", "::", "[::]"}:  # noqa: S104 - reporting, not binding
-            host = "127.0.0.1"
-        return format_host_port(host, self._port)
+        return local_address(self.settings.listen, self._port)
 
     def add_closer(self, closer: Callable[[], Awaitable[None]]) -> None:
         """Register a component to close (in reverse order) after the gRPC server."""

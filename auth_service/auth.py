@@ -141,10 +141,6 @@ class TokenRegistry:
         registry._add(entries)
         return registry
 
-    @classmethod
-    def admins(cls, tokens: Sequence[str]) -> TokenRegistry:
-        return cls.from_entries(admin_entries(tokens))
-
     def _add(self, entries: Iterable[TokenEntry]) -> None:
         scopes_of = {c.name: c.scopes for c in self._by_digest.values()}
         for entry in entries:

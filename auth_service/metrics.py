@@ -41,7 +41,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from auth_service.addresses import format_host_port, parse_host_port
+from auth_service.addresses import format_host_port, local_address, parse_host_port
 
 log = logging.getLogger(__name__)
 
@@ -213,11 +213,7 @@ class MetricsServer:
 
     @property
     def address(self) -> str:
-        host, _ = parse_host_port(self.listen)
-        host = host.strip("[]")
-        if host in {"0.0.0.0", "::"}:  # noqa: S104 - reporting, not binding
-            host = "127.0.0.1"
-        return format_host_port(host, self._port)
+        return local_address(self.listen, self._port)
 
     @property
     def url(self) -> str:

@@ -28,7 +28,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from auth_service.addresses import format_host_port, parse_host_port
+from auth_service.addresses import local_address
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -55,10 +55,7 @@ def local_target(grpc_listen: str | None) -> str:
     """Where the server of GRPC_LISTEN is reached from the same host."""
     if not grpc_listen:
         return DEFAULT_TARGET
-    host, port = parse_host_port(grpc_listen)
-    if host.strip("[]") in {"0.0.0.0", "::", ""}:  # noqa: S104 - reaching, not binding
-        host = "127.0.0.1"
-    return format_host_port(host.strip("[]"), port)
+    return local_address(grpc_listen)
 
 
 def check_grpc(
