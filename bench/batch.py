@@ -10,7 +10,7 @@ import uuid
 
 import asyncpg
 
-from auth_client._proto.auth.v1 import auth_pb2
+from auth_client.contract import auth_pb2
 from bench.context import Context
 from bench.measure import Measured, call_raw, error_note, measure
 from bench.report import Section, fmt_int, median

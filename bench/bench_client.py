@@ -22,10 +22,10 @@ import asyncpg
 import grpc
 
 from auth_client import AuthClient, CacheConfig
-from auth_service.app import AuthServer
+from auth_service.api.server import AuthServer
 from auth_service.config import Settings
-from auth_service.embedded import EmbeddedPostgres
-from auth_service.migrate import migrate
+from auth_service.local.embedded import EmbeddedPostgres
+from auth_service.store.migrations import migrate
 
 HIT_OPS = 200_000
 ROUNDS = 5

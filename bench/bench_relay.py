@@ -31,11 +31,11 @@ from pathlib import Path
 import asyncpg
 import grpc
 
-from auth_client._proto.auth.v1 import admin_pb2, admin_pb2_grpc
+from auth_client.contract import admin_pb2, admin_pb2_grpc
 from auth_client.events import UserDeletedConsumer, UserDeletedEvent, encode_user_deleted
-from auth_service.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
-from auth_service.migrate import migrate
-from auth_service.outbox import write_event
+from auth_service.local.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
+from auth_service.store.migrations import migrate
+from auth_service.store.outbox import write_event
 
 BACKLOG = 5000
 LATENCY_SAMPLES = 200

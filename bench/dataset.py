@@ -19,8 +19,8 @@ from typing import Self
 
 import asyncpg
 
-from auth_service.embedded import EmbeddedPostgres
-from auth_service.migrate import migrate
+from auth_service.local.embedded import EmbeddedPostgres
+from auth_service.store.migrations import migrate
 
 DATA_DIR = Path(__file__).resolve().parent / ".data"
 DELETED_EVERY = 20  # 5% soft-deleted

@@ -31,7 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from auth_service.config import ENV_VARS
-from auth_service.embedded import free_port
+from auth_service.local.embedded import free_port
 from bench import procstat
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from grpc_health.v1 import health_pb2
 
-from auth_client._proto.auth.v1 import auth_pb2
+from auth_client.contract import auth_pb2
 from bench.context import Context
 from bench.load import LoadSpec
 from bench.measure import Measured, call_raw, error_note, measure

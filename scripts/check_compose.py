@@ -44,9 +44,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "clients"))
 
 from auth_service.addresses import is_loopback, parse_host_port  # noqa: E402
+from auth_service.api.tls import insecure_listen_problem  # noqa: E402
 from auth_service.cli import build_parser  # noqa: E402
 from auth_service.config import CLI_ENV_VARS, ENV_VARS, ConfigError, Settings  # noqa: E402
-from auth_service.tls import insecure_listen_problem  # noqa: E402
 
 SERVICE_KEYS = {
     "build", "command", "container_name", "deploy", "depends_on", "entrypoint",

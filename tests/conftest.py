@@ -23,11 +23,11 @@ import asyncpg
 import grpc
 import pytest
 
-from auth_client._proto.auth.v1 import admin_pb2_grpc, auth_pb2_grpc
-from auth_service.app import AuthServer
+from auth_client.contract import admin_pb2_grpc, auth_pb2_grpc
+from auth_service.api.server import AuthServer
 from auth_service.config import Settings
-from auth_service.embedded import EmbeddedError, EmbeddedKafka, EmbeddedPostgres
-from auth_service.migrate import migrate
+from auth_service.local.embedded import EmbeddedError, EmbeddedKafka, EmbeddedPostgres
+from auth_service.store.migrations import migrate
 from tests.helpers import ADMIN_MD, ADMIN_TOKEN  # noqa: F401 - re-exported for fixtures
 
 TEMPLATE_DB = "auth_test_template"

@@ -7,7 +7,7 @@ import uuid
 import grpc
 import pytest
 
-from auth_client._proto.auth.v1 import admin_pb2, admin_pb2_grpc, auth_pb2
+from auth_client.contract import admin_pb2, admin_pb2_grpc, auth_pb2
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 ADMIN_MD = (("authorization", f"Bearer {ADMIN_TOKEN}"),)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from auth_client._proto.auth.v1 import admin_pb2, admin_pb2_grpc, auth_pb2
-from auth_service.app import AuthServer
+from auth_client.contract import admin_pb2, admin_pb2_grpc, auth_pb2
+from auth_service.api.server import AuthServer
 from tests.conftest import make_settings
 from tests.helpers import ADMIN_MD, create_user, delete_user, expect_status
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from auth_client._proto.auth.v1 import auth_pb2
-from auth_service.app import AuthServer
+from auth_client.contract import auth_pb2
+from auth_service.api.server import AuthServer
 from bench import report
 from bench.load import H2Load, LoadSpec, grpc_frame, parse_h2load
 from bench.measure import call_raw

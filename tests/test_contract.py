@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from auth_client._proto.auth.v1 import admin_pb2, auth_pb2, events_pb2
+from auth_client.contract import admin_pb2, auth_pb2, events_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

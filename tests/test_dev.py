@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from auth_service.embedded import free_port
+from auth_service.local.embedded import free_port
 
 BUF = Path(sys.executable).parent / "buf"
 TOKEN = "dev-test-token-0123456789"

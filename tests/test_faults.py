@@ -12,9 +12,9 @@ import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from auth_client._proto.auth.v1 import auth_pb2, auth_pb2_grpc
-from auth_service.app import AuthServer
-from auth_service.embedded import EmbeddedPostgres, free_port
+from auth_client.contract import auth_pb2, auth_pb2_grpc
+from auth_service.api.server import AuthServer
+from auth_service.local.embedded import EmbeddedPostgres, free_port
 from tests.conftest import eventually, make_settings
 from tests.helpers import ADMIN_MD, ADMIN_TOKEN, create_user, expect_status
 

@@ -9,8 +9,8 @@ import uuid
 import asyncpg
 import grpc
 
-from auth_client._proto.auth.v1 import auth_pb2, auth_pb2_grpc
-from auth_service.app import AuthServer
+from auth_client.contract import auth_pb2, auth_pb2_grpc
+from auth_service.api.server import AuthServer
 from tests.conftest import make_settings
 from tests.helpers import create_user, delete_user
 

@@ -7,7 +7,7 @@ import sys
 
 import asyncpg
 
-from auth_service.embedded import EmbeddedPostgres, free_port
+from auth_service.local.embedded import EmbeddedPostgres, free_port
 from tests.conftest import run_sync
 
 

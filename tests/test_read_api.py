@@ -6,7 +6,7 @@ import uuid
 
 import grpc
 
-from auth_client._proto.auth.v1 import auth_pb2
+from auth_client.contract import auth_pb2
 from tests.helpers import create_user, delete_user, expect_status
 
 NEVER = "00000000-0000-4000-8000-000000000000"

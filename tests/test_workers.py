@@ -10,8 +10,8 @@ import sys
 import grpc
 import psutil
 
-from auth_client._proto.auth.v1 import auth_pb2, auth_pb2_grpc
-from auth_service.embedded import free_port
+from auth_client.contract import auth_pb2, auth_pb2_grpc
+from auth_service.local.embedded import free_port
 from tests.conftest import eventually
 from tests.helpers import ADMIN_MD, ADMIN_TOKEN
 

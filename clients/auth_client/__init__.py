@@ -5,6 +5,14 @@
         ...insert the row...
 
 See docs/client.md for fallback policies, TTLs and rollout modes.
+
+Public modules (everything else starting with `_` is private):
+
+    auth_client            AuthClient, its configuration, errors and values
+    auth_client.contract   the wire contract: messages, stubs, event codec, limits
+    auth_client.backoff    the retry delay formula
+    auth_client.events     UserDeletedConsumer and helpers   (extra: events)
+    auth_client.toolkit    fk-audit, migrations, reconcile   (extra: toolkit)
 """
 
 from auth_client._client import AuthClient, OnUnverified
@@ -30,6 +38,9 @@ from auth_client._errors import (
 )
 from auth_client._metrics import ClientStats
 from auth_client._models import User, UserId, UserState
+from auth_client._transport import create_channel
+
+__version__ = "0.2.0"
 
 __all__ = [
     "AuthClient",
@@ -54,4 +65,5 @@ __all__ = [
     "UserId",
     "UserNotFoundError",
     "UserState",
+    "create_channel",
 ]

@@ -31,7 +31,8 @@ from auth_client._errors import InvalidRequestError, UserNotFoundError
 from auth_client._lookup import Lookup
 from auth_client._metrics import ClientStats, Counters, register, unregister
 from auth_client._models import DELETED, User, UserId, UserState
-from auth_client._transport import Transport, build_channel
+from auth_client._transport import Transport, create_channel
+from auth_client.contract import MAX_BATCH_IDS
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
     import grpc
 
 _UUID = uuid.UUID
-_MAX_IDS_PER_RPC = 1000  # the server's BatchUserExists limit
 _monotonic = time.monotonic
 
 OnUnverified = Callable[[tuple[uuid.UUID, ...]], object]
@@ -132,7 +132,7 @@ class AuthClient:
         if self._batcher is None:
             if self._channel is None:
                 assert self._target is not None
-                self._channel = build_channel(
+                self._channel = create_channel(
                     self._target,
                     tls=self._tls,
                     config=self._channel_config,
@@ -264,7 +264,7 @@ class AuthClient:
     ) -> dict[uuid.UUID, UserState]:
         """The state of each id (ACTIVE, DELETED or NOT_FOUND) as auth-service answers
         it now: no cache, no coalescing, no rollout mode, no fallback. For audits
-        such as `auth-service reconcile`, which must tell a deleted user from an id
+        such as `auth-toolkit reconcile`, which must tell a deleted user from an id
         that never existed. Sent in RPCs of at most 1000 ids through the circuit
         breaker; raises `ServiceUnavailableError` when auth-service cannot answer."""
         if isinstance(user_ids, str | uuid.UUID):
@@ -273,8 +273,8 @@ class AuthClient:
         budget = self._lookup._budget(timeout)
         batcher = self._open()
         out: dict[uuid.UUID, UserState] = {}
-        for start in range(0, len(keys), _MAX_IDS_PER_RPC):
-            chunk = keys[start : start + _MAX_IDS_PER_RPC]
+        for start in range(0, len(keys), MAX_BATCH_IDS):
+            chunk = keys[start : start + MAX_BATCH_IDS]
             states = await batcher.states_uncached(chunk, budget)
             out.update(zip(chunk, map(UserState, states), strict=True))
         return out

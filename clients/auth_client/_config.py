@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-MAX_BATCH_IDS = 1000  # the server's BatchUserExists cap
+from auth_client.contract import MAX_BATCH_IDS
 
 
 class FallbackPolicy(enum.Enum):

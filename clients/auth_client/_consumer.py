@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Self
@@ -26,7 +25,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from auth_client._event_codec import (
+from auth_client.backoff import backoff_delay
+from auth_client.contract import (
     DEFAULT_DLQ_TOPIC,
     DEFAULT_TOPIC,
     HEADER_EVENT_TYPE,
@@ -56,9 +56,7 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         """Delay after failed attempt `attempt` (1-based): between d/2 and d, where
         d = min(max_backoff_s, initial_backoff_s * 2**(attempt-1))."""
-        ceiling = min(self.max_backoff_s, self.initial_backoff_s * 2.0 ** min(attempt - 1, 30))
-        jitter: float = random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not crypto
-        return ceiling / 2 + jitter
+        return backoff_delay(attempt - 1, self.initial_backoff_s, self.max_backoff_s)
 
 
 @dataclass

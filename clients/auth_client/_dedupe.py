@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     import asyncpg
 
-    from auth_client._event_codec import UserDeletedEvent
+    from auth_client.contract import UserDeletedEvent
 
 log = logging.getLogger("auth_client.events")
 

@@ -7,34 +7,39 @@ circuit-breaker guard, so the breaker sees library errors with their status.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC
 from typing import TYPE_CHECKING
 
 import grpc
 
+from auth_client._config import ChannelConfig
 from auth_client._errors import AuthClientError, UserNotFoundError, raise_for_rpc_error
 from auth_client._models import ACTIVE, DELETED, NOT_FOUND, User
-from auth_client._proto.auth.v1 import auth_pb2, auth_pb2_grpc
+from auth_client.contract import auth_pb2, auth_pb2_grpc, bearer_metadata, to_datetime
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from auth_client._config import ChannelConfig, TLSConfig
+    from auth_client._config import TLSConfig
     from auth_client._metrics import Counters
 
 USER_AGENT = "auth-client-python"
 _KNOWN_STATES = frozenset({ACTIVE, DELETED, NOT_FOUND})
 
 
-def build_channel(
+def create_channel(
     target: str,
     *,
-    tls: TLSConfig | None,
-    config: ChannelConfig,
+    tls: TLSConfig | None = None,
+    config: ChannelConfig | None = None,
     interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
 ) -> grpc.aio.Channel:
-    """A channel to `target` with round-robin balancing, gRPC retries of
-    UNAVAILABLE for the read methods, keepalive and bounded reconnect backoff."""
+    """A `grpc.aio` channel to auth-service at `target`, configured as AuthClient
+    configures its own: round-robin balancing, gRPC retries of UNAVAILABLE for the
+    read methods, keepalive, bounded reconnect backoff, TLS when `tls` is given.
+    For the admin API or to share one channel (`AuthClient(channel=...)`); the
+    caller closes it."""
+    if config is None:
+        config = ChannelConfig()
     options: list[tuple[str, str | int]] = [
         *config.options(),
         ("grpc.primary_user_agent", USER_AGENT),
@@ -61,9 +66,7 @@ class Transport:
 
     def __init__(self, channel: grpc.aio.Channel, token: str | None, counters: Counters) -> None:
         self._stub = auth_pb2_grpc.AuthServiceStub(channel)
-        self._metadata: tuple[tuple[str, str], ...] | None = (
-            (("authorization", f"Bearer {token}"),) if token else None
-        )
+        self._metadata: tuple[tuple[str, str], ...] | None = bearer_metadata(token) or None
         self._counters = counters
 
     def __repr__(self) -> str:  # never show the token
@@ -126,6 +129,6 @@ class Transport:
             id=uuid.UUID(user.id) if user.id else user_id,
             username=user.username,
             display_name=user.display_name,
-            created_at=user.created_at.ToDatetime(tzinfo=UTC),
-            updated_at=user.updated_at.ToDatetime(tzinfo=UTC),
+            created_at=to_datetime(user.created_at),
+            updated_at=to_datetime(user.updated_at),
         )

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from auth_client._consumer import ConsumerStats, RetryPolicy, UserDeletedConsumer
 from auth_client._dedupe import ProcessedEvents, deduplicated
-from auth_client._event_codec import (
+from auth_client.contract import (
     CONTENT_TYPE,
     DEFAULT_DLQ_TOPIC,
     DEFAULT_TOPIC,

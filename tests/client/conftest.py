@@ -22,14 +22,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from auth_client import AuthClient
-from auth_client._proto.auth.v1 import auth_pb2
-from auth_service.embedded import free_port
+from auth_client.contract import auth_pb2
+from auth_service.local.embedded import free_port
 from tests.conftest import ADMIN_TOKEN
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
-    from auth_service.app import AuthServer
+    from auth_service.api.server import AuthServer
 
 REPO = Path(__file__).resolve().parents[2]
 

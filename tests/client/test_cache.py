@@ -16,8 +16,8 @@ from auth_client import (
     ServiceUnavailableError,
     UserState,
 )
-from auth_client._proto.auth.v1 import admin_pb2
-from auth_service.app import AuthServer
+from auth_client.contract import admin_pb2
+from auth_service.api.server import AuthServer
 from tests.client.conftest import CountingInterceptor, seed_users
 from tests.conftest import ADMIN_MD
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from auth_client import AuthClient, ChannelConfig, RetryConfig
-from auth_service.app import AuthServer
+from auth_service.api.server import AuthServer
 from tests.client.conftest import seed_users
 from tests.conftest import eventually, make_settings
 

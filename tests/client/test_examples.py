@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import asyncpg
 import pytest
 
-from auth_service.embedded import free_port
+from auth_service.local.embedded import free_port
 from tests.client.conftest import REPO
 from tests.conftest import _admin, _with_database, run_sync
 

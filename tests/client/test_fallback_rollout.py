@@ -18,7 +18,7 @@ from auth_client import (
     ServiceUnavailableError,
     UserNotFoundError,
 )
-from auth_service.app import AuthServer
+from auth_service.api.server import AuthServer
 from tests.client.conftest import CountingInterceptor, seed_users
 from tests.conftest import eventually
 

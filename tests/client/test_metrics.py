@@ -10,7 +10,7 @@ import uuid
 from prometheus_client import REGISTRY, generate_latest
 
 from auth_client import AuthClient, BreakerConfig, FallbackPolicy
-from auth_service.app import AuthServer
+from auth_service.api.server import AuthServer
 from tests.client.conftest import seed_users
 
 

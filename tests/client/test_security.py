@@ -27,9 +27,10 @@ from auth_client import (
     TLSConfig,
     UnauthenticatedError,
 )
-from auth_service.app import AuthServer
-from auth_service.auth import Caller, TokenRegistry
+from auth_service.api.callers import TokenRegistry
+from auth_service.api.server import AuthServer
 from auth_service.config import Settings
+from auth_service.config.tokens import Caller
 from tests.client.conftest import CountingInterceptor, seed_users
 from tests.conftest import ADMIN_TOKEN, make_settings
 

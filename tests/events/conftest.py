@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from auth_service.app import AuthServer
+from auth_service.api.server import AuthServer
 from tests.conftest import make_settings
 from tests.events.support import create_topic
 

@@ -26,7 +26,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer
 
-from auth_client._proto.auth.v1 import events_pb2
+from auth_client.contract import events_pb2
 from auth_client.events import (
     ProcessedEvents,
     UserDeletedConsumer,

@@ -11,12 +11,12 @@ import sys
 from typing import TYPE_CHECKING
 
 from auth_service.config import Settings
-from auth_service.relay import Relay, RelayConfig
+from auth_service.events.relay import Relay, RelayConfig
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from auth_service.outbox import OutboxRecord
+    from auth_service.store.outbox import OutboxRecord
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -18,15 +18,13 @@ import grpc
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from auth_client._proto.auth.v1 import admin_pb2, admin_pb2_grpc
+from auth_client.contract import admin_pb2_grpc
 from auth_client.events import decode_user_deleted
-from tests.conftest import ADMIN_TOKEN
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
 REPO = Path(__file__).resolve().parents[2]
-ADMIN = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
 
 
 class Proc:
@@ -135,22 +133,6 @@ async def running(module: str, *args: str, **kw: Any) -> AsyncIterator[Proc]:
 def received(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Events a toolkit consumer process handled (every delivery, duplicates too)."""
     return [line["received"] for line in lines if "received" in line]
-
-
-async def create_user(admin: admin_pb2_grpc.UserAdminServiceStub) -> str:
-    name = f"u{uuid.uuid4().hex[:12]}"
-    reply = await admin.CreateUser(
-        admin_pb2.CreateUserRequest(username=name), metadata=ADMIN, timeout=10
-    )
-    return str(reply.user.id)
-
-
-async def delete_user(
-    admin: admin_pb2_grpc.UserAdminServiceStub, user_id: str
-) -> admin_pb2.DeleteUserResponse:
-    return await admin.DeleteUser(
-        admin_pb2.DeleteUserRequest(user_id=user_id), metadata=ADMIN, timeout=10
-    )
 
 
 @contextlib.asynccontextmanager

@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING
 
 from auth_client import AuthClient, CacheConfig
 from auth_client.events import UserDeletedConsumer, UserDeletedEvent, all_of, invalidate_cache
-from tests.events.support import admin_stub, create_user, delete_user
+from tests.events.support import admin_stub
+from tests.helpers import create_user, delete_user
 
 if TYPE_CHECKING:
-    from auth_service.app import AuthServer
+    from auth_service.api.server import AuthServer
 
 AN_HOUR = CacheConfig(positive_ttl=3600.0)
 
@@ -25,7 +26,7 @@ async def test_user_exists_is_false_right_after_the_event_despite_a_long_ttl(
         AuthClient(events_server.address, cache=AN_HOUR) as subscribed,
         AuthClient(events_server.address, cache=AN_HOUR) as not_subscribed,
     ):
-        user_id = await create_user(admin)
+        user_id = (await create_user(admin)).id
         assert await subscribed.user_exists(user_id) is True
         assert await not_subscribed.user_exists(user_id) is True  # both cache "exists"
 

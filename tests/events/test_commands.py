@@ -8,19 +8,12 @@ import uuid
 
 import grpc
 
-from auth_client._proto.auth.v1 import admin_pb2, admin_pb2_grpc
-from auth_service.app import AuthServer
-from auth_service.embedded import free_port
+from auth_client.contract import admin_pb2, admin_pb2_grpc
+from auth_service.api.server import AuthServer
+from auth_service.local.embedded import free_port
 from tests.conftest import eventually, make_settings
-from tests.events.support import (
-    Collector,
-    Proc,
-    admin_stub,
-    create_user,
-    delete_user,
-    outbox_rows,
-    running,
-)
+from tests.events.support import Collector, Proc, admin_stub, outbox_rows, running
+from tests.helpers import create_user, delete_user
 
 CLI = "auth_service"
 
@@ -37,7 +30,7 @@ async def test_relay_command_replicas_publish_every_event(
 ) -> None:
     async with AuthServer(make_settings(database_url)) as server:  # no relay inside
         async with admin_stub(server.address) as admin:
-            users = [await create_user(admin) for _ in range(20)]
+            users = [(await create_user(admin)).id for _ in range(20)]
             for user_id in users:
                 await delete_user(admin, user_id)
     env = _env(

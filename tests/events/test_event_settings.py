@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 import auth_client.events
+from auth_client.backoff import Backoff
 from auth_service.config import ConfigError, Settings
-from auth_service.relay import Backoff, RelayConfig
+from auth_service.events.relay import RelayConfig
 
 BASE = {"DATABASE_URL": "postgresql://u@db:5432/auth"}
 

@@ -14,12 +14,13 @@ import asyncpg
 
 from auth_client.events import UserDeletedEvent
 from tests.conftest import eventually
-from tests.events.support import REPO, Proc, admin_stub, create_user, delete_user
+from tests.events.support import REPO, Proc, admin_stub
+from tests.helpers import create_user, delete_user
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from auth_service.app import AuthServer
+    from auth_service.api.server import AuthServer
 
 
 def load(name: str) -> ModuleType:
@@ -133,7 +134,7 @@ async def test_examples_clean_up_after_a_real_deletion(
     topic: str,
 ) -> None:
     async with admin_stub(events_server.address) as admin:
-        user_id = await create_user(admin)
+        user_id = (await create_user(admin)).id
         procs: list[Proc] = []
         urls = {"messaging": new_database(), "content": new_database()}
         for name, url in urls.items():

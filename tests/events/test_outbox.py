@@ -10,27 +10,21 @@ import asyncpg
 import grpc
 import pytest
 
-from auth_client._proto.auth.v1 import events_pb2
-from auth_service.app import AuthServer
-from auth_service.db import Budget
-from auth_service.outbox import write_user_deleted
-from auth_service.users import Deletion, UserRepository
+from auth_client.contract import events_pb2
+from auth_service.api.server import AuthServer
+from auth_service.store.outbox import write_user_deleted
+from auth_service.store.pool import Budget
+from auth_service.store.users import Deletion, UserRepository
 from tests.conftest import eventually, make_settings
-from tests.events.support import (
-    Collector,
-    admin_stub,
-    create_user,
-    delete_user,
-    outbox_rows,
-    running,
-)
+from tests.events.support import Collector, admin_stub, outbox_rows, running
+from tests.helpers import create_user, delete_user
 
 
 async def test_delete_reaches_a_consumer_in_another_process(
     events_server: AuthServer, database_url: str, kafka_bootstrap: str, topic: str
 ) -> None:
     async with admin_stub(events_server.address) as admin:
-        user_id = await create_user(admin)
+        user_id = (await create_user(admin)).id
         group = f"g-{uuid.uuid4().hex[:8]}"
         args = ("raw", "--bootstrap", kafka_bootstrap, "--topic", topic, "--group", group)
         async with running("tests.events.proc_consumer", *args) as proc:
@@ -66,8 +60,8 @@ async def test_rolled_back_deletion_produces_no_event(
     events_server: AuthServer, database_url: str, kafka_bootstrap: str, topic: str
 ) -> None:
     async with admin_stub(events_server.address) as admin:
-        rolled_back = await create_user(admin)
-        committed = await create_user(admin)
+        rolled_back = (await create_user(admin)).id
+        committed = (await create_user(admin)).id
         conn = await asyncpg.connect(database_url)
         try:
             with pytest.raises(RuntimeError, match="abort"):
@@ -102,7 +96,7 @@ async def test_failing_hook_rolls_back_the_soft_delete(database_url: str) -> Non
 
     async with AuthServer(make_settings(database_url), on_deleted=write_then_fail) as server:
         async with admin_stub(server.address) as admin:
-            user_id = await create_user(admin)
+            user_id = (await create_user(admin)).id
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await delete_user(admin, user_id)
             assert info.value.code() == grpc.StatusCode.INTERNAL
@@ -121,8 +115,8 @@ async def test_second_delete_produces_no_second_event(
     events_server: AuthServer, database_url: str, kafka_bootstrap: str, topic: str
 ) -> None:
     async with admin_stub(events_server.address) as admin:
-        twice = await create_user(admin)
-        other = await create_user(admin)
+        twice = (await create_user(admin)).id
+        other = (await create_user(admin)).id
         async with Collector(kafka_bootstrap, topic) as seen:
             first = await delete_user(admin, twice)
             second = await delete_user(admin, twice)
@@ -137,7 +131,7 @@ async def test_second_delete_produces_no_second_event(
 async def test_concurrent_deletes_of_one_user_write_one_event(database_url: str) -> None:
     async with AuthServer(make_settings(database_url, pool_max_size=10)) as server:
         async with admin_stub(server.address) as admin:
-            user_id = await create_user(admin)
+            user_id = (await create_user(admin)).id
             replies = await asyncio.gather(*(delete_user(admin, user_id) for _ in range(8)))
     assert sum(not r.already_deleted for r in replies) == 1
     rows = await outbox_rows(database_url)

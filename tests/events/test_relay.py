@@ -12,17 +12,18 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from auth_client.events import UserDeletedEvent, decode_user_deleted, encode_user_deleted
-from auth_service.app import AuthServer
-from auth_service.outbox import OutboxStore, write_event
-from auth_service.relay import LISTEN_APPLICATION_NAME, Relay, RelayConfig
+from auth_service.api.server import AuthServer
+from auth_service.events.relay import LISTEN_APPLICATION_NAME, Relay, RelayConfig
+from auth_service.store.outbox import OutboxStore, write_event
 from tests.conftest import eventually, make_settings
 from tests.events.conftest import event_settings
-from tests.events.support import Collector, admin_stub, create_user, delete_user, outbox_rows
+from tests.events.support import Collector, admin_stub, outbox_rows
+from tests.helpers import create_user, delete_user
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from auth_service.outbox import OutboxRecord
+    from auth_service.store.outbox import OutboxRecord
 
 
 async def test_notify_wakes_the_relay_and_a_dropped_listen_is_re_established(
@@ -33,7 +34,7 @@ async def test_notify_wakes_the_relay_and_a_dropped_listen_is_re_established(
     async with AuthServer(settings) as server, admin_stub(server.address) as admin:
         relay = server.relay
         assert relay is not None
-        first, second = await create_user(admin), await create_user(admin)
+        first, second = (await create_user(admin)).id, (await create_user(admin)).id
         async with Collector(kafka_bootstrap, topic) as seen:
             await eventually(lambda: _true(relay.listening), timeout=20)
             await delete_user(admin, first)
@@ -90,7 +91,7 @@ async def test_two_relays_deliver_everything_and_keep_per_user_order(
         await conn.close()
     async with AuthServer(make_settings(database_url)) as server:
         async with admin_stub(server.address) as admin:
-            users = [await create_user(admin) for _ in range(30)]
+            users = [(await create_user(admin)).id for _ in range(30)]
             for user_id in users:
                 await delete_user(admin, user_id)
     expected = await outbox_rows(database_url)

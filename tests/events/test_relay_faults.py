@@ -10,26 +10,19 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 from prometheus_client import REGISTRY
 
-from auth_service.app import AuthServer
-from auth_service.outbox import write_event
-from auth_service.relay import Relay, RelayConfig
+from auth_service.api.server import AuthServer
+from auth_service.events.relay import Relay, RelayConfig
+from auth_service.store.outbox import write_event
 from tests.conftest import eventually, make_settings
 from tests.events.conftest import event_settings
-from tests.events.support import (
-    Collector,
-    admin_stub,
-    create_user,
-    delete_user,
-    outbox_rows,
-    received,
-    running,
-)
+from tests.events.support import Collector, admin_stub, outbox_rows, received, running
+from tests.helpers import create_user, delete_user
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from auth_service.embedded import EmbeddedKafka, EmbeddedPostgres
-    from auth_service.outbox import OutboxRecord
+    from auth_service.local.embedded import EmbeddedKafka, EmbeddedPostgres
+    from auth_service.store.outbox import OutboxRecord
 
 
 def _metric(name: str) -> float:
@@ -63,7 +56,7 @@ async def test_broker_down_then_back_delivers_all_100_events(
     async with AuthServer(settings) as server, admin_stub(server.address) as admin:
         relay = server.relay
         assert relay is not None
-        users = [await create_user(admin) for _ in range(100)]
+        users = [(await create_user(admin)).id for _ in range(100)]
         await eventually(lambda: _true(relay.listening), timeout=20)
 
         await asyncio.to_thread(private_kafka.stop)
@@ -105,7 +98,7 @@ async def test_relay_killed_between_publish_and_mark_resends_and_dedupe_absorbs_
 ) -> None:
     async with AuthServer(make_settings(database_url)) as server:  # no relay inside
         async with admin_stub(server.address) as admin:
-            user_id = await create_user(admin)
+            user_id = (await create_user(admin)).id
             await delete_user(admin, user_id)
     [row] = await outbox_rows(database_url)
     event_id = str(row["event_id"])

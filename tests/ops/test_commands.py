@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 import asyncpg
 import grpc
 
-from auth_client._proto.auth.v1 import admin_pb2, admin_pb2_grpc
-from auth_service.embedded import free_port
+from auth_client.contract import admin_pb2, admin_pb2_grpc
+from auth_service.local.embedded import free_port
 from tests.conftest import eventually
 from tests.events.support import create_topic
 from tests.ops.support import REPO, Service, clean_env, run_cli, samples, value

@@ -62,10 +62,12 @@ def test_stages_pinned_and_final_stage_is_the_service() -> None:
     assert froms[-1] == "FROM runtime AS service"
 
 
-def test_builder_installs_runtime_dependencies_only() -> None:
+def test_builder_installs_the_two_wheels_with_runtime_dependencies_only() -> None:
+    builder = " ".join(STAGES["builder"])
+    assert re.search(r"pip wheel .*--no-deps .*\./clients \. ", builder), builder
     installs = [line for line in STAGES["builder"] if "pip install" in line]
     assert len(installs) == 1
-    assert re.search(r"pip install --no-cache-dir \. ", installs[0] + " "), installs[0]
+    assert "/wheels/auth_client-*.whl /wheels/auth_service-*.whl" in installs[0]
     assert "[" not in installs[0]  # no extras: not `local` (embedded servers), not `test`
 
 
@@ -130,9 +132,10 @@ def test_runtime_commands_need_no_dev_or_test_packages() -> None:
         f"        if name.split('.')[0] in {blocked!r}:\n"
         "            raise ImportError(f'{name} is not in the runtime image')\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import auth_service.cli, auth_service.app, auth_service.relay, auth_service.migrate\n"
-        "import auth_service.probe, auth_service.metrics, auth_client.events\n"
-        "from auth_service.migrate import dbmate_binary, migrations_dir\n"
+        "import auth_service.cli, auth_service.api.server, auth_service.events.relay\n"
+        "import auth_service.cli.probe, auth_service.api.metrics, auth_client.events\n"
+        "from auth_client.toolkit.dbmate import dbmate_binary\n"
+        "from auth_service.store.migrations import migrations_dir\n"
         "print(dbmate_binary(), migrations_dir())\n"
     )
     proc = subprocess.run(

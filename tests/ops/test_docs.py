@@ -8,7 +8,7 @@ import shlex
 
 from prometheus_client import REGISTRY
 
-import auth_service.app  # noqa: F401 - registers the relay's and the server's metrics
+import auth_service.api.server  # noqa: F401 - registers the relay's and the server's metrics
 from auth_service.cli import build_parser
 from auth_service.config import ENV_VARS
 from tests.ops.support import REPO

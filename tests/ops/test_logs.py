@@ -8,8 +8,8 @@ import uuid
 
 import grpc
 
-from auth_client._proto.auth.v1 import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
-from auth_service.embedded import free_port
+from auth_client.contract import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
+from auth_service.local.embedded import free_port
 from tests.helpers import expect_status
 from tests.ops.support import Service, clean_env
 

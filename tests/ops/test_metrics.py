@@ -16,11 +16,11 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY, generate_latest
 
-from auth_client._proto.auth.v1 import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
-from auth_service.app import AuthServer, ServerStartError
-from auth_service.auth import parse_tokens
-from auth_service.embedded import free_port
-from auth_service.metrics import LATENCY_BUCKETS, method_metrics
+from auth_client.contract import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
+from auth_service.api.metrics import LATENCY_BUCKETS, method_metrics
+from auth_service.api.server import AuthServer, ServerStartError
+from auth_service.config.tokens import parse_tokens
+from auth_service.local.embedded import free_port
 from tests.conftest import make_settings
 from tests.helpers import ADMIN_MD, expect_status
 from tests.ops.support import delta, parse, samples, value

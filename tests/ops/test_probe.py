@@ -6,8 +6,8 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING
 
-from auth_service.app import AuthServer
-from auth_service.embedded import free_port
+from auth_service.api.server import AuthServer
+from auth_service.local.embedded import free_port
 from tests.conftest import make_settings
 from tests.ops.support import clean_env, run_cli
 from tests.security.pki import Authority

@@ -13,9 +13,9 @@ import asyncpg
 import grpc
 import pytest
 
-from auth_client._proto.auth.v1 import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
-from auth_service.app import AuthServer
-from auth_service.embedded import (
+from auth_client.contract import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
+from auth_service.api.server import AuthServer
+from auth_service.local.embedded import (
     EmbeddedError,
     EmbeddedKafka,
     EmbeddedPostgres,
@@ -23,8 +23,8 @@ from auth_service.embedded import (
     postgres_bin_dir,
 )
 from tests.conftest import eventually, make_settings
-from tests.events.support import Collector, admin_stub, create_user, delete_user
-from tests.helpers import expect_status
+from tests.events.support import Collector, admin_stub
+from tests.helpers import create_user, delete_user, expect_status
 from tests.ops.support import Service, clean_env, run_cli, samples, value
 
 if TYPE_CHECKING:
@@ -218,7 +218,7 @@ async def test_backup_and_restore_keep_pending_events(
         AuthServer(make_settings(database_url)) as server,
         admin_stub(server.address) as admin,
     ):
-        user_id = await create_user(admin)
+        user_id = (await create_user(admin)).id
         await delete_user(admin, user_id)  # no relay in this server: the event waits
     dump = tmp_path / "auth.dump"
     backup = await asyncio.create_subprocess_exec(

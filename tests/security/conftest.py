@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import pytest
 
-from auth_client._proto.auth.v1 import admin_pb2_grpc, auth_pb2_grpc
-from auth_service.app import AuthServer
-from auth_service.auth import parse_tokens
+from auth_client.contract import admin_pb2_grpc, auth_pb2_grpc
+from auth_service.api.server import AuthServer
+from auth_service.config.tokens import parse_tokens
 from tests.conftest import make_settings
 from tests.security.pki import Authority, Pair
 

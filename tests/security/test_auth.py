@@ -10,16 +10,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from auth_client._proto.auth.v1 import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
-from auth_service.app import AuthServer
-from auth_service.auth import (
-    SCOPE_ADMIN,
-    SCOPE_READ,
-    TokenFormatError,
-    TokenRegistry,
-    parse_tokens,
-)
+from auth_client.contract import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
+from auth_service.api.callers import TokenRegistry
+from auth_service.api.server import AuthServer
 from auth_service.config import ConfigError, Settings
+from auth_service.config.tokens import SCOPE_ADMIN, SCOPE_READ, TokenFormatError, parse_tokens
 from tests.conftest import eventually
 from tests.helpers import expect_status
 from tests.security.conftest import (

@@ -13,11 +13,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from auth_client._proto.auth.v1 import auth_pb2, auth_pb2_grpc
-from auth_service.app import AuthServer
+from auth_client.contract import auth_pb2, auth_pb2_grpc
+from auth_service.api.limits import Limits
+from auth_service.api.server import AuthServer
 from auth_service.config import MIN_REQUEST_BYTES
 from auth_service.errors import ResourceExhaustedError
-from auth_service.limits import Limits
 from tests.conftest import eventually
 from tests.helpers import expect_status
 from tests.security.conftest import OTHER_READER, READER, md, secure_settings

@@ -14,12 +14,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from auth_client._proto.auth.v1 import auth_pb2
+from auth_client.contract import auth_pb2
 from tests.security.conftest import READER
 from tests.security.h2raw import frame, send, send_raw_bytes
 
 if TYPE_CHECKING:
-    from auth_service.app import AuthServer
+    from auth_service.api.server import AuthServer
 
 GOOD = auth_pb2.UserExistsRequest(
     user_id="00000000-0000-4000-8000-000000000000"

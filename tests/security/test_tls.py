@@ -17,8 +17,8 @@ import grpc
 import pytest
 
 from auth_client import AuthClient, TLSConfig, UnauthenticatedError
-from auth_client._proto.auth.v1 import auth_pb2, auth_pb2_grpc
-from auth_service.app import AuthServer
+from auth_client.contract import auth_pb2, auth_pb2_grpc
+from auth_service.api.server import AuthServer
 from auth_service.config import ConfigError
 from tests.conftest import eventually
 from tests.security.conftest import ADMIN, PKI, READER, md, secure_settings

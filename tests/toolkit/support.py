@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from auth_service.migrate import dbmate_binary, dbmate_url
+from auth_client.toolkit.dbmate import dbmate_binary, dbmate_url
 
 DOWNSTREAM_SQL = (Path(__file__).parent / "downstream.sql").read_text()
 GHOST = "00000000-0000-4000-8000-000000000000"
@@ -118,13 +118,14 @@ def dbmate(url: str, migrations_dir: Path, *args: str) -> subprocess.CompletedPr
     )
 
 
-async def run_cli(*args: str, timeout: float = 120) -> tuple[int, str, str]:
-    """`auth-service ARGS` in a subprocess, without blocking this event loop (a server
-    under test may run on it)."""
+TOOLKIT = str(Path(sys.executable).parent / "auth-toolkit")
+
+
+async def run_cli(*args: str, timeout: float = 120, command: str = TOOLKIT) -> tuple[int, str, str]:
+    """`auth-toolkit ARGS` (the installed console script) in a subprocess, without
+    blocking this event loop (a server under test may run on it)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "auth_service",
+        command,
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

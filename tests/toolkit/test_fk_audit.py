@@ -1,14 +1,16 @@
-"""`auth-service fk-audit` against a real downstream database (tests/toolkit/downstream.sql)."""
+"""`auth-toolkit fk-audit` against a real downstream database (tests/toolkit/downstream.sql)."""
 
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import asyncpg
 import pytest
 
-from auth_service.fk_audit import AuditError, audit
-from auth_service.fk_report import render_json, render_table
+from auth_client.toolkit.audit import AuditError, audit
+from auth_client.toolkit.report import render_json, render_table
 from tests.toolkit.support import fetch, run_cli
 
 # (schema, table, constraint): every constraint referencing public.users, and only those.
@@ -130,7 +132,7 @@ async def test_a_table_merely_named_users_is_only_audited_when_asked(downstream_
     # Unqualified means schema public, even when search_path would find another table.
     conn = await asyncpg.connect(downstream_url, server_settings={"search_path": "experiments"})
     try:
-        from auth_service.fk_audit import audit_connection  # noqa: PLC0415
+        from auth_client.toolkit.audit import audit_connection  # noqa: PLC0415
 
         result = await audit_connection(conn, "users")
     finally:
@@ -184,6 +186,17 @@ async def test_cli_fk_audit_json(downstream_url) -> None:
     assert code == 1
     assert "nope.users does not exist" in err
     assert downstream_url not in err
+
+
+async def test_auth_service_fk_audit_is_an_alias_with_a_notice(downstream_url) -> None:
+    """Kept for the 0.2 releases: the same report, and stderr says where it moved."""
+    auth_service = str(Path(sys.executable).parent / "auth-service")
+    args = ("fk-audit", "--database-url", downstream_url, "--format", "json")
+    code, out, err = await run_cli(*args, command=auth_service)
+    assert code == 0, err
+    assert "alias of `auth-toolkit fk-audit`" in err
+    _, toolkit_out, _ = await run_cli(*args)
+    assert json.loads(out)["foreign_keys"] == json.loads(toolkit_out)["foreign_keys"]
 
 
 async def test_no_foreign_keys_is_a_clean_report(new_database) -> None:

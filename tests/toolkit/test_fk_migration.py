@@ -9,8 +9,9 @@ import json
 
 import asyncpg
 
-from auth_service import fk_migration, fk_migration_index
-from auth_service.fk_audit import audit
+from auth_client.toolkit import migration as fk_migration
+from auth_client.toolkit import migration_index as fk_migration_index
+from auth_client.toolkit.audit import audit
 from tests.conftest import run_sync
 from tests.toolkit.support import dbmate, execute, fetch, fk_snapshot, run_cli
 
@@ -61,7 +62,7 @@ async def fks_to_public_users(url: str) -> list[str]:
 async def emit(url: str, directory, now: dt.datetime | None = None):
     conn = await asyncpg.connect(url)
     try:
-        from auth_service.fk_audit import audit_connection  # noqa: PLC0415
+        from auth_client.toolkit.audit import audit_connection  # noqa: PLC0415
 
         result = await audit_connection(conn)
         return await fk_migration.emit(conn, result, directory, now=now)

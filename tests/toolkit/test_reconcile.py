@@ -1,4 +1,4 @@
-"""`auth-service reconcile` against a real auth-service (users created and deleted
+"""`auth-toolkit reconcile` against a real auth-service (users created and deleted
 through the admin API) and a real downstream database with planted orphans."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import asyncpg
 import pytest
 
-from auth_service.reconcile import Options, reconcile
-from auth_service.reconcile_checker import GrpcUserStates, Pacer
-from auth_service.reconcile_model import Progress, ReconcileError, StateFile
+from auth_client.toolkit.reconcile import Options, reconcile
+from auth_client.toolkit.reconcile_checker import GrpcUserStates, Pacer
+from auth_client.toolkit.reconcile_model import Progress, ReconcileError, StateFile
 from tests.conftest import ADMIN_TOKEN
 from tests.helpers import create_user, delete_user
 from tests.toolkit.support import fetch, run_cli

@@ -1,0 +1,304 @@
+"""The composition root of a server process: start the parts in order, stop them in
+reverse.
+
+AuthServer.start():  pool -> extra components (relay, ...) -> gRPC server + health
+AuthServer.stop():   health NOT_SERVING -> server.stop(grace) -> components -> pool
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Self
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from auth_client.contract import admin_pb2, auth_pb2
+from auth_service.addresses import local_address
+from auth_service.api.callers import TokenFile, TokenRegistry
+from auth_service.api.health import HealthMonitor
+from auth_service.api.limits import Limits
+from auth_service.api.metrics import MetricsServer, track_pool
+from auth_service.api.rpc import Access, add_service
+from auth_service.api.servicers import AuthServicer, UserAdminServicer
+from auth_service.api.tls import server_tls
+from auth_service.config import ConfigError, Settings
+from auth_service.config.tokens import TokenFormatError, admin_entries
+from auth_service.events.relay import Relay, RelayConfig
+from auth_service.signals import wait_for_shutdown_signal
+from auth_service.store import pool as db
+from auth_service.store.deletion import OnDeleted
+from auth_service.store.lookup import StateLookup
+from auth_service.store.outbox import write_user_deleted
+from auth_service.store.users import UserRepository
+
+log = logging.getLogger(__name__)
+
+
+def token_registry(settings: Settings) -> TokenRegistry:
+    """The callers of ADMIN_TOKENS and AUTH_TOKENS (AUTH_TOKENS_FILE is added at start)."""
+    try:
+        return TokenRegistry.from_entries(
+            [*admin_entries(settings.admin_tokens), *settings.auth_tokens]
+        )
+    except TokenFormatError as exc:
+        raise ConfigError({"AUTH_TOKENS": str(exc)}) from exc
+
+
+def _connection_age(seconds: float) -> list[tuple[str, int]]:
+    if seconds <= 0:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", int(seconds * 1000)),
+        ("grpc.max_connection_age_grace_ms", 30_000),
+    ]
+
+
+class ServerStartError(RuntimeError):
+    """The server could not start (e.g. the listen address is taken)."""
+
+
+class AuthServer:
+    """One auth-service process: pool, gRPC server, health. An async context manager;
+    `stop()` is idempotent."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        tokens: TokenRegistry | None = None,
+        on_deleted: OnDeleted | None = None,
+    ) -> None:
+        self.settings = settings
+        # `tokens` given: exactly these callers (the token file is not read).
+        self._fixed_tokens = tokens is not None
+        self.tokens = tokens if tokens is not None else token_registry(settings)
+        self.access: Access | None = None
+        # Every committed deletion writes its user_deleted event to the outbox.
+        self._on_deleted = on_deleted if on_deleted is not None else write_user_deleted
+        self.relay: Relay | None = None
+        self.metrics: MetricsServer | None = None
+        self._lookup: StateLookup | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health: HealthMonitor | None = None
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+        self._port = 0
+        self._stopped = asyncio.Event()
+        self._state = "new"
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None, "server not started"
+        return self._pool
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def address(self) -> str:
+        return local_address(self.settings.listen, self._port)
+
+    def add_closer(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Register a component to close (in reverse order) after the gRPC server."""
+        self._closers.append(closer)
+
+    async def start(self) -> None:
+        if self._state != "new":
+            raise RuntimeError(f"cannot start a server that is {self._state}")
+        self._state = "starting"
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(grace=0)
+            raise
+        self._state = "running"
+
+    async def _start(self) -> None:
+        s = self.settings
+        self._pool = await db.create_pool(s)
+        await db.warm_up(self._pool, s.pool_min_size)
+        if s.metrics_listen:
+            # Up before the rest (and closed after it), so scrapes see start-up and drain.
+            self.metrics = MetricsServer(s.metrics_listen)
+            try:
+                await self.metrics.start()
+            except OSError as exc:
+                raise ServerStartError(
+                    f"cannot serve metrics on {s.metrics_listen}: {exc}"
+                ) from exc
+            self.add_closer(self.metrics.aclose)
+            self.add_closer(track_pool(self._pool))
+        if s.relay_enabled and s.kafka_bootstrap_servers:
+            # Needs neither Kafka nor PostgreSQL up: it connects and retries by itself.
+            self.relay = Relay(RelayConfig.from_settings(s))
+            await self.relay.start()
+            self.add_closer(self.relay.aclose)
+        users = UserRepository(self._pool)
+        if s.lookup_concurrency > 0:
+            self._lookup = StateLookup(
+                users,
+                max_in_flight=s.lookup_concurrency,
+                max_window=s.lookup_window_ms / 1000,
+            )
+            self.add_closer(self._lookup.aclose)
+        limits = Limits(
+            max_in_flight=s.max_concurrent_rpcs,
+            max_in_flight_per_caller=s.per_caller_concurrency,
+            rate_per_s=s.rate_limit_rps,
+            burst=s.rate_limit_burst,
+        )
+        access = Access(
+            self.tokens,
+            allow_unauthenticated_reads=s.allow_unauthenticated_reads,
+            limits=limits,
+            metrics=bool(s.metrics_listen),
+        )
+        self.access = access
+        if s.auth_tokens_file and not self._fixed_tokens:
+            await self._watch_token_file(access)
+        tls = server_tls(s)
+        budget = s.statement_timeout_ms / 1000
+
+        server = grpc.aio.server(
+            options=[
+                # A second server on a used port must fail, not silently share it.
+                # `serve --workers N` shares the port on purpose (reuse_port).
+                ("grpc.so_reuseport", 1 if s.reuse_port else 0),
+                # Bigger requests are RESOURCE_EXHAUSTED before any parsing.
+                ("grpc.max_receive_message_length", s.max_request_bytes),
+                ("grpc.max_send_message_length", 4 * 1024 * 1024),
+                # HTTP/2 streams one connection may hold open (gRPC's default is
+                # unlimited): bounds what one peer's half-sent requests can pin.
+                ("grpc.max_concurrent_streams", max(100, 2 * s.max_concurrent_rpcs)),
+                ("grpc.keepalive_permit_without_calls", 1),
+                # Clients reconnect (and re-resolve) now and then, so new replicas
+                # get a share of long-lived channels.
+                *_connection_age(s.max_connection_age_s),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ],
+        )
+        add_service(
+            server,
+            auth_pb2.DESCRIPTOR.services_by_name["AuthService"],
+            AuthServicer(users, access, budget, self._lookup),
+        )
+        add_service(
+            server,
+            admin_pb2.DESCRIPTOR.services_by_name["UserAdminService"],
+            UserAdminServicer(users, access, budget, self._on_deleted),
+        )
+        health_servicer = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (
+                auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+                admin_pb2.DESCRIPTOR.services_by_name["UserAdminService"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        try:
+            if tls is None:
+                self._port = server.add_insecure_port(s.listen)
+            else:
+                self._port = server.add_secure_port(s.listen, tls.credentials())
+        except RuntimeError as exc:
+            raise ServerStartError(f"cannot listen on {s.listen}: {exc}") from exc
+        if self._port == 0:
+            raise ServerStartError(f"cannot listen on {s.listen} (address in use?)")
+        self._server = server
+        self._health = HealthMonitor(
+            health_servicer, s.database_url, s.health_interval_s, s.connect_timeout_s
+        )
+        await self._health.start()
+        await server.start()
+        log.info(
+            "auth-service listening on %s (%s; database %s)",
+            self.address,
+            "plaintext" if tls is None else ("mTLS" if tls.mutual else "TLS"),
+            "reachable" if self._health.serving else "NOT reachable yet",
+        )
+        if not len(access.tokens) and not s.allow_unauthenticated_reads:
+            log.warning("no caller tokens configured: every API call will be UNAUTHENTICATED")
+
+    async def _watch_token_file(self, access: Access) -> None:
+        s = self.settings
+        assert s.auth_tokens_file is not None
+
+        def apply(registry: TokenRegistry) -> None:
+            access.tokens = self.tokens = registry
+
+        watcher = TokenFile(
+            s.auth_tokens_file,
+            static=[*admin_entries(s.admin_tokens), *s.auth_tokens],
+            apply=apply,
+            interval=s.tokens_reload_interval_s,
+        )
+        try:
+            await watcher.start()
+        except (OSError, TokenFormatError) as exc:
+            raise ConfigError({"AUTH_TOKENS_FILE": str(exc)}) from exc
+        self.add_closer(watcher.aclose)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING, let in-flight calls finish for `grace` seconds, then close
+        components and the pool. Safe to call more than once."""
+        if self._state in {"stopping", "stopped"}:
+            await self._stopped.wait()
+            return
+        self._state = "stopping"
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        try:
+            if self._health is not None:
+                await self._health.shutdown()
+            if self._server is not None:
+                await self._server.stop(grace)
+            for closer in reversed(self._closers):
+                try:
+                    await closer()
+                except Exception:
+                    log.exception("error while closing a component")
+            if self._pool is not None:
+                try:
+                    await asyncio.wait_for(self._pool.close(), timeout=max(grace, 1.0))
+                except (TimeoutError, Exception):
+                    self._pool.terminate()
+        finally:
+            self._state = "stopped"
+            self._stopped.set()
+
+    async def aclose(self) -> None:
+        await self.stop()
+
+    async def wait_closed(self) -> None:
+        await self._stopped.wait()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+async def serve(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT, then shut down gracefully. Returns the exit code."""
+    async with AuthServer(settings):
+        sig = await wait_for_shutdown_signal()
+        log.info("received %s: draining for up to %.1fs", sig.name, settings.shutdown_grace_s)
+    log.info("auth-service stopped")
+    return 0

@@ -1,0 +1,123 @@
+"""AuthService and UserAdminService: proto <-> domain, nothing else.
+
+Requests are validated (`validation`), the work is done by the store layer
+(`store.users`, `store.lookup`, `store.deletion`), answers are built from its domain
+values. Errors are raised as domain errors (`auth_service.errors`); `rpc.handler`
+maps them to gRPC statuses in one place.
+"""
+
+from __future__ import annotations
+
+from auth_client.contract import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc, timestamp
+from auth_service.api import validation
+from auth_service.api.rpc import Access, Call, handler
+from auth_service.config.tokens import SCOPE_ADMIN, SCOPE_READ
+from auth_service.errors import NotFoundError
+from auth_service.store.deletion import OnDeleted, delete_user
+from auth_service.store.lookup import StateLookup
+from auth_service.store.outbox import write_user_deleted
+from auth_service.store.users import User, UserRepository, UserState, state_of
+
+_STATE = {
+    UserState.ACTIVE: auth_pb2.USER_STATE_ACTIVE,
+    UserState.DELETED: auth_pb2.USER_STATE_DELETED,
+    UserState.NOT_FOUND: auth_pb2.USER_STATE_NOT_FOUND,
+}
+
+
+def user_to_proto(user: User) -> auth_pb2.User:
+    """Public profile only: the email never leaves the service."""
+    return auth_pb2.User(
+        id=str(user.id),
+        username=user.username,
+        display_name=user.display_name,
+        created_at=timestamp(user.created_at),
+        updated_at=timestamp(user.updated_at),
+    )
+
+
+class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
+    def __init__(
+        self,
+        users: UserRepository,
+        access: Access,
+        default_budget_s: float,
+        lookup: StateLookup | None = None,
+    ) -> None:
+        self.users = users
+        self.access = access
+        self.default_budget_s = default_budget_s
+        # Concurrent UserExists calls share queries (see store/lookup.py); None = one each.
+        self._state = lookup.state if lookup is not None else users.state
+
+    @handler(SCOPE_READ, read=True)
+    async def UserExists(
+        self, request: auth_pb2.UserExistsRequest, call: Call
+    ) -> auth_pb2.UserExistsResponse:
+        key = validation.canonical_user_id(request.user_id)
+        state = await self._state(key, call.budget())
+        return auth_pb2.UserExistsResponse(exists=state is UserState.ACTIVE, state=_STATE[state])
+
+    @handler(SCOPE_READ, read=True)
+    async def GetUser(
+        self, request: auth_pb2.GetUserRequest, call: Call
+    ) -> auth_pb2.GetUserResponse:
+        user_id = validation.parse_user_id(request.user_id)
+        user = await self.users.get(user_id, call.budget())
+        if user is None or user.state is not UserState.ACTIVE:
+            raise NotFoundError("user not found")
+        return auth_pb2.GetUserResponse(user=user_to_proto(user))
+
+    @handler(SCOPE_READ, read=True)
+    async def BatchUserExists(
+        self, request: auth_pb2.BatchUserExistsRequest, call: Call
+    ) -> auth_pb2.BatchUserExistsResponse:
+        texts = list(request.user_ids)  # decode the repeated field once
+        keys = validation.canonical_user_ids(texts)
+        active = await self.users.active_flags(keys, call.budget())
+        response = auth_pb2.BatchUserExistsResponse()
+        add = response.results.add
+        for text, key in zip(texts, keys, strict=True):
+            state = state_of(active.get(key))
+            add(user_id=text, exists=state is UserState.ACTIVE, state=_STATE[state])
+        return response
+
+
+class UserAdminServicer(admin_pb2_grpc.UserAdminServiceServicer):
+    def __init__(
+        self,
+        users: UserRepository,
+        access: Access,
+        default_budget_s: float,
+        on_deleted: OnDeleted = write_user_deleted,
+    ) -> None:
+        self.users = users
+        self.access = access
+        self.default_budget_s = default_budget_s
+        self.on_deleted = on_deleted
+
+    @handler(SCOPE_ADMIN, read=False)
+    async def CreateUser(
+        self, request: admin_pb2.CreateUserRequest, call: Call
+    ) -> admin_pb2.CreateUserResponse:
+        username = validation.check_username(request.username)
+        display_name = validation.check_display_name(request.display_name, username)
+        email = validation.check_email(request.email if request.HasField("email") else None)
+        user = await self.users.create(username, display_name, email, call.budget())
+        return admin_pb2.CreateUserResponse(user=user_to_proto(user))
+
+    @handler(SCOPE_ADMIN, read=False)
+    async def DeleteUser(
+        self, request: admin_pb2.DeleteUserRequest, call: Call
+    ) -> admin_pb2.DeleteUserResponse:
+        user_id = validation.parse_user_id(request.user_id)
+        deletion = await delete_user(self.users.pool, user_id, call.budget(), self.on_deleted)
+        if deletion is None:
+            raise NotFoundError("user not found")
+        deleted_at = deletion.user.deleted_at
+        assert deleted_at is not None
+        return admin_pb2.DeleteUserResponse(
+            user_id=str(user_id),
+            deleted_at=timestamp(deleted_at),
+            already_deleted=not deletion.newly_deleted,
+        )

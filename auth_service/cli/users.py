@@ -1,0 +1,71 @@
+"""`auth-service users create|get|delete`: the admin API from a shell. Prints JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from auth_client import TLSConfig, create_channel
+from auth_client.contract import (
+    admin_pb2,
+    admin_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
+    bearer_metadata,
+)
+
+
+def _user_dict(user: auth_pb2.User) -> dict[str, Any]:
+    return MessageToDict(user, preserving_proto_field_name=True)
+
+
+async def run_users(
+    action: str,
+    *,
+    target: str,
+    token: str | None,
+    timeout: float,
+    tls: TLSConfig | None = None,
+    username: str | None = None,
+    display_name: str | None = None,
+    email: str | None = None,
+    user_id: str | None = None,
+) -> int:
+    channel = create_channel(target, tls=tls)
+    async with channel:
+        md = bearer_metadata(token)
+        try:
+            if action == "create":
+                assert username is not None
+                request = admin_pb2.CreateUserRequest(
+                    username=username, display_name=display_name or ""
+                )
+                if email:
+                    request.email = email
+                created = await admin_pb2_grpc.UserAdminServiceStub(channel).CreateUser(
+                    request, metadata=md, timeout=timeout
+                )
+                out: dict[str, Any] = _user_dict(created.user)
+            elif action == "get":
+                got = await auth_pb2_grpc.AuthServiceStub(channel).GetUser(
+                    auth_pb2.GetUserRequest(user_id=user_id or ""), metadata=md, timeout=timeout
+                )
+                out = _user_dict(got.user)
+            else:
+                deleted = await admin_pb2_grpc.UserAdminServiceStub(channel).DeleteUser(
+                    admin_pb2.DeleteUserRequest(user_id=user_id or ""), metadata=md, timeout=timeout
+                )
+                out = MessageToDict(
+                    deleted,
+                    preserving_proto_field_name=True,
+                    always_print_fields_with_no_presence=True,
+                )
+        except grpc.aio.AioRpcError as exc:
+            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)  # noqa: T201
+            return 1
+    print(json.dumps(out, indent=2))  # noqa: T201
+    return 0

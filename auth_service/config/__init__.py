@@ -1,0 +1,183 @@
+"""config: the settings of a server process, read from the environment in this one
+module and validated at start-up. `variables` lists the variables (names, parsers,
+help), `tokens` parses caller tokens.
+
+`Settings.from_env()` collects every problem and raises one `ConfigError` that names
+each bad variable, so an operator fixes a deployment in one round. Nothing else in
+the service reads `os.environ` (nor does the auth_client library).
+
+May import: `auth_service.addresses` and `auth_client.contract` only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from auth_service.config.tokens import TokenEntry
+from auth_service.config.variables import ENV_VARS, MIN_REQUEST_BYTES, EnvVar
+
+__all__ = [
+    "CLI_ENV_VARS",
+    "ENV_VARS",
+    "MIN_REQUEST_BYTES",
+    "ConfigError",
+    "EnvVar",
+    "Settings",
+    "cli_default",
+]
+
+
+class ConfigError(ValueError):
+    """One or more configuration values are missing or invalid."""
+
+    def __init__(self, problems: Mapping[str, str]) -> None:
+        self.problems = dict(problems)
+        lines = "\n".join(f"  {key}: {why}" for key, why in sorted(self.problems.items()))
+        super().__init__(f"invalid configuration ({len(self.problems)} problem(s)):\n{lines}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated configuration of one auth-service process."""
+
+    database_url: str = field(repr=False)
+    listen: str = "127.0.0.1:50051"
+    max_connection_age_s: float = 300.0
+    admin_tokens: tuple[str, ...] = field(default=(), repr=False)
+    auth_tokens: tuple[TokenEntry, ...] = field(default=(), repr=False)
+    auth_tokens_file: str | None = None
+    tokens_reload_interval_s: float = 5.0
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None
+    allow_insecure: bool = False
+    max_request_bytes: int = 64 * 1024
+    max_concurrent_rpcs: int = 256
+    max_concurrent_rpcs_per_caller: int | None = None
+    rate_limit_rps: float = 0.0
+    rate_limit_burst: int = 0
+    pool_min_size: int = 2
+    pool_max_size: int = 10
+    statement_timeout_ms: int = 2000
+    connect_timeout_s: float = 5.0
+    lookup_concurrency: int = 2
+    lookup_window_ms: float = 2.0
+    # Not from the environment: set for the processes of `serve --workers N`.
+    reuse_port: bool = False
+    health_interval_s: float = 1.0
+    shutdown_grace_s: float = 10.0
+    log_level: str = "INFO"
+    log_format: str = "json"
+    metrics_listen: str | None = None
+    kafka_bootstrap_servers: str | None = None
+    kafka_topic: str = "user_deleted"
+    kafka_enable_idempotence: bool = False
+    kafka_request_timeout_s: float = 10.0
+    relay_enabled: bool = True
+    relay_poll_interval_s: float = 1.0
+    relay_batch_size: int = 100
+    relay_max_backoff_s: float = 30.0
+    outbox_retention_s: float = 7 * 24 * 3600.0
+    # Not from the environment: only `auth-service dev` (and test fixtures) turn it
+    # on; AuthService then answers callers without a known token as `anonymous`.
+    allow_unauthenticated_reads: bool = False
+
+    def __post_init__(self) -> None:
+        problems = self._cross_check()
+        if problems:
+            raise ConfigError(problems)
+
+    def _cross_check(self) -> dict[str, str]:
+        problems: dict[str, str] = {}
+        if self.pool_min_size < 0:
+            problems["DB_POOL_MIN_SIZE"] = "must not be negative"
+        elif self.pool_min_size > self.pool_max_size:
+            problems["DB_POOL_MIN_SIZE"] = "must not exceed DB_POOL_MAX_SIZE"
+        if not 0 <= self.lookup_concurrency <= self.pool_max_size:
+            problems["DB_LOOKUP_CONCURRENCY"] = "must be from 0 to DB_POOL_MAX_SIZE"
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            missing = "TLS_KEY_FILE" if self.tls_cert_file else "TLS_CERT_FILE"
+            problems[missing] = "TLS_CERT_FILE and TLS_KEY_FILE must be set together"
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            problems["TLS_CLIENT_CA_FILE"] = "mTLS needs TLS_CERT_FILE and TLS_KEY_FILE too"
+        if self.max_request_bytes < MIN_REQUEST_BYTES:
+            problems["MAX_REQUEST_BYTES"] = (
+                f"must be at least {MIN_REQUEST_BYTES} so a 1000-id batch fits"
+            )
+        per_caller = self.max_concurrent_rpcs_per_caller
+        if per_caller and self.max_concurrent_rpcs and per_caller > self.max_concurrent_rpcs:
+            problems["MAX_CONCURRENT_RPCS_PER_CALLER"] = "must not exceed MAX_CONCURRENT_RPCS"
+        if self.rate_limit_burst and not self.rate_limit_rps:
+            problems["RATE_LIMIT_BURST"] = "has no effect without RATE_LIMIT_RPS"
+        return problems
+
+    @property
+    def per_caller_concurrency(self) -> int:
+        """MAX_CONCURRENT_RPCS_PER_CALLER, defaulting to half the global bound."""
+        if self.max_concurrent_rpcs_per_caller is not None:
+            return self.max_concurrent_rpcs_per_caller
+        return max(1, self.max_concurrent_rpcs // 2) if self.max_concurrent_rpcs else 0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from `env` (default: the process environment).
+
+        `overrides` (attribute names) win over the environment, e.g. CLI flags.
+        """
+        source = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        problems: dict[str, str] = {}
+        for var in ENV_VARS:
+            if var.attr in overrides:
+                continue
+            raw = source.get(var.name)
+            if raw is None or (raw.strip() == "" and var.required):
+                if var.required:
+                    problems[var.name] = "is required"
+                continue
+            try:
+                values[var.attr] = var.parse(raw)
+            except ValueError as exc:
+                problems[var.name] = str(exc) or "invalid value"
+        values.update(overrides)
+        # Settings built in code (tests, `auth-service dev`) may leave Kafka out and
+        # get no relay; a deployment must say where to publish or turn the relay off.
+        if values.get("relay_enabled", True) and not values.get("kafka_bootstrap_servers"):
+            problems.setdefault("KAFKA_BOOTSTRAP_SERVERS", "is required unless RELAY_ENABLED=false")
+        if problems:
+            # Also judge the cross-field rules (defaults standing in for the bad
+            # values), so one error names every problem.
+            probe = {"database_url": "postgresql://placeholder/db", **values}
+            try:
+                cls(**probe)
+            except ConfigError as exc:
+                for key, why in exc.problems.items():
+                    problems.setdefault(key, why)
+            except TypeError:  # pragma: no cover - programming error in overrides
+                pass
+            raise ConfigError(problems)
+        try:
+            return cls(**values)
+        except ConfigError:
+            raise
+        except TypeError as exc:  # pragma: no cover - programming error in overrides
+            raise ConfigError({"<overrides>": str(exc)}) from exc
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def cli_default(name: str, default: str | None = None) -> str | None:
+    """Environment fallback for a command-line flag (e.g. AUTH_SERVICE_TARGET)."""
+    value = os.environ.get(name)
+    return value or default
+
+
+CLI_ENV_VARS: dict[str, str] = {
+    "AUTH_SERVICE_TARGET": "target of `auth-service users ...` (default 127.0.0.1:50051)",
+    "AUTH_SERVICE_TOKEN": "bearer token sent by `auth-service users ...`",
+}

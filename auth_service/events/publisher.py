@@ -1,0 +1,149 @@
+"""The relay's Kafka side: one aiokafka producer that publishes outbox records with
+`acks="all"` and reports, per record, whether the brokers acknowledged it.
+
+A publish that fails or times out is ambiguous (the broker may have stored the
+message before the answer was lost): the relay keeps the row and sends it again,
+so consumers see a duplicate with the same `event-id` and deduplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Self
+
+from aiokafka import AIOKafkaProducer
+
+from auth_client.contract import event_headers
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from types import TracebackType
+
+    from auth_service.store.outbox import OutboxRecord
+
+log = logging.getLogger(__name__)
+
+
+class PublishError(RuntimeError):
+    """The brokers did not acknowledge a record (unreachable, timeout, rejected)."""
+
+
+@dataclass(frozen=True)
+class ProducerConfig:
+    bootstrap_servers: str
+    # event type -> topic
+    topics: Mapping[str, str]
+    enable_idempotence: bool = False
+    request_timeout_s: float = 10.0
+    client_id: str = "auth-service-relay"
+    linger_ms: int = 5
+
+
+class Publisher:
+    """Owns the producer. `start()` fails while Kafka is unreachable (the relay
+    retries it); `aclose()` is idempotent and never waits longer than the request
+    timeout for unacknowledged records."""
+
+    def __init__(self, config: ProducerConfig) -> None:
+        self.config = config
+        self._producer: Any = None
+        self._closed = False
+
+    @property
+    def started(self) -> bool:
+        return self._producer is not None
+
+    async def start(self) -> None:
+        if self._closed:
+            raise RuntimeError("publisher is closed")
+        if self._producer is not None:
+            return
+        c = self.config
+        producer = AIOKafkaProducer(
+            bootstrap_servers=c.bootstrap_servers,
+            client_id=c.client_id,
+            acks="all",
+            enable_idempotence=c.enable_idempotence,
+            request_timeout_ms=int(c.request_timeout_s * 1000),
+            linger_ms=c.linger_ms,
+            retry_backoff_ms=200,
+        )
+        try:
+            await producer.start()
+        except BaseException:
+            await self._stop(producer)
+            raise
+        self._producer = producer
+
+    async def publish(self, records: Sequence[OutboxRecord]) -> list[BaseException | None]:
+        """Send every record and wait for the brokers' acknowledgements. Returns one
+        entry per record: None when acknowledged, else the error."""
+        if self._producer is None:
+            raise PublishError("producer not started")
+        c = self.config
+        # Records of one key are never in one batch (see OutboxStore), and aiokafka
+        # sends one partition's batches in order, so per-key order holds.
+        futures: list[asyncio.Future[Any] | BaseException] = []
+        try:
+            async with asyncio.timeout(c.request_timeout_s * 2 + 5):
+                for record in records:
+                    topic = c.topics.get(record.event_type)
+                    if topic is None:
+                        futures.append(PublishError(f"no topic for {record.event_type}"))
+                        continue
+                    try:
+                        futures.append(
+                            await self._producer.send(
+                                topic,
+                                value=record.payload,
+                                key=record.key.encode(),
+                                headers=event_headers(str(record.event_id), record.event_type),
+                            )
+                        )
+                    except Exception as exc:  # e.g. no metadata: broker unreachable
+                        futures.append(exc)
+                pending = [f for f in futures if isinstance(f, asyncio.Future)]
+                await asyncio.gather(*pending, return_exceptions=True)
+        except TimeoutError:
+            pass
+        while len(futures) < len(records):
+            futures.append(PublishError("no acknowledgement within the request timeout"))
+        out: list[BaseException | None] = []
+        for f in futures:
+            if isinstance(f, BaseException):
+                out.append(f)
+            elif not f.done():
+                f.cancel()
+                out.append(PublishError("no acknowledgement within the request timeout"))
+            elif f.cancelled():
+                out.append(PublishError("publish cancelled"))
+            else:
+                out.append(f.exception())
+        return out
+
+    async def _stop(self, producer: Any) -> None:
+        try:
+            async with asyncio.timeout(self.config.request_timeout_s + 2):
+                await producer.stop()
+        except Exception as exc:
+            log.warning("kafka producer did not stop cleanly: %s", type(exc).__name__)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await self._stop(producer)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

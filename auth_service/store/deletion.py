@@ -1,0 +1,42 @@
+"""Deleting a user: the domain operation behind DeleteUser.
+
+A deletion is one transaction: the soft delete of the users row and, when it newly
+deleted the user, the `user_deleted` outbox row (`outbox.write_user_deleted`). Both
+commit or neither does, so a committed deletion always has its event and a second
+delete of the same user writes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+from auth_service.store.outbox import write_user_deleted
+from auth_service.store.pool import Budget, Conn, translate_errors
+from auth_service.store.users import Deletion, UserRepository
+
+# Runs inside the deletion's transaction for a user that was just deleted; the
+# default writes the `user_deleted` outbox row (tests substitute one that fails).
+OnDeleted = Callable[[Conn, Deletion], Awaitable[None]]
+
+
+async def delete_user(
+    pool: asyncpg.Pool,
+    user_id: uuid.UUID,
+    budget: Budget,
+    on_deleted: OnDeleted = write_user_deleted,
+) -> Deletion | None:
+    """Soft-delete `user_id` and record its event, in one transaction. None when
+    the id never existed; `Deletion.newly_deleted` is False for a repeated delete
+    (which then carries the original `deleted_at`)."""
+    async with (
+        translate_errors(budget),
+        pool.acquire(timeout=budget.seconds) as conn,
+        conn.transaction(),
+    ):
+        deletion = await UserRepository.soft_delete(conn, user_id, budget)
+        if deletion is not None and deletion.newly_deleted:
+            await on_deleted(conn, deletion)
+    return deletion

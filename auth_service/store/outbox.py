@@ -1,0 +1,178 @@
+"""The transactional outbox: all SQL about the `outbox` table.
+
+Writers insert an event in the caller's transaction (`write_user_deleted`, called by
+`store.deletion.delete_user`) and send a NOTIFY that PostgreSQL delivers only on
+commit, to wake the relay. The relay claims, marks and prunes rows through
+`OutboxStore`.
+
+Claim rule: an unpublished row is claimable when no earlier (lower id) row of the
+same partition key is still unpublished. So, with any number of relays, one key's
+events are published strictly one after another in id order, while different keys
+proceed in parallel (`FOR UPDATE SKIP LOCKED`). Writers of one key are serialized
+by the users row lock, so id order is commit order for a key.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from auth_client.contract import USER_DELETED_TYPE, UserDeletedEvent, encode_user_deleted
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from auth_service.store.pool import Conn
+    from auth_service.store.users import Deletion
+
+NOTIFY_CHANNEL = "auth_outbox"
+
+_INSERT = """
+INSERT INTO outbox (event_id, event_type, partition_key, payload)
+VALUES ($1, $2, $3, $4)
+"""
+_NOTIFY = "SELECT pg_notify($1, '')"
+_CLAIM = """
+SELECT o.id, o.event_id, o.event_type, o.partition_key, o.payload, o.created_at
+FROM outbox AS o
+WHERE o.published_at IS NULL
+  AND o.event_type = ANY($2::text[])
+  AND NOT EXISTS (
+      SELECT 1 FROM outbox AS e
+      WHERE e.partition_key = o.partition_key AND e.published_at IS NULL AND e.id < o.id
+  )
+ORDER BY o.id
+LIMIT $1
+FOR UPDATE OF o SKIP LOCKED
+"""
+_MARK = "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])"
+_FAIL = """
+UPDATE outbox SET attempts = attempts + 1, last_error = left($2, 1000)
+WHERE id = ANY($1::bigint[])
+"""
+_LAG = """
+SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
+FROM outbox WHERE published_at IS NULL
+"""
+_PRUNE = """
+DELETE FROM outbox WHERE id IN (
+    SELECT id FROM outbox
+    WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1)
+    LIMIT $2
+)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRecord:
+    """One claimed row, ready to publish."""
+
+    id: int
+    event_id: uuid.UUID
+    event_type: str
+    key: str
+    payload: bytes
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Lag:
+    """How far the relay is behind: unpublished rows and the age of the oldest."""
+
+    unpublished: int
+    oldest_age_s: float
+
+
+async def write_event(
+    conn: Conn,
+    *,
+    event_type: str,
+    key: str,
+    payload: bytes,
+    event_id: uuid.UUID | None = None,
+    notify: bool = True,
+) -> uuid.UUID:
+    """Insert an event in the caller's transaction; NOTIFY wakes the relay on commit."""
+    event_id = event_id or uuid.uuid4()
+    await conn.execute(_INSERT, event_id, event_type, key, payload)
+    if notify:
+        await conn.execute(_NOTIFY, NOTIFY_CHANNEL)
+    return event_id
+
+
+def user_deleted_payload(event_id: uuid.UUID, deletion: Deletion, now: datetime) -> bytes:
+    """The serialized `auth.v1.UserDeleted`: the deleted user only, never the admin."""
+    deleted_at = deletion.user.deleted_at
+    assert deleted_at is not None
+    return encode_user_deleted(
+        UserDeletedEvent(
+            event_id=str(event_id),
+            user_id=str(deletion.user.id),
+            deleted_at=deleted_at,
+            occurred_at=now,
+        )
+    )
+
+
+async def write_user_deleted(conn: Conn, deletion: Deletion) -> None:
+    """The DeleteUser `on_deleted` hook: the event commits with the soft delete."""
+    event_id = uuid.uuid4()
+    payload = user_deleted_payload(event_id, deletion, datetime.now(UTC))
+    await write_event(
+        conn,
+        event_type=USER_DELETED_TYPE,
+        key=str(deletion.user.id),
+        payload=payload,
+        event_id=event_id,
+    )
+
+
+class OutboxStore:
+    """The relay's queries. `claim` / `mark_published` / `record_failure` run on one
+    connection inside the caller's transaction, which holds the row locks while the
+    batch is being published."""
+
+    @staticmethod
+    async def claim(conn: Conn, limit: int, event_types: Sequence[str]) -> list[OutboxRecord]:
+        rows = await conn.fetch(_CLAIM, limit, list(event_types))
+        return [
+            OutboxRecord(
+                id=row["id"],
+                event_id=row["event_id"],
+                event_type=row["event_type"],
+                key=row["partition_key"],
+                payload=bytes(row["payload"]),
+                created_at=row["created_at"],
+            )
+            for row in rows
+        ]
+
+    @staticmethod
+    async def mark_published(conn: Conn, ids: Sequence[int]) -> None:
+        if ids:
+            await conn.execute(_MARK, list(ids))
+
+    @staticmethod
+    async def record_failure(conn: Conn, ids: Sequence[int], error: str) -> None:
+        if ids:
+            await conn.execute(_FAIL, list(ids), error)
+
+    @staticmethod
+    async def lag(conn: Conn) -> Lag:
+        row = await conn.fetchrow(_LAG)
+        assert row is not None
+        return Lag(unpublished=int(row[0]), oldest_age_s=max(0.0, float(row[1])))
+
+    @staticmethod
+    async def prune(conn: Conn, retention_s: float, chunk: int = 1000) -> int:
+        """Delete rows published more than `retention_s` ago, in chunks; unpublished
+        rows are never deleted. Returns how many were deleted."""
+        total = 0
+        while True:
+            status = await conn.execute(_PRUNE, retention_s, chunk)
+            deleted = int(status.rsplit(" ", 1)[-1])
+            total += deleted
+            if deleted < chunk:
+                return total

@@ -1,0 +1,196 @@
+"""The wire contract of auth-service, versioned with this package.
+
+Everything a program needs to talk to auth-service or to read its events without
+the server's code:
+
+- the generated messages and stubs of `protos/auth/v1` (package `auth.v1`):
+  `auth_pb2` / `auth_pb2_grpc` (AuthService: UserExists, GetUser, BatchUserExists),
+  `admin_pb2` / `admin_pb2_grpc` (UserAdminService: CreateUser, DeleteUser) and
+  `events_pb2` (the `UserDeleted` event);
+- the limits the server enforces (`MAX_BATCH_IDS`);
+- request metadata (`bearer_metadata`) and timestamps (`timestamp`, `to_datetime`);
+- the `user_deleted` Kafka contract: key = the user id as text, value = a serialized
+  `auth.v1.UserDeleted`, headers `event-id`, `event-type` (`auth.v1.UserDeleted`) and
+  `content-type` (`application/x-protobuf`); `encode_user_deleted`,
+  `decode_user_deleted` and `event_headers` build and read it.
+
+auth-service itself imports the contract from here, so client and server cannot
+disagree. The generated modules are regenerated from `protos/` by
+`scripts/gen_protos.py`; a test fails when they are stale.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from google.protobuf.message import DecodeError
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from auth_client._proto.auth.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
+    events_pb2,
+)
+
+__all__ = [
+    "CONTENT_TYPE",
+    "DEFAULT_DLQ_TOPIC",
+    "DEFAULT_TOPIC",
+    "HEADER_CONTENT_TYPE",
+    "HEADER_EVENT_ID",
+    "HEADER_EVENT_TYPE",
+    "MAX_BATCH_IDS",
+    "SCHEMA_VERSION",
+    "USER_DELETED_TYPE",
+    "EventDecodeError",
+    "Headers",
+    "Origin",
+    "UserDeletedEvent",
+    "admin_pb2",
+    "admin_pb2_grpc",
+    "auth_pb2",
+    "auth_pb2_grpc",
+    "bearer_metadata",
+    "decode_user_deleted",
+    "encode_user_deleted",
+    "event_headers",
+    "events_pb2",
+    "header",
+    "timestamp",
+    "to_datetime",
+    "user_deleted_headers",
+]
+
+MAX_BATCH_IDS = 1000
+"""The most ids one BatchUserExists request may carry (more is INVALID_ARGUMENT)."""
+
+DEFAULT_TOPIC = "user_deleted"
+DEFAULT_DLQ_TOPIC = "user_deleted.dlq"
+USER_DELETED_TYPE = "auth.v1.UserDeleted"
+CONTENT_TYPE = "application/x-protobuf"
+SCHEMA_VERSION = 1
+
+HEADER_EVENT_ID = "event-id"
+HEADER_EVENT_TYPE = "event-type"
+HEADER_CONTENT_TYPE = "content-type"
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The call metadata that presents `token` (empty without a token)."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def timestamp(value: datetime) -> Timestamp:
+    """A protobuf Timestamp for an aware datetime."""
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def to_datetime(value: Timestamp) -> datetime:
+    """An aware (UTC) datetime for a protobuf Timestamp."""
+    return value.ToDatetime(tzinfo=UTC)
+
+
+class EventDecodeError(ValueError):
+    """A message is not a valid `auth.v1.UserDeleted` event this library understands."""
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a consumed event was read from."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UserDeletedEvent:
+    """A user was deleted in auth-service. Delivered at least once: handlers must be
+    idempotent (or deduplicate on `event_id`). It carries ids and times only, never
+    the deleted user's personal data."""
+
+    event_id: str
+    user_id: str
+    deleted_at: datetime
+    occurred_at: datetime
+    schema_version: int = SCHEMA_VERSION
+    origin: Origin | None = field(default=None, compare=False)
+
+
+def encode_user_deleted(event: UserDeletedEvent) -> bytes:
+    """The Kafka value for `event` (a serialized `auth.v1.UserDeleted`)."""
+    return events_pb2.UserDeleted(
+        event_id=event.event_id,
+        user_id=event.user_id,
+        deleted_at=timestamp(event.deleted_at),
+        occurred_at=timestamp(event.occurred_at),
+        schema_version=event.schema_version,
+    ).SerializeToString()
+
+
+def event_headers(
+    event_id: str, event_type: str = USER_DELETED_TYPE, **extra: str
+) -> list[tuple[str, bytes]]:
+    """The Kafka headers of an event: id, type, content type, and `extra` ones
+    (e.g. `traceparent`)."""
+    return [
+        (HEADER_EVENT_ID, event_id.encode()),
+        (HEADER_EVENT_TYPE, event_type.encode()),
+        (HEADER_CONTENT_TYPE, CONTENT_TYPE.encode()),
+        *((name, value.encode()) for name, value in extra.items()),
+    ]
+
+
+def user_deleted_headers(event_id: str) -> list[tuple[str, bytes]]:
+    """The headers of a `user_deleted` event."""
+    return event_headers(event_id)
+
+
+def header(headers: Headers | None, name: str) -> str | None:
+    """The last value of header `name` as text, or None."""
+    found: str | None = None
+    for key, value in headers or ():
+        if key == name and value is not None:
+            found = value.decode("utf-8", errors="replace")
+    return found
+
+
+def decode_user_deleted(value: bytes | None, origin: Origin | None = None) -> UserDeletedEvent:
+    """Parse and validate a Kafka value. Raises EventDecodeError for a message that
+    is not a well-formed event of a schema version this library supports."""
+    if not value:
+        raise EventDecodeError("empty message value")
+    msg = events_pb2.UserDeleted()
+    try:
+        msg.ParseFromString(value)
+    except DecodeError as exc:
+        raise EventDecodeError("value is not a serialized auth.v1.UserDeleted") from exc
+    if msg.schema_version > SCHEMA_VERSION:
+        raise EventDecodeError(
+            f"schema_version {msg.schema_version} is newer than supported ({SCHEMA_VERSION})"
+        )
+    try:
+        user_id = str(uuid.UUID(msg.user_id))
+        uuid.UUID(msg.event_id)
+    except ValueError as exc:
+        raise EventDecodeError("event_id and user_id must be UUIDs") from exc
+    if not msg.HasField("deleted_at"):
+        raise EventDecodeError("deleted_at is missing")
+    return UserDeletedEvent(
+        event_id=msg.event_id,
+        user_id=user_id,
+        deleted_at=to_datetime(msg.deleted_at),
+        occurred_at=to_datetime(msg.occurred_at),
+        schema_version=msg.schema_version or SCHEMA_VERSION,
+        origin=origin,
+    )

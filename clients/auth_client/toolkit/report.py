@@ -1,0 +1,120 @@
+"""`auth-toolkit fk-audit` output: a readable table or JSON, and the command itself."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from auth_client.toolkit import migration
+from auth_client.toolkit.audit import AuditError, AuditResult, audit_connection, connect
+
+
+def render_table(result: AuditResult) -> str:
+    """The human-readable report."""
+    fks = result.foreign_keys
+    lines = [
+        (
+            f"{len(fks)} foreign key(s) reference {result.sql_referenced_table} "
+            f"in database {result.database}; {len(result.missing_indexes)} without a covering index"
+        )
+    ]
+    if not fks:
+        return lines[0]
+    header = (
+        "TABLE",
+        "COLUMNS",
+        "CONSTRAINT",
+        "ON DELETE",
+        "ON UPDATE",
+        "DEFERRABLE",
+        "INDEX",
+        "ROWS",
+        "NOTES",
+    )
+    rows = [header]
+    for fk in fks:
+        notes = [f"MATCH {fk.match}"] if fk.match != "SIMPLE" else []
+        notes += [] if fk.validated or not fk.enforced else ["NOT VALID"]
+        notes += [] if fk.enforced else ["NOT ENFORCED"]
+        notes += ["partitioned"] if fk.partitioned else []
+        rows.append(
+            (
+                fk.sql_table,
+                ", ".join(fk.columns),
+                fk.constraint,
+                fk.on_delete_text,
+                fk.on_update,
+                fk.deferrable_text,
+                fk.index or "MISSING",
+                "unknown" if fk.row_estimate is None else str(fk.row_estimate),
+                "; ".join(notes),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines.append("")
+    lines.extend(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+    lines.append("")
+    lines.append(
+        "ROWS is PostgreSQL's estimate (pg_class.reltuples); unknown = never vacuumed or analyzed."
+    )
+    return "\n".join(lines)
+
+
+def render_json(result: AuditResult, migration_files: list[str] | None = None) -> str:
+    data = result.to_json()
+    if migration_files is not None:
+        data["migration_files"] = migration_files
+    return json.dumps(data, indent=2)
+
+
+async def report(
+    database_url: str,
+    *,
+    referenced_table: str = "users",
+    output_format: str = "table",
+    emit_dir: str | None = None,
+) -> str:
+    """What `auth-toolkit fk-audit` prints. Raises AuditError."""
+    conn = await connect(database_url)
+    try:
+        result = await audit_connection(conn, referenced_table)
+        written: list[str] | None = None
+        if emit_dir is not None:
+            try:
+                paths = await migration.emit(conn, result, Path(emit_dir))
+            except OSError as exc:
+                raise AuditError(f"cannot write the migration: {exc}") from exc
+            written = [str(p) for p in paths]
+    finally:
+        await conn.close()
+    if output_format == "json":
+        return render_json(result, written)
+    text = render_table(result)
+    if written is not None:
+        text += "\n\n" + (
+            "\n".join(f"wrote {p}" for p in written)
+            if written
+            else "nothing to migrate: no file written"
+        )
+    return text
+
+
+async def run(
+    database_url: str,
+    *,
+    referenced_table: str = "users",
+    output_format: str = "table",
+    emit_dir: str | None = None,
+) -> int:
+    """`auth-toolkit fk-audit`: print the report; 0 on success. Raises AuditError."""
+    text = await report(
+        database_url,
+        referenced_table=referenced_table,
+        output_format=output_format,
+        emit_dir=emit_dir,
+    )
+    print(text)  # noqa: T201
+    return 0
