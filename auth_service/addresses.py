@@ -1,8 +1,11 @@
-"""Parsing of `host:port` listen addresses (IPv4, [IPv6] and names)."""
+"""`host:port` listen addresses (IPv4, [IPv6] and names): parsing, the local
+address of a wildcard bind, and whether a port is free to bind."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import socket
 
 
 def parse_host_port(value: str) -> tuple[str, int]:
@@ -50,3 +53,26 @@ def local_address(listen: str, port: int | None = None) -> str:
     if host in _WILDCARDS:
         host = "127.0.0.1"
     return format_host_port(host, configured if port is None else port)
+
+
+def bind_problem(host: str, port: int, *, reuse_port: bool = False) -> str | None:
+    """Why `host:port` cannot be bound right now (e.g. "address already in use"), or
+    None. Port 0 is always free. `reuse_port` binds as SO_REUSEPORT servers do, so
+    a port shared on purpose (`serve --workers N`) is not reported."""
+    if port == 0:
+        return None
+    host = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return f"cannot resolve {host!r}: {exc.strerror}"
+    family, kind, proto, _, address = infos[0]
+    with contextlib.closing(socket.socket(family, kind, proto)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port and hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            return (exc.strerror or str(exc)).lower()
+    return None

@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any, NoReturn, TypeVar
@@ -62,6 +63,30 @@ def embedded(kind: type[S]) -> Iterator[S]:
         yield server
     finally:
         server.close()
+
+
+# What `auth-service dev` takes by default; a user may run it beside the suite.
+DEV_DEFAULT_PORTS = (50051, 9092)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dev_default_ports_taken() -> Iterator[None]:
+    """Hold dev's default ports for the whole run, as a user's `auth-service dev`
+    would: a test or fixture that binds one of them (instead of a free port) fails
+    here as it would on the user's machine. Ports already taken stay taken."""
+    held = []
+    for port in DEV_DEFAULT_PORTS:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+        except OSError:
+            sock.close()
+            continue
+        held.append(sock)
+    yield
+    for sock in held:
+        sock.close()
 
 
 @pytest.fixture(scope="session")

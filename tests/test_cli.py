@@ -7,7 +7,9 @@ import json
 import os
 import sys
 
+from auth_service.local.embedded import free_port
 from tests.helpers import ADMIN_TOKEN
+from tests.ops.support import clean_env, run_cli
 
 
 async def _cli(*args: str, token: str | None = ADMIN_TOKEN, target: str) -> tuple[int, str, str]:
@@ -77,3 +79,45 @@ async def test_missing_token_is_reported(server) -> None:
     assert code == 1
     assert out == ""
     assert "UNAUTHENTICATED" in err
+
+
+async def test_connection_options_are_accepted_after_the_action(server) -> None:
+    """As users type them: `users create dave --token T --target H:P`."""
+    nowhere = f"127.0.0.1:{free_port()}"  # the environment points elsewhere
+    code, out, err = await _cli(
+        "create", "dave", "--target", server.address, "--token", ADMIN_TOKEN, target=nowhere
+    )
+    assert code == 0, err
+    user_id = json.loads(out)["id"]
+    code, out, err = await _cli(
+        "get", user_id, "--timeout", "5", "--target", server.address, target=nowhere
+    )
+    assert code == 0, err
+    assert json.loads(out)["username"] == "dave"
+    # Before the action still works, and a flag after it wins.
+    code, out, err = await _cli(
+        "--target", nowhere, "get", user_id, "--target", server.address, target=nowhere
+    )
+    assert code == 0, err
+    code, _, err = await _cli(
+        "get", user_id, "--ca-file", "/nonexistent.pem", target=server.address
+    )
+    assert code != 0
+    assert "unrecognized arguments" not in err
+
+
+async def test_health_for_an_unknown_service_says_which_services_exist(server) -> None:
+    code, out, _ = await run_cli(
+        "health", "--target", server.address, "--service", "nope", env=clean_env()
+    )
+    assert code == 1
+    assert out.startswith("NOT_FOUND: no health status for service 'nope'")
+    assert "auth.v1.AuthService" in out
+
+
+async def test_relay_without_kafka_names_what_relay_needs() -> None:
+    env = clean_env(DATABASE_URL="postgresql://auth@127.0.0.1:5999/auth")
+    code, _, err = await run_cli("relay", env=env)
+    assert code == 2
+    assert "KAFKA_BOOTSTRAP_SERVERS: is required by `auth-service relay`" in err
+    assert "RELAY_ENABLED" not in err  # that advice is for `serve`

@@ -4,9 +4,7 @@ schema from server reflection, no proto files)."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from auth_service.local.embedded import free_port
+from tests.dev import REPO, DevProcess, dev_env
 
 BUF = Path(sys.executable).parent / "buf"
 TOKEN = "dev-test-token-0123456789"
@@ -24,60 +23,10 @@ TOKEN = "dev-test-token-0123456789"
 
 @pytest.fixture
 def dev_server() -> Iterator[tuple[str, list[str], str]]:
-    port = free_port()
-    proc = _start_dev(
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--admin-token",
-        TOKEN,
-        "--kafka-listen",
-        f"127.0.0.1:{free_port()}",
-    )
-    try:
-        output = _read_banner(proc)
-        ids = re.findall(r"^\s+\w+\s+([0-9a-f-]{36})$", output, re.MULTILINE)
-        yield f"127.0.0.1:{port}", ids, output
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
-def _dev_env() -> dict[str, str]:
-    """The environment without the variables that make dev use external servers."""
-    return {
-        k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"}
-    }
-
-
-def _start_dev(*flags: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "auth_service", "dev", *flags],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=_dev_env(),
-    )
-
-
-def _read_banner(proc: subprocess.Popen[str]) -> str:
-    assert proc.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if "Ctrl-C" in line:
-            break
-    output = "".join(lines)
-    assert "Ctrl-C" in output, output
-    return output
+    with DevProcess("--admin-token", TOKEN) as dev:
+        output = dev.read_banner()
+        yield dev.target, list(dev.users.values()), output
+        assert dev.stop() == 0
 
 
 def _buf_curl(
@@ -143,21 +92,78 @@ def test_dev_serves_demo_users_to_a_generic_client(dev_server) -> None:
 
 def test_ctrl_c_stops_everything_dev_started() -> None:
     port, kafka_port = free_port(), free_port()
-    proc = _start_dev("--listen", f"127.0.0.1:{port}", "--kafka-listen", f"127.0.0.1:{kafka_port}")
-    try:
-        banner = _read_banner(proc)
+    with DevProcess(
+        "--listen", f"127.0.0.1:{port}", "--kafka-listen", f"127.0.0.1:{kafka_port}"
+    ) as dev:
+        banner = dev.read_banner()
         pg_port = int(re.findall(r"PostgreSQL on 127\.0\.0\.1:(\d+)", banner)[0])
         started = [f"127.0.0.1:{p}" for p in (port, kafka_port, pg_port)]
         assert all(_port_open(a) for a in started)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
+        assert dev.stop() == 0
         assert not any(_port_open(a) for a in started)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+
+
+def test_the_banners_try_it_commands_run_as_printed() -> None:
+    """A new user copies the banner's lines into a shell in the checkout: they work
+    (no grpcurl that is not installed, no bare `auth-service` that is not on PATH)."""
+    with DevProcess() as dev:
+        dev.read_banner()
+        commands = dev.try_it
+        assert len(commands) >= 2, dev.output
+        for command in commands:
+            assert not command.startswith(("grpcurl", "auth-service")), command
+            result = subprocess.run(
+                command,
+                shell=True,
+                cwd=REPO,
+                env={k: v for k, v in dev_env().items() if not k.startswith("AUTH_SERVICE_")},
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert result.returncode == 0, f"{command}\n{result.stdout}{result.stderr}"
+        assert (
+            '"exists": true'
+            in subprocess.run(
+                commands[0], shell=True, cwd=REPO, capture_output=True, text=True, check=True
+            ).stdout
+        )
+
+
+def test_an_exported_database_url_is_named_and_an_unreachable_one_fails_at_once(
+    new_database,
+) -> None:
+    """dev uses an exported DATABASE_URL instead of its embedded PostgreSQL: it says
+    so, and a stale one fails fast with the reason instead of waiting silently."""
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/auth"
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "auth_service", "dev", "--listen", f"127.0.0.1:{free_port()}"],
+        env=dev_env(DATABASE_URL=dead),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert time.monotonic() - started < 15
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("auth-service: DATABASE_URL is exported")
+    assert "connection refused" in last
+    assert "unset DATABASE_URL" in last
+
+    with DevProcess(env=dev_env(DATABASE_URL=new_database())) as dev:
+        banner = dev.read_banner()
+        assert "(from DATABASE_URL; unset it for the embedded one)" in banner
+    help_text = subprocess.run(
+        [sys.executable, "-m", "auth_service", "dev", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "DATABASE_URL" in help_text
+    assert "KAFKA_BOOTSTRAP_SERVERS" in help_text
 
 
 def test_a_taken_port_is_one_clear_line() -> None:
@@ -174,7 +180,7 @@ def test_a_taken_port_is_one_clear_line() -> None:
                 capture_output=True,
                 text=True,
                 timeout=120,
-                env=_dev_env(),
+                env=dev_env(),
                 check=False,
             )
             assert result.returncode == 1

@@ -1,10 +1,11 @@
 """The wrapper every RPC handler goes through: caller check, admission limits,
-deadline budget, and the one mapping from domain errors to gRPC status codes.
+deadline budget, metrics, and the one mapping from domain errors to gRPC status
+codes.
 
-Services are registered with `add_service`, whose request parser never raises: a
-body that is not a valid message reaches the wrapper as `MALFORMED` and is
-answered INVALID_ARGUMENT after the caller check (grpcio's own parser would answer
-UNKNOWN and echo protobuf internals).
+Services are registered with `parsing.add_service`, whose request parser never
+raises: a body that is not a valid message reaches the wrapper as `MALFORMED`
+(answered INVALID_ARGUMENT after the caller check), one over MAX_REQUEST_BYTES as
+`TOO_LARGE` (RESOURCE_EXHAUSTED), so both are counted like every other call.
 """
 
 from __future__ import annotations
@@ -15,20 +16,19 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
-from google.protobuf import message_factory
 
 from auth_service import errors
 from auth_service.api.callers import ANONYMOUS, MissingScopeError, TokenRegistry, bearer_token
 from auth_service.api.limits import Limits
 from auth_service.api.metrics import MethodMetrics, method_metrics
+from auth_service.api.parsing import MALFORMED, TOO_LARGE, max_request_bytes, service_name
 from auth_service.config.tokens import Caller
+from auth_service.notices import RepeatingNotice
 from auth_service.store.pool import Budget
-
-if TYPE_CHECKING:
-    from google.protobuf.descriptor import ServiceDescriptor
+from auth_service.store.status import DatabaseStatus
 
 log = logging.getLogger("auth_service.rpc")
 
@@ -72,6 +72,7 @@ class Access:
         allow_unauthenticated_reads: bool,
         limits: Limits | None = None,
         metrics: bool = False,
+        database: DatabaseStatus | None = None,
     ) -> None:
         # Replaced as a whole when the token file is reloaded (one attribute store).
         self.tokens = tokens
@@ -79,6 +80,25 @@ class Access:
         self.limits = limits if limits is not None else Limits()
         # Record grpc_server_* metrics (auth_service.metrics) for every call.
         self.metrics = metrics
+        self.database = database if database is not None else DatabaseStatus()
+
+    def admit(self, caller: str) -> None:
+        """Count the call in, or refuse it at once: UNAVAILABLE when the database
+        cannot answer it (schema not migrated, queries stalled), RESOURCE_EXHAUSTED
+        when a limit is hit — unless the calls holding the slots are waiting on a
+        database that stopped answering: that is not the caller's doing."""
+        database = self.database
+        refusal = database.refusal()
+        if refusal is not None:
+            raise errors.UnavailableError(refusal)
+        try:
+            self.limits.admit(caller)
+        except errors.ResourceExhaustedError:
+            if database.suspect():
+                raise errors.UnavailableError(
+                    "the database is slow to answer; calls are waiting on it"
+                ) from None
+            raise
 
     def authorize(
         self, context: grpc.aio.ServicerContext[Any, Any], scope: str, read: bool
@@ -90,8 +110,8 @@ class Access:
             raise errors.UnauthenticatedError("missing or malformed bearer token")
         caller = self.tokens.lookup(token)
         if caller is None:
-            if read and self.allow_unauthenticated_reads:
-                return ANONYMOUS
+            # Even where reads need no token (dev), a token nobody issued is refused:
+            # a wrong token must fail locally as it would in production.
             raise errors.UnauthenticatedError("unknown bearer token")
         if not caller.has(scope):
             raise MissingScopeError(caller, scope)
@@ -103,51 +123,6 @@ def request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
         if key == "x-request-id" and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
             return value
     return uuid.uuid4().hex[:16]
-
-
-class _Malformed:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "MALFORMED"
-
-
-MALFORMED: Any = _Malformed()
-
-
-def _lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
-    def deserialize(data: bytes) -> Any:
-        try:
-            return parse(data)
-        except Exception:  # DecodeError, bad UTF-8, nesting too deep, ...
-            return MALFORMED
-
-    return deserialize
-
-
-def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: object) -> None:
-    """Register a servicer of unary methods (like the generated `add_*_to_server`),
-    with request parsing that hands malformed bodies to the handler as MALFORMED."""
-    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-    for method in service.methods:
-        assert not method.client_streaming, method.full_name
-        assert not method.server_streaming, method.full_name
-        request_cls = message_factory.GetMessageClass(method.input_type)
-        response_cls = message_factory.GetMessageClass(method.output_type)
-        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, method.name),
-            request_deserializer=_lenient(request_cls.FromString),
-            response_serializer=response_cls.SerializeToString,
-        )
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
-    )
-    # Names for metrics and logs; the started counters exist (at 0) from the start.
-    _SERVICE_NAMES[type(servicer)] = service.full_name
-    for method in service.methods:
-        method_metrics(service.full_name, method.name)
-    # As the generated code does: lets gRPC core match these methods without Python.
-    server.add_registered_method_handlers(service.full_name, handlers)  # type: ignore[attr-defined]
 
 
 class HasAccess(Protocol):
@@ -202,51 +177,45 @@ def handler(
             self: S, request: Req, context: grpc.aio.ServicerContext[Any, Any]
         ) -> Resp:
             started = time.perf_counter()
-            caller = ANONYMOUS
             code = grpc.StatusCode.CANCELLED  # unless the call ends below
             rid: str | None = None
             access = self.access
+            refused: errors.ServiceError | None = None
+            try:
+                caller = access.authorize(context, scope, read)
+            except MissingScopeError as exc:
+                caller, refused = exc.caller, exc  # known, just not allowed: name it
+            except errors.ServiceError as exc:
+                caller, refused = ANONYMOUS, exc
             site: MethodMetrics | None = None
             if access.metrics:
                 site = sites.get(type(self))
                 if site is None:
-                    site = sites[type(self)] = method_metrics(_service_name(self), method)
-                site.start()
+                    site = sites[type(self)] = method_metrics(service_name(self), method)
+                site.start(caller.name)
             try:
-                caller = access.authorize(context, scope, read)
+                if refused is not None:
+                    raise refused  # noqa: TRY301 - answered and counted below like the rest
+                access.admit(caller.name)
                 limits = access.limits
-                limits.admit(caller.name)
                 try:
                     if request is MALFORMED:
                         raise errors.InvalidArgumentError("request is not a valid message")
+                    if request is TOO_LARGE:
+                        raise errors.ResourceExhaustedError(
+                            f"request larger than {max_request_bytes(self)} bytes"
+                        )
                     response = await fn(self, request, Call(context, caller, self.default_budget_s))
                     code = grpc.StatusCode.OK
                     return response
                 finally:
                     limits.release(caller.name)
             except Exception as exc:
-                if isinstance(exc, MissingScopeError):
-                    caller = exc.caller  # known, just not allowed: name it
                 code, message = status_for(exc)
                 rid = request_id(context)
-                # Logs carry the caller's name and the request id: never tokens,
-                # request bodies or user data (messages never echo input).
-                extra = {"caller": caller.name, "request_id": rid, "method": method}
                 if code is grpc.StatusCode.INTERNAL:
-                    log.exception("%s failed (request id %s)", method, rid, extra=extra)
                     message = f"internal error (request id {rid})"
-                elif code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    log.warning("%s: %s (request id %s)", method, message, rid, extra=extra)
-                elif code in _DENIED and log.isEnabledFor(logging.DEBUG):
-                    # DEBUG: strangers and floods must not be able to flood the logs.
-                    log.debug(
-                        "%s denied: %s (caller %s, peer %s)",
-                        method,
-                        message,
-                        caller.name,
-                        context.peer(),
-                        extra=extra,
-                    )
+                _log_failure(self, method, exc, caller=caller, code=code, message=message, rid=rid)
                 context.set_trailing_metadata((("x-request-id", rid),))
                 await context.abort(code, message)
                 raise  # pragma: no cover - abort() always raises
@@ -263,12 +232,45 @@ def handler(
     return wrap
 
 
-_SERVICE_NAMES: dict[type, str] = {}
+# Outages and overload repeat on every call: said at once, then at most every 10 s
+# with a count, so a dead database or a flood cannot flood the log.
+_notices = {
+    grpc.StatusCode.UNAVAILABLE: RepeatingNotice(log, interval=10.0),
+    grpc.StatusCode.DEADLINE_EXCEEDED: RepeatingNotice(log, interval=10.0),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: RepeatingNotice(log, interval=10.0),
+}
 
 
-def _service_name(servicer: object) -> str:
-    """The gRPC service a servicer was registered as (by `add_service`)."""
-    return _SERVICE_NAMES.get(type(servicer), type(servicer).__name__)
+def _log_failure(
+    servicer: object,
+    method: str,
+    exc: Exception,
+    *,
+    caller: Caller,
+    code: grpc.StatusCode,
+    message: str,
+    rid: str,
+) -> None:
+    """The log line of a call that did not succeed. Names the caller and the
+    request id: never tokens, request bodies or user data (messages never echo
+    input). An unauthenticated caller's mistakes are DEBUG: strangers must not be
+    able to fill the log."""
+    extra = {"caller": caller.name, "request_id": rid, "method": method}
+    notice = _notices.get(code)
+    if code is grpc.StatusCode.INTERNAL:
+        log.error("%s failed (request id %s)", method, rid, exc_info=exc, extra=extra)
+    elif notice is not None:
+        notice.notice(
+            "%s %s: %s (caller %s, request id %s)",
+            service_name(servicer),
+            code.name,
+            message,
+            caller.name,
+            rid,
+            **extra,
+        )
+    elif code in _DENIED and log.isEnabledFor(logging.DEBUG):
+        log.debug("%s denied: %s (caller %s)", method, message, caller.name, extra=extra)
 
 
 def _log_call(
@@ -292,7 +294,7 @@ def _log_call(
         extra={
             "request_id": rid,
             "caller": caller.name,
-            "service": _service_name(servicer),
+            "service": service_name(servicer),
             "method": method,
             "code": code.name,
             "duration_ms": round(ms, 3),
@@ -300,4 +302,4 @@ def _log_call(
     )
 
 
-__all__ = ["MALFORMED", "Access", "Call", "add_service", "handler", "status_for"]
+__all__ = ["Access", "Call", "handler", "status_for"]

@@ -16,16 +16,16 @@ from typing import Self
 import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from auth_client.contract import admin_pb2, auth_pb2
-from auth_service.addresses import local_address
-from auth_service.api.callers import TokenFile, TokenRegistry
-from auth_service.api.health import HealthMonitor
+from auth_service.addresses import bind_problem, format_host_port, local_address, parse_host_port
+from auth_service.api.callers import ANONYMOUS, TokenFile, TokenRegistry
+from auth_service.api.health import AuthHealthServicer, HealthMonitor
 from auth_service.api.limits import Limits
-from auth_service.api.metrics import MetricsServer, track_pool
-from auth_service.api.rpc import Access, add_service
+from auth_service.api.metrics import MetricsServer, declare_callers, track_pool
+from auth_service.api.parsing import CORE_LIMIT_FACTOR, add_service
+from auth_service.api.reflection import enable_reflection
+from auth_service.api.rpc import Access
 from auth_service.api.servicers import AuthServicer, UserAdminServicer
 from auth_service.api.tls import server_tls
 from auth_service.config import ConfigError, Settings
@@ -35,7 +35,9 @@ from auth_service.signals import wait_for_shutdown_signal
 from auth_service.store import pool as db
 from auth_service.store.deletion import OnDeleted
 from auth_service.store.lookup import StateLookup
+from auth_service.store.migrations import bundled_versions
 from auth_service.store.outbox import write_user_deleted
+from auth_service.store.status import DatabaseStatus
 from auth_service.store.users import UserRepository
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,16 @@ def _connection_age(seconds: float) -> list[tuple[str, int]]:
 
 class ServerStartError(RuntimeError):
     """The server could not start (e.g. the listen address is taken)."""
+
+
+def _check_can_bind(listen: str, doing: str, setting: str, *, reuse_port: bool = False) -> None:
+    """One clear line when the address is taken, instead of gRPC core's log lines."""
+    host, port = parse_host_port(listen)
+    problem = bind_problem(host, port, reuse_port=reuse_port)
+    if problem:
+        raise ServerStartError(
+            f"cannot {doing} {listen}: {problem} (choose another address with {setting})"
+        )
 
 
 class AuthServer:
@@ -92,6 +104,9 @@ class AuthServer:
         self._port = 0
         self._stopped = asyncio.Event()
         self._state = "new"
+        # Shared by the repository (counts queries), health (schema, stalls) and
+        # admission (refuses calls the database cannot answer).
+        self.database = DatabaseStatus(stall_s=settings.stall_timeout_ms / 1000)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -127,6 +142,9 @@ class AuthServer:
         await db.warm_up(self._pool, s.pool_min_size)
         if s.metrics_listen:
             # Up before the rest (and closed after it), so scrapes see start-up and drain.
+            _check_can_bind(
+                s.metrics_listen, "serve metrics on", "METRICS_LISTEN or --metrics-listen"
+            )
             self.metrics = MetricsServer(s.metrics_listen)
             try:
                 await self.metrics.start()
@@ -141,7 +159,7 @@ class AuthServer:
             self.relay = Relay(RelayConfig.from_settings(s))
             await self.relay.start()
             self.add_closer(self.relay.aclose)
-        users = UserRepository(self._pool)
+        users = UserRepository(self._pool, self.database)
         if s.lookup_concurrency > 0:
             self._lookup = StateLookup(
                 users,
@@ -160,8 +178,10 @@ class AuthServer:
             allow_unauthenticated_reads=s.allow_unauthenticated_reads,
             limits=limits,
             metrics=bool(s.metrics_listen),
+            database=self.database,
         )
         self.access = access
+        declare_callers([ANONYMOUS.name, *self.tokens.callers])
         if s.auth_tokens_file and not self._fixed_tokens:
             await self._watch_token_file(access)
         tls = server_tls(s)
@@ -172,12 +192,16 @@ class AuthServer:
                 # A second server on a used port must fail, not silently share it.
                 # `serve --workers N` shares the port on purpose (reuse_port).
                 ("grpc.so_reuseport", 1 if s.reuse_port else 0),
-                # Bigger requests are RESOURCE_EXHAUSTED before any parsing.
-                ("grpc.max_receive_message_length", s.max_request_bytes),
+                # Requests over MAX_REQUEST_BYTES are answered RESOURCE_EXHAUSTED (and
+                # counted) before parsing; gRPC core refuses what is far beyond it.
+                ("grpc.max_receive_message_length", CORE_LIMIT_FACTOR * s.max_request_bytes),
                 ("grpc.max_send_message_length", 4 * 1024 * 1024),
                 # HTTP/2 streams one connection may hold open (gRPC's default is
-                # unlimited): bounds what one peer's half-sent requests can pin.
-                ("grpc.max_concurrent_streams", max(100, 2 * s.max_concurrent_rpcs)),
+                # unlimited): bounds what one peer's half-sent requests can pin. Set
+                # well above MAX_CONCURRENT_RPCS, so a burst meets our own admission
+                # (RESOURCE_EXHAUSTED, counted and logged) rather than HTTP/2's
+                # REFUSED_STREAM, which the server never sees.
+                ("grpc.max_concurrent_streams", max(1024, 4 * s.max_concurrent_rpcs)),
                 ("grpc.keepalive_permit_without_calls", 1),
                 # Clients reconnect (and re-resolve) now and then, so new replicas
                 # get a share of long-lived channels.
@@ -189,23 +213,25 @@ class AuthServer:
             server,
             auth_pb2.DESCRIPTOR.services_by_name["AuthService"],
             AuthServicer(users, access, budget, self._lookup),
+            max_request_bytes=s.max_request_bytes,
         )
         add_service(
             server,
             admin_pb2.DESCRIPTOR.services_by_name["UserAdminService"],
             UserAdminServicer(users, access, budget, self._on_deleted),
+            max_request_bytes=s.max_request_bytes,
         )
-        health_servicer = HealthServicer()
+        health_servicer = AuthHealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
+        enable_reflection(
+            server,
             (
                 auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
                 admin_pb2.DESCRIPTOR.services_by_name["UserAdminService"].full_name,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
             ),
-            server,
         )
+        _check_can_bind(s.listen, "listen on", "GRPC_LISTEN or --listen", reuse_port=s.reuse_port)
         try:
             if tls is None:
                 self._port = server.add_insecure_port(s.listen)
@@ -217,15 +243,24 @@ class AuthServer:
             raise ServerStartError(f"cannot listen on {s.listen} (address in use?)")
         self._server = server
         self._health = HealthMonitor(
-            health_servicer, s.database_url, s.health_interval_s, s.connect_timeout_s
+            health_servicer,
+            s.database_url,
+            s.health_interval_s,
+            s.connect_timeout_s,
+            status=self.database,
+            needed_migrations=bundled_versions(),
         )
         await self._health.start()
         await server.start()
+        host, _ = parse_host_port(s.listen)
+        bound = format_host_port(host.strip("[]"), self._port)
+        local = "" if bound == self.address else f"; reached locally at {self.address}"
         log.info(
-            "auth-service listening on %s (%s; database %s)",
-            self.address,
+            "auth-service listening on %s (%s; database %s%s)",
+            bound,
             "plaintext" if tls is None else ("mTLS" if tls.mutual else "TLS"),
-            "reachable" if self._health.serving else "NOT reachable yet",
+            "ready" if self._health.serving else "NOT ready yet, see above",
+            local,
         )
         if not len(access.tokens) and not s.allow_unauthenticated_reads:
             log.warning("no caller tokens configured: every API call will be UNAUTHENTICATED")
@@ -236,6 +271,7 @@ class AuthServer:
 
         def apply(registry: TokenRegistry) -> None:
             access.tokens = self.tokens = registry
+            declare_callers(registry.callers)
 
         watcher = TokenFile(
             s.auth_tokens_file,

@@ -111,7 +111,7 @@ class UserAdminServicer(admin_pb2_grpc.UserAdminServiceServicer):
         self, request: admin_pb2.DeleteUserRequest, call: Call
     ) -> admin_pb2.DeleteUserResponse:
         user_id = validation.parse_user_id(request.user_id)
-        deletion = await delete_user(self.users.pool, user_id, call.budget(), self.on_deleted)
+        deletion = await delete_user(self.users, user_id, call.budget(), self.on_deleted)
         if deletion is None:
             raise NotFoundError("user not found")
         deleted_at = deletion.user.deleted_at

@@ -77,7 +77,7 @@ def check_grpc(
             code = exc.code() if isinstance(exc, grpc.Call) else None
             name = code.name if code is not None else "ERROR"
             details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-            return False, f"{name}: {details}"
+            return False, f"{name}: {details}" if details else name
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     return reply.status == health_pb2.HealthCheckResponse.SERVING, status
 

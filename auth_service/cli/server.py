@@ -38,6 +38,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = settings.replace(
             metrics_listen=worker_listen(settings.metrics_listen, args.worker_index)
         )
+    logs.configure(settings.log_level, settings.log_format)
     if args.workers > 1:
         from auth_service.cli.workers import WorkersError, run_workers  # noqa: PLC0415
 
@@ -48,7 +49,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return run_workers(args.workers, settings.listen, passthrough)
         except WorkersError as exc:
             return fail(str(exc), code=2)
-    logs.configure(settings.log_level, settings.log_format)
     try:
         return run_async(serve(settings))
     except ServerStartError as exc:
@@ -71,7 +71,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     from auth_service.api.server import ServerStartError  # noqa: PLC0415
-    from auth_service.local.dev import DevOptions, run_dev  # noqa: PLC0415
+    from auth_service.local.dev import DevError, DevOptions, run_dev  # noqa: PLC0415
     from auth_service.local.embedded import EmbeddedError  # noqa: PLC0415
     from auth_service.store.migrations import MigrationError  # noqa: PLC0415
 
@@ -87,7 +87,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     )
     try:
         return run_async(run_dev(options))
-    except (EmbeddedError, MigrationError, ServerStartError) as exc:
+    except (DevError, EmbeddedError, MigrationError, ServerStartError) as exc:
         return fail(str(exc))
 
 
@@ -96,10 +96,10 @@ def cmd_relay(args: argparse.Namespace) -> int:
     from auth_service.api.metrics import optional_server  # noqa: PLC0415
     from auth_service.events.relay import run_relay  # noqa: PLC0415
 
-    overrides = {"metrics_listen": args.metrics_listen} if args.metrics_listen else {}
-    settings = Settings.from_env(**overrides)
-    if not settings.kafka_bootstrap_servers:
-        raise ConfigError({"KAFKA_BOOTSTRAP_SERVERS": "is required by auth-service relay"})
+    overrides: dict[str, Any] = {"relay_enabled": True}
+    if args.metrics_listen:
+        overrides["metrics_listen"] = args.metrics_listen
+    settings = Settings.from_env(command="relay", **overrides)
     logs.configure(settings.log_level, settings.log_format)
 
     async def relay_with_metrics() -> int:
@@ -159,7 +159,13 @@ def register(sub: Any) -> None:
     mig.set_defaults(func=cmd_migrate)
 
     dev = sub.add_parser(
-        "dev", help="run locally: embedded PostgreSQL, migrations, demo users, server"
+        "dev",
+        help="run locally: embedded PostgreSQL, migrations, demo users, server",
+        description="Run everything locally: an embedded PostgreSQL and Kafka-compatible "
+        "broker, migrations, demo users and the server (reads need no token). "
+        "An exported DATABASE_URL or KAFKA_BOOTSTRAP_SERVERS is used instead of the "
+        "embedded server (the banner says so; unset it for the embedded one); one that "
+        "cannot be reached fails at once.",
     )
     dev.add_argument(
         "--listen",

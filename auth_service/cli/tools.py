@@ -47,29 +47,48 @@ def run_alias(argv: list[str]) -> int:
     return toolkit_main(argv, prog=PROG)
 
 
-def register(sub: Any) -> None:
-    users = sub.add_parser("users", help="create, get or delete users on a running server")
-    users.add_argument(
+def _connection_flags(parser: argparse.ArgumentParser, *, after_action: bool = False) -> None:
+    """Where and how `users` reaches the server. Accepted before and after the
+    action (`users --target H:P get ID` and `users get ID --target H:P`): after it,
+    a flag left out keeps what it got before (argparse.SUPPRESS)."""
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if after_action else value
+
+    parser.add_argument(
         "--target",
-        default=cli_default("AUTH_SERVICE_TARGET", "127.0.0.1:50051"),
+        default=default(cli_default("AUTH_SERVICE_TARGET", "127.0.0.1:50051")),
         help="server host:port (env AUTH_SERVICE_TARGET)",
     )
-    users.add_argument(
+    parser.add_argument(
         "--token",
-        default=cli_default("AUTH_SERVICE_TOKEN"),
+        default=default(cli_default("AUTH_SERVICE_TOKEN")),
         help="admin bearer token (env AUTH_SERVICE_TOKEN)",
     )
-    users.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
-    add_tls_flags(users)
+    parser.add_argument("--timeout", type=float, default=default(10.0), help="deadline in seconds")
+    add_tls_flags(parser, suppress_defaults=after_action)
+
+
+def register(sub: Any) -> None:
+    users = sub.add_parser("users", help="create, get or delete users on a running server")
+    _connection_flags(users)
     actions = users.add_subparsers(dest="action", required=True, metavar="ACTION")
-    create = actions.add_parser("create", help="create a user; prints it as JSON")
+
+    def action(name: str, help_text: str) -> argparse.ArgumentParser:
+        # SUPPRESS: a flag not given after the action keeps the value (or default)
+        # it got before the action.
+        parser: argparse.ArgumentParser = actions.add_parser(
+            name, help=help_text, argument_default=argparse.SUPPRESS
+        )
+        _connection_flags(parser, after_action=True)
+        return parser
+
+    create = action("create", "create a user; prints it as JSON")
     create.add_argument("username")
     create.add_argument("--display-name")
     create.add_argument("--email")
-    get = actions.add_parser("get", help="print an active user as JSON")
-    get.add_argument("user_id", metavar="ID")
-    delete = actions.add_parser("delete", help="soft-delete a user")
-    delete.add_argument("user_id", metavar="ID")
+    action("get", "print an active user as JSON").add_argument("user_id", metavar="ID")
+    action("delete", "soft-delete a user").add_argument("user_id", metavar="ID")
     users.set_defaults(func=cmd_users)
 
     for name in TOOLKIT_ALIASES:  # listed in --help; main() hands them to run_alias

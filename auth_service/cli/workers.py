@@ -12,6 +12,7 @@ the whole unit: no half-capacity process keeps running unnoticed.
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
@@ -19,6 +20,8 @@ import time
 from collections.abc import Sequence
 
 from auth_service.addresses import parse_host_port
+
+log = logging.getLogger(__name__)
 
 
 class WorkersError(ValueError):
@@ -53,7 +56,7 @@ def run_workers(count: int, listen: str, extra_args: Sequence[str] = ()) -> int:
         while any(p.poll() is None for p in procs):
             if not stopping and any(p.poll() is not None for p in procs):
                 # A worker died by itself: take the unit down, let it be restarted.
-                print("auth-service: a worker exited; stopping the others", file=sys.stderr)  # noqa: T201
+                log.error("a worker exited; stopping the others")
                 forward(signal.SIGTERM, None)
             time.sleep(0.1)
     finally:

@@ -64,6 +64,7 @@ class Settings:
     pool_max_size: int = 10
     statement_timeout_ms: int = 2000
     connect_timeout_s: float = 5.0
+    stall_timeout_ms: int = 500
     lookup_concurrency: int = 2
     lookup_window_ms: float = 2.0
     # Not from the environment: set for the processes of `serve --workers N`.
@@ -123,8 +124,11 @@ class Settings:
         return max(1, self.max_concurrent_rpcs // 2) if self.max_concurrent_rpcs else 0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Build settings from `env` (default: the process environment).
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, *, command: str = "serve", **overrides: Any
+    ) -> Settings:
+        """Build settings from `env` (default: the process environment) for
+        `auth-service COMMAND` (its problems are named for that command).
 
         `overrides` (attribute names) win over the environment, e.g. CLI flags.
         """
@@ -147,7 +151,12 @@ class Settings:
         # Settings built in code (tests, `auth-service dev`) may leave Kafka out and
         # get no relay; a deployment must say where to publish or turn the relay off.
         if values.get("relay_enabled", True) and not values.get("kafka_bootstrap_servers"):
-            problems.setdefault("KAFKA_BOOTSTRAP_SERVERS", "is required unless RELAY_ENABLED=false")
+            problems.setdefault(
+                "KAFKA_BOOTSTRAP_SERVERS",
+                "is required by `auth-service relay`"
+                if command == "relay"
+                else "is required unless RELAY_ENABLED=false",
+            )
         if problems:
             # Also judge the cross-field rules (defaults standing in for the bad
             # values), so one error names every problem.

@@ -282,6 +282,12 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "under load, how long a UserExists lookup may wait to share a query with others (0 = never wait); a quiet server never waits",
     ),
     EnvVar(
+        "DB_STALL_TIMEOUT_MS",
+        "stall_timeout_ms",
+        _non_negative_int,
+        "queries waiting and none answered for this long: new calls are UNAVAILABLE at once and health NOT_SERVING until the database answers (a tenth of it decides whether a hit concurrency limit is the database's fault or the caller's); 0 = off",
+    ),
+    EnvVar(
         "DB_CONNECT_TIMEOUT_S",
         "connect_timeout_s",
         _positive_float,

@@ -30,7 +30,9 @@ from prometheus_client import Counter, Gauge
 from auth_client.backoff import Backoff
 from auth_client.contract import USER_DELETED_TYPE
 from auth_service.events.publisher import ProducerConfig, Publisher, PublishError
+from auth_service.notices import RepeatingNotice
 from auth_service.signals import wait_for_shutdown_signal
+from auth_service.store.connection import describe
 from auth_service.store.outbox import NOTIFY_CHANNEL, Lag, OutboxRecord, OutboxStore
 
 if TYPE_CHECKING:
@@ -113,6 +115,10 @@ class Relay:
         self.listening = False
         self.listen_sessions = 0
         self.last_lag: Lag | None = None
+        # An outage is logged once, then at most once a minute (with a count),
+        # whichever loop meets it first; recovery is logged once.
+        self._db_down = RepeatingNotice(log)
+        self._kafka_down = RepeatingNotice(log)
 
     async def start(self) -> None:
         """Does not need Kafka or PostgreSQL to be up: the loops connect and retry."""
@@ -194,18 +200,46 @@ class Relay:
             async with asyncio.timeout(seconds):
                 await self._closing.wait()
 
+    def _database_failed(self, exc: BaseException) -> None:
+        self._db_down.notice(
+            "outbox relay: %s; events wait in the outbox, retrying",
+            describe(self.config.database_url, exc),
+        )
+
+    def _database_ok(self) -> None:
+        self._db_down.clear("outbox relay: the database answers again")
+
     async def _publish_loop(self) -> None:
         backoff = Backoff(0.1, self.config.max_backoff_s)
+        brokers = self.config.producer.bootstrap_servers
         while not self._closing.is_set():
             self._wake.clear()
             try:
                 await self._publisher.start()
-                claimed = await self.publish_batch()
             except Exception as exc:
-                delay = backoff.next()
-                log.warning("outbox relay: %s; retrying in %.1fs", _describe(exc), delay)
-                await self._sleep(delay)
+                self._kafka_down.notice(
+                    "outbox relay: cannot reach Kafka at %s: %s; events wait in the outbox, retrying",
+                    brokers,
+                    _describe(exc),
+                )
+                await self._sleep(backoff.next())
                 continue
+            try:
+                claimed = await self.publish_batch()
+            except PublishError as exc:
+                self._kafka_down.notice(
+                    "outbox relay: Kafka at %s did not acknowledge: %s; retrying",
+                    brokers,
+                    _describe(exc),
+                )
+                await self._sleep(backoff.next())
+                continue
+            except Exception as exc:
+                self._database_failed(exc)
+                await self._sleep(backoff.next())
+                continue
+            self._database_ok()
+            self._kafka_down.clear("outbox relay: publishing to Kafka again")
             backoff.reset()
             if claimed >= self.config.batch_size:
                 continue
@@ -255,7 +289,7 @@ class Relay:
             try:
                 await self._listen_once(backoff)
             except Exception as exc:
-                log.warning("outbox relay: LISTEN connection failed: %s", _describe(exc))
+                self._database_failed(exc)
             if not self._closing.is_set():
                 await self._sleep(backoff.next())
 
@@ -282,7 +316,7 @@ class Relay:
                     # A silently dead connection (no FIN) fails here.
                     await conn.fetchval("SELECT 1", timeout=5)
             if lost.is_set() and not self._closing.is_set():
-                log.warning("outbox relay: LISTEN connection lost; reconnecting")
+                log.info("outbox relay: LISTEN connection lost; reconnecting")
         finally:
             self.listening = False
             with contextlib.suppress(Exception):
@@ -321,7 +355,7 @@ class Relay:
                         if pruned:
                             log.info("pruned %d published outbox rows", pruned)
             except Exception as exc:
-                log.warning("outbox relay: lag check failed: %s", _describe(exc))
+                self._database_failed(exc)
             await self._sleep(c.lag_interval_s)
 
 

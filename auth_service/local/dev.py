@@ -1,18 +1,23 @@
 """`auth-service dev`: everything needed to try the service, in one command.
 
-Starts an embedded PostgreSQL (unless DATABASE_URL is set) and an embedded
-Kafka-compatible broker (unless KAFKA_BOOTSTRAP_SERVERS is set; the in-process relay
-publishes user_deleted events to it), applies migrations,
-creates demo users, serves the API with reads open to anonymous callers, and prints
-where it listens. Ctrl-C stops everything it started.
+Starts an embedded PostgreSQL (unless DATABASE_URL is exported) and an embedded
+Kafka-compatible broker (unless KAFKA_BOOTSTRAP_SERVERS is exported; the in-process
+relay publishes user_deleted events to it), applies migrations, creates demo users,
+serves the API with reads open to callers without a token, and prints where it
+listens and commands to try that run as printed. An exported server that cannot be
+reached fails at once, saying which variable pointed there. Ctrl-C stops
+everything it started.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
+import shlex
+import socket
 import sys
 import urllib.parse
 from dataclasses import dataclass
@@ -26,6 +31,7 @@ from auth_service.api.server import AuthServer
 from auth_service.config import Settings
 from auth_service.local.embedded import EmbeddedKafka, EmbeddedPostgres
 from auth_service.signals import wait_for_shutdown_signal
+from auth_service.store.connection import UnreachableError, check_reachable, where
 from auth_service.store.migrations import migrate
 from auth_service.store.pool import Budget
 from auth_service.store.users import User, UserRepository, find_active_by_username
@@ -33,6 +39,10 @@ from auth_service.store.users import User, UserRepository, find_active_by_userna
 log = logging.getLogger(__name__)
 
 DEMO_USERS = (("alice", "Alice Example"), ("bob", "Bob Example"), ("carol", "Carol Example"))
+
+
+class DevError(RuntimeError):
+    """`dev` cannot start; the message says why in one line."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,35 @@ def _redact(url: str) -> str:
     return url
 
 
+def installed_command(name: str) -> str | None:
+    """How to run console script `name` of this environment from the current
+    directory, as printed: `.venv/bin/NAME` inside the checkout, else the full path."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        return None
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def try_it(address: str, token: str, user_id: str) -> list[str]:
+    """Commands that run as printed, with what this environment has installed."""
+    lines: list[str] = []
+    buf = installed_command("buf")
+    if buf:
+        body = shlex.quote(json.dumps({"user_id": user_id}))
+        lines.append(
+            f"{buf} curl --protocol grpc --http2-prior-knowledge -d {body}"
+            f" http://{address}/auth.v1.AuthService/UserExists"
+        )
+    cli = installed_command("auth-service") or f"{sys.executable} -m auth_service"
+    lines.append(
+        f"AUTH_SERVICE_TARGET={address} AUTH_SERVICE_TOKEN={token} {cli} users create dave"
+    )
+    return lines
+
+
 def banner(server: AuthServer, token: str, users: list[User], extra: list[str]) -> str:
     addr = server.address
     lines = [
@@ -86,9 +125,8 @@ def banner(server: AuthServer, token: str, users: list[User], extra: list[str]) 
         "  demo users",
         *(f"    {u.username:<8} {u.id}" for u in users),
         "",
-        "  try it:",
-        f'    grpcurl -plaintext -d \'{{"user_id": "{users[0].id}"}}\' {addr} auth.v1.AuthService/UserExists',
-        f"    AUTH_SERVICE_TARGET={addr} AUTH_SERVICE_TOKEN={token} auth-service users create dave",
+        "  try it (from this directory):",
+        *(f"    {line}" for line in try_it(addr, token, str(users[0].id))),
         "",
         "  Ctrl-C stops everything.",
         "",
@@ -101,6 +139,8 @@ async def run_dev(options: DevOptions) -> int:
     token = options.admin_token or secrets.token_urlsafe(24)
     with contextlib.ExitStack() as stack:
         database_url = options.database_url
+        if database_url is not None:
+            await _check_exported_database(database_url)
         if database_url is None:
             pg = EmbeddedPostgres(options.data_dir)
             stack.callback(pg.close)
@@ -108,7 +148,9 @@ async def run_dev(options: DevOptions) -> int:
             database_url = pg.url
             log.info("embedded PostgreSQL on %s:%s", pg.host, pg.port)
         bootstrap = options.kafka_bootstrap_servers
-        kafka_kind = "external"
+        kafka_kind = "from KAFKA_BOOTSTRAP_SERVERS"
+        if bootstrap is not None:
+            await asyncio.to_thread(_check_exported_kafka, bootstrap)
         if bootstrap is None:
             host, port = parse_host_port(options.kafka_listen)
             broker = EmbeddedKafka(host=host, port=port)
@@ -116,7 +158,7 @@ async def run_dev(options: DevOptions) -> int:
             await asyncio.to_thread(broker.start)
             bootstrap = broker.bootstrap_servers
             kafka_kind = "embedded, in memory"
-        await asyncio.to_thread(migrate, database_url, wait_s=30)
+        await asyncio.to_thread(migrate, database_url, wait_s=10)
         users = await seed_demo_users(database_url)
         settings = Settings(
             database_url=database_url,
@@ -129,7 +171,11 @@ async def run_dev(options: DevOptions) -> int:
             kafka_bootstrap_servers=bootstrap,
             metrics_listen=options.metrics_listen,
         )
-        db_kind = "embedded" if options.database_url is None else "from DATABASE_URL"
+        db_kind = (
+            "embedded"
+            if options.database_url is None
+            else "from DATABASE_URL; unset it for the embedded one"
+        )
         kafka = [
             f"  postgres      {_redact(database_url)}  ({db_kind})",
             (
@@ -144,3 +190,33 @@ async def run_dev(options: DevOptions) -> int:
             await wait_for_shutdown_signal()
             print("stopping...", file=sys.stderr, flush=True)  # noqa: T201
     return 0
+
+
+async def _check_exported_database(database_url: str) -> None:
+    """An exported DATABASE_URL is used instead of the embedded PostgreSQL: say so,
+    and fail at once (not after a long wait) when it cannot be reached."""
+    log.info("using DATABASE_URL from the environment: %s", where(database_url))
+    try:
+        await check_reachable(database_url, timeout=5.0)
+    except UnreachableError as exc:
+        raise DevError(
+            f"DATABASE_URL is exported: {exc} (unset DATABASE_URL to use the embedded PostgreSQL)"
+        ) from exc
+
+
+def _check_exported_kafka(bootstrap: str) -> None:
+    """The same for KAFKA_BOOTSTRAP_SERVERS: one of its brokers must accept a TCP
+    connection."""
+    log.info("using KAFKA_BOOTSTRAP_SERVERS from the environment: %s", bootstrap)
+    problems = []
+    for server in bootstrap.split(","):
+        host, port = parse_host_port(server)
+        try:
+            with socket.create_connection((host.strip("[]"), port), timeout=3.0):
+                return
+        except OSError as exc:
+            problems.append(f"{server}: {exc.strerror or exc}")
+    raise DevError(
+        f"KAFKA_BOOTSTRAP_SERVERS is exported but no broker answers ({'; '.join(problems)});"
+        " unset KAFKA_BOOTSTRAP_SERVERS to use the embedded broker"
+    )

@@ -26,6 +26,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from auth_service.addresses import bind_problem
+
 PG_SYSTEM_USER = "embedded_postgres"
 
 
@@ -42,14 +44,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 def ensure_free(host: str, port: int, what: str) -> None:
     """Fail clearly when something already listens on `port`: waiting for our server
     to listen would otherwise find the other one and report success."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise EmbeddedError(
-                f"{what}: {host}:{port} is already in use ({exc.strerror})"
-            ) from None
+    problem = bind_problem(host, port)
+    if problem:
+        raise EmbeddedError(f"{what}: cannot listen on {host}:{port}: {problem}")
 
 
 def _wait_for_port(
@@ -109,6 +106,16 @@ def _system_user() -> str | None:
     return PG_SYSTEM_USER
 
 
+def _allow_traverse(path: Path) -> None:
+    """Let other users reach `path` through its parents (search permission only):
+    the server's own binaries may sit in a virtualenv under a private directory,
+    such as a `mktemp -d` checkout (mode 700)."""
+    for parent in path.parents:
+        mode = parent.stat().st_mode
+        if mode & 0o001 != 0o001:
+            parent.chmod(mode | 0o001)
+
+
 def _open_path_for(path: Path) -> None:
     """Let another user traverse every parent of `path` (root runs the server as
     `embedded_postgres`)."""
@@ -130,6 +137,8 @@ class EmbeddedPostgres:
     ) -> None:
         self._bin = postgres_bin_dir()
         self._user = _system_user()
+        if self._user is not None:
+            _allow_traverse(self._bin)
         self._temporary = data_dir is None
         self.base_dir = Path(tempfile.mkdtemp(prefix="auth-pg-")) if data_dir is None else data_dir
         self.base_dir.mkdir(parents=True, exist_ok=True)

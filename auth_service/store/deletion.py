@@ -11,10 +11,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 
-import asyncpg
-
 from auth_service.store.outbox import write_user_deleted
-from auth_service.store.pool import Budget, Conn, translate_errors
+from auth_service.store.pool import Budget, Conn
 from auth_service.store.users import Deletion, UserRepository
 
 # Runs inside the deletion's transaction for a user that was just deleted; the
@@ -23,7 +21,7 @@ OnDeleted = Callable[[Conn, Deletion], Awaitable[None]]
 
 
 async def delete_user(
-    pool: asyncpg.Pool,
+    users: UserRepository,
     user_id: uuid.UUID,
     budget: Budget,
     on_deleted: OnDeleted = write_user_deleted,
@@ -31,11 +29,7 @@ async def delete_user(
     """Soft-delete `user_id` and record its event, in one transaction. None when
     the id never existed; `Deletion.newly_deleted` is False for a repeated delete
     (which then carries the original `deleted_at`)."""
-    async with (
-        translate_errors(budget),
-        pool.acquire(timeout=budget.seconds) as conn,
-        conn.transaction(),
-    ):
+    async with users.connection(budget) as conn, conn.transaction():
         deletion = await UserRepository.soft_delete(conn, user_id, budget)
         if deletion is not None and deletion.newly_deleted:
             await on_deleted(conn, deletion)

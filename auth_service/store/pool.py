@@ -1,6 +1,7 @@
 """Connection pool, and the one translation of asyncpg errors.
 
-Repository code runs its queries inside `translate_errors(...)`, which turns the
+Repository code runs its queries inside `connection(...)` (a pooled connection,
+counted in the `DatabaseStatus`) or `translate_errors(...)`, which turns the
 failures of the layer below into domain errors:
 
 - connection refused / lost, server shutting down, too many connections,
@@ -22,6 +23,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from auth_service.config import Settings
 from auth_service.errors import DeadlineExceededError, ServiceError, UnavailableError
+from auth_service.store.status import DatabaseStatus
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,27 @@ class Budget:
         if self.from_deadline:
             return DeadlineExceededError("deadline exceeded while querying the database")
         return UnavailableError("the database did not answer in time")
+
+
+@contextlib.asynccontextmanager
+async def connection(
+    pool: asyncpg.Pool, budget: Budget, status: DatabaseStatus
+) -> AsyncIterator[Conn]:
+    """A pooled connection for one operation within `budget`: errors translated,
+    and the operation counted in `status` (answered, or left waiting)."""
+    status.begin()
+    answered = False
+    try:
+        async with translate_errors(budget), pool.acquire(timeout=budget.seconds) as conn:
+            yield conn
+        answered = True
+    except ServiceError as exc:
+        # A refusal such as ALREADY_EXISTS is an answer; a timeout or a lost
+        # connection is not.
+        answered = not isinstance(exc, UnavailableError | DeadlineExceededError)
+        raise
+    finally:
+        status.end(answered=answered)
 
 
 @contextlib.asynccontextmanager
@@ -102,15 +125,17 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
 
 
 async def warm_up(pool: asyncpg.Pool, count: int) -> None:
-    """Open up to `count` connections now, so the first requests do not pay for it."""
+    """Open up to `count` connections now, so the first requests do not pay for it.
+    A database that cannot be reached is not an error here: the health monitor says
+    so (where and why) and the pool connects when it can."""
     if count <= 0:
         return
     conns: list[Any] = []
     try:
         for _ in range(count):
             conns.append(await pool.acquire(timeout=5.0))  # noqa: PERF401 - sequential on purpose
-    except Exception as exc:
-        log.warning("could not open database connections at start-up: %s", type(exc).__name__)
+    except Exception:  # noqa: S110 - reported by the health monitor
+        pass
     finally:
         for conn in conns:
             await pool.release(conn)

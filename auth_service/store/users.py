@@ -7,6 +7,7 @@ answer into a `UserState` (`state_of`).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import uuid
 from collections.abc import Sequence
@@ -16,7 +17,8 @@ from datetime import datetime
 import asyncpg
 
 from auth_service.errors import AlreadyExistsError
-from auth_service.store.pool import Budget, Conn, translate_errors
+from auth_service.store.pool import Budget, Conn, connection, translate_errors
+from auth_service.store.status import DatabaseStatus
 
 
 class UserState(enum.Enum):
@@ -86,14 +88,20 @@ def _user(row: asyncpg.Record) -> User:
 
 
 class UserRepository:
-    """Queries against the users table. Every method takes a time `Budget`."""
+    """Queries against the users table. Every method takes a time `Budget`; every
+    query is counted in `status`."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, status: DatabaseStatus | None = None) -> None:
         self._pool = pool
+        self.status = status if status is not None else DatabaseStatus()
 
     @property
     def pool(self) -> asyncpg.Pool:
         return self._pool
+
+    def connection(self, budget: Budget) -> contextlib.AbstractAsyncContextManager[Conn]:
+        """A pooled connection for one operation (see `pool.connection`)."""
+        return connection(self._pool, budget, self.status)
 
     async def state(self, key: str, budget: Budget) -> UserState:
         """The state of one canonical (lower-case) id."""
@@ -106,20 +114,20 @@ class UserRepository:
         if not keys:
             return {}
         unique = list(dict.fromkeys(keys))
-        async with translate_errors(budget), self._pool.acquire(timeout=budget.seconds) as conn:
+        async with self.connection(budget) as conn:
             rows = await conn.fetch(_ACTIVE_FLAGS, unique, timeout=budget.seconds)
         return dict(rows)  # type: ignore[arg-type]
 
     async def get(self, user_id: uuid.UUID, budget: Budget) -> User | None:
         """The user, deleted or not; None when the id was never created."""
-        async with translate_errors(budget), self._pool.acquire(timeout=budget.seconds) as conn:
+        async with self.connection(budget) as conn:
             row = await conn.fetchrow(_GET, user_id, timeout=budget.seconds)
         return None if row is None else _user(row)
 
     async def create(
         self, username: str, display_name: str, email: str | None, budget: Budget
     ) -> User:
-        async with translate_errors(budget), self._pool.acquire(timeout=budget.seconds) as conn:
+        async with self.connection(budget) as conn:
             try:
                 row = await conn.fetchrow(
                     _INSERT, uuid.uuid4(), username, display_name, email, timeout=budget.seconds

@@ -20,10 +20,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from auth_client._errors import AuthClientError
 from auth_client._models import ACTIVE, NOT_FOUND, User
+
+A = TypeVar("A")
+R = TypeVar("R")
 
 if TYPE_CHECKING:
     import uuid
@@ -117,9 +121,7 @@ class Batcher:
         ids = list(batch.futures)
         timeout = max(batch.deadline - time.monotonic(), 0.001)
         try:
-            states = await self._breaker.call(
-                functools.partial(self._transport.states, ids, timeout)
-            )
+            states = await self._guarded(self._transport.states, ids, timeout)
         except asyncio.CancelledError:
             self._settle_failed(batch, AuthClientError("AuthClient closed during the call"))
             raise
@@ -143,7 +145,7 @@ class Batcher:
         coalescing: for audits that must see the server's current answer."""
         if self._closed:
             raise RuntimeError("AuthClient is closed")
-        return await self._breaker.call(functools.partial(self._transport.states, ids, timeout))
+        return await self._guarded(self._transport.states, ids, timeout)
 
     def _settle_failed(self, batch: _Batch, error: BaseException) -> None:
         inflight = self._inflight
@@ -178,9 +180,7 @@ class Batcher:
     ) -> None:
         current = True
         try:
-            user = await self._breaker.call(
-                functools.partial(self._transport.get_user, key, budget)
-            )
+            user = await self._guarded(self._transport.get_user, key, budget)
         except asyncio.CancelledError:
             _fail(future, AuthClientError("AuthClient closed during the call"))  # type: ignore[arg-type]
             raise
@@ -195,6 +195,11 @@ class Batcher:
             self._cache.put(key, ACTIVE if user is not None else NOT_FOUND)
         if not future.done():
             future.set_result(user)
+
+    async def _guarded(self, rpc: Callable[[A, float], Awaitable[R]], arg: A, timeout: float) -> R:
+        """`rpc(arg, time left)` in one of the transport's slots, under the breaker."""
+        async with self._transport.slot(timeout) as remaining:
+            return await self._breaker.call(functools.partial(rpc, arg, remaining))
 
     # -- lifecycle ---------------------------------------------------------
 

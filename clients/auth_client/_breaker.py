@@ -4,9 +4,13 @@ pybreaker has no asyncio support (its decorator on an `async def` only guards
 the creation of the coroutine), so the guarded await runs inside
 `with breaker.calling():`, which sees the awaited call's outcome.
 
-Two things pybreaker does not do, done here:
+Three things pybreaker does not do, done here:
 - in half-open state only ONE probe call is admitted; every other call fails at
   once with `CircuitOpenError` until the probe has answered;
+- a failure of a call that started before the breaker opened is not counted again:
+  pybreaker judges each call by the state it started in, so when 100 calls are in
+  flight as a server dies, each late failure would re-open the open breaker (log
+  line, listener call, `opened` counter, and the probe pushed back every time);
 - `rejects()` answers "would fail at once" without touching pybreaker, so the
   client can skip enqueueing work while the circuit is open.
 
@@ -44,8 +48,12 @@ StateListener = Callable[[str, str], object]
 """Called with (old state, new state): "closed", "open" or "half-open"."""
 
 
+class _StaleFailure(Exception):  # noqa: N818 - a marker, never seen outside this module
+    """A transport failure of a call that started before the breaker opened."""
+
+
 def _is_not_a_failure(error: BaseException) -> bool:
-    return not counts_against_breaker(error)
+    return isinstance(error, _StaleFailure) or not counts_against_breaker(error)
 
 
 class _Listener(pybreaker.CircuitBreakerListener):
@@ -120,9 +128,21 @@ class Breaker:
                     f"circuit breaker {self._name!r} is half-open and its probe call is in flight"
                 )
             self._probe_in_flight = True
+        generation = self.opened_count
+        late: Exception | None = None
         try:
             with self._cb.calling():
-                return await fn()
+                try:
+                    return await fn()
+                except Exception as exc:
+                    if self.opened_count != generation and counts_against_breaker(exc):
+                        # Already counted by the opening: pybreaker sees a non-failure.
+                        late = exc
+                        raise _StaleFailure from None
+                    raise
+        except _StaleFailure:
+            assert late is not None
+            raise late from late.__cause__
         except pybreaker.CircuitBreakerError as exc:
             raise CircuitOpenError(
                 f"circuit breaker {self._name!r} is open: auth-service failed "

@@ -138,7 +138,12 @@ class AuthClient:
                     config=self._channel_config,
                     interceptors=self._interceptors,
                 )
-            transport = Transport(self._channel, self._token, self._counters)
+            transport = Transport(
+                self._channel,
+                self._token,
+                self._counters,
+                self._channel_config.max_rpcs_in_flight,
+            )
             self._batcher = Batcher(
                 transport, self._breaker, self._cache, self._counters, self._batching
             )

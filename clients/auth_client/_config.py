@@ -131,8 +131,14 @@ class ChannelConfig:
     load_balancing: str = "round_robin"
     retry: RetryConfig = field(default_factory=RetryConfig)
     extra_options: tuple[tuple[str, str | int], ...] = ()
+    max_rpcs_in_flight: int = 100
+    """RPCs this client has on its channel at once; more wait (within their
+    deadline) for a free slot. A server takes a bounded number of concurrent
+    streams per connection and refuses the rest; this keeps a burst of thousands
+    of lookups from being refused."""
 
     def __post_init__(self) -> None:
+        _check(self.max_rpcs_in_flight >= 1, "max_rpcs_in_flight must be at least 1")
         for name in (
             "keepalive_time",
             "keepalive_timeout",

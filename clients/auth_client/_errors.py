@@ -15,7 +15,8 @@
 into an answer. Only transport failures (UNAVAILABLE, DEADLINE_EXCEEDED,
 RESOURCE_EXHAUSTED, and errors with no gRPC status) count against the circuit
 breaker; answers such as NOT_FOUND, INVALID_ARGUMENT or PERMISSION_DENIED (the
-server is up and replied) and cancellations never do.
+server is up and replied), streams the server refused for being too many at once
+(`refused_stream`), and cancellations never do.
 """
 
 from __future__ import annotations
@@ -34,14 +35,24 @@ class AuthClientError(Exception):
     """Base class of every error raised by `auth_client`.
 
     `code` is the gRPC status the server answered with, when there was one.
-    `retriable` says whether trying again later can succeed.
+    `retriable` says whether trying again later can succeed. `refused_stream` is
+    True when the server's HTTP/2 layer refused the call before handling it (too
+    many calls at once on one connection): the server is up, and the call was not
+    processed, so it is safe to retry and never counts against the breaker.
     """
 
     retriable: bool = False
 
-    def __init__(self, message: str, *, code: grpc.StatusCode | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: grpc.StatusCode | None = None,
+        refused_stream: bool = False,
+    ) -> None:
         super().__init__(message)
         self.code = code
+        self.refused_stream = refused_stream
 
 
 class UserNotFoundError(AuthClientError):
@@ -109,6 +120,10 @@ _BY_STATUS: dict[grpc.StatusCode, type[AuthClientError]] = {
 }
 
 
+# How gRPC core reports an HTTP/2 RST_STREAM with REFUSED_STREAM (error code 7).
+_REFUSED_STREAM = "RST_STREAM with error code 7"
+
+
 def raise_for_rpc_error(
     error: BaseException, method: str, user_ids: Iterable[uuid.UUID] = ()
 ) -> NoReturn:
@@ -125,6 +140,13 @@ def raise_for_rpc_error(
         where = f"auth-service {method}"
         if code is grpc.StatusCode.NOT_FOUND:
             raise UserNotFoundError(user_ids, code=code) from error
+        if code is grpc.StatusCode.UNAVAILABLE and _REFUSED_STREAM in (details or ""):
+            raise ServiceUnavailableError(
+                f"{where}: UNAVAILABLE: the server refused the stream (too many calls at"
+                " once on one connection; not processed)",
+                code=code,
+                refused_stream=True,
+            ) from error
         if isinstance(code, grpc.StatusCode):
             cls = _BY_STATUS.get(code, AuthClientError)
             raise cls(f"{where}: {code.name}: {details or 'no details'}", code=code) from error
@@ -139,8 +161,10 @@ def counts_against_breaker(error: BaseException) -> bool:
     if isinstance(error, asyncio.CancelledError):
         return False
     if isinstance(error, AuthClientError):
-        return isinstance(error, ServiceUnavailableError) and (
-            error.code is None or error.code in TRANSPORT_FAILURES
+        return (
+            isinstance(error, ServiceUnavailableError)
+            and not error.refused_stream
+            and (error.code is None or error.code in TRANSPORT_FAILURES)
         )
     return True
 

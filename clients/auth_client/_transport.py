@@ -1,23 +1,34 @@
-"""The wire: channel construction, the three read RPCs, response decoding.
+"""The wire: channel construction, the three read RPCs, response decoding, and the
+bound on RPCs in flight.
 
 Every RPC error passes through `raise_for_rpc_error` here, inside the caller's
-circuit-breaker guard, so the breaker sees library errors with their status.
+circuit-breaker guard, so the breaker sees library errors with their status. A
+call first takes one of `max_rpcs_in_flight` slots (`slot()`, outside the breaker:
+waiting for a slot says nothing about the server).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 import uuid
 from typing import TYPE_CHECKING
 
 import grpc
 
 from auth_client._config import ChannelConfig
-from auth_client._errors import AuthClientError, UserNotFoundError, raise_for_rpc_error
+from auth_client._errors import (
+    AuthClientError,
+    DeadlineExceededError,
+    UserNotFoundError,
+    raise_for_rpc_error,
+)
 from auth_client._models import ACTIVE, DELETED, NOT_FOUND, User
 from auth_client.contract import auth_pb2, auth_pb2_grpc, bearer_metadata, to_datetime
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterator, Sequence
 
     from auth_client._config import TLSConfig
     from auth_client._metrics import Counters
@@ -60,14 +71,46 @@ def _state(exists: bool, state: int) -> int:
 
 
 class Transport:
-    """Stubs plus the per-call metadata (the bearer token)."""
+    """Stubs, the per-call metadata (the bearer token) and the in-flight bound."""
 
-    __slots__ = ("_counters", "_metadata", "_stub")
+    __slots__ = ("_counters", "_limit", "_metadata", "_slots", "_stub")
 
-    def __init__(self, channel: grpc.aio.Channel, token: str | None, counters: Counters) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        token: str | None,
+        counters: Counters,
+        max_in_flight: int = 100,
+    ) -> None:
         self._stub = auth_pb2_grpc.AuthServiceStub(channel)
         self._metadata: tuple[tuple[str, str], ...] | None = bearer_metadata(token) or None
         self._counters = counters
+        self._limit = max_in_flight
+        self._slots = asyncio.Semaphore(max_in_flight)
+
+    @contextlib.asynccontextmanager
+    async def slot(self, timeout: float) -> AsyncIterator[float]:
+        """Hold one of the in-flight slots for an RPC; yields the time left of
+        `timeout` after waiting. DeadlineExceededError when no slot frees up in time
+        (raised outside the breaker: a busy client is not a failing server)."""
+        slots = self._slots
+        if slots.locked():
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(timeout):
+                    await slots.acquire()
+            except TimeoutError:
+                raise DeadlineExceededError(
+                    f"no free call slot within {timeout}s: {self._limit} calls in flight"
+                    " on this client's channel (ChannelConfig.max_rpcs_in_flight)"
+                ) from None
+            timeout = max(timeout - (time.monotonic() - started), 0.001)
+        else:
+            await slots.acquire()
+        try:
+            yield timeout
+        finally:
+            slots.release()
 
     def __repr__(self) -> str:  # never show the token
         return f"Transport(authenticated={self._metadata is not None})"

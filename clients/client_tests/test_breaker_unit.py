@@ -146,3 +146,28 @@ async def test_a_failed_probe_opens_the_breaker_again() -> None:
 
 
 # -- against a real server -----------------------------------------------------
+
+
+async def test_late_failures_of_calls_in_flight_do_not_open_it_again() -> None:
+    """100 calls in flight when the server dies: the breaker opens once (one log
+    line, one listener call, one count), and the probe is not pushed back."""
+    changes: list[tuple[str, str]] = []
+    breaker = Breaker(
+        BreakerConfig(fail_max=3, reset_timeout=60),
+        name="t",
+        listeners=(lambda old, new: changes.append((old, new)),),
+    )
+    gate = asyncio.Event()
+
+    async def hangs_then_fails() -> None:
+        await gate.wait()
+        raise unavailable()
+
+    calls = [asyncio.ensure_future(breaker.call(hangs_then_fails)) for _ in range(100)]
+    await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(r, ServiceUnavailableError) for r in results)
+    assert breaker.opened_count == 1
+    assert changes == [("closed", "open")]
+    assert breaker.state == "open"

@@ -4,13 +4,8 @@ subprocess, each with its own database on a real PostgreSQL."""
 from __future__ import annotations
 
 import json
-import os
-import re
-import select
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +16,7 @@ import pytest
 from auth_service.local.embedded import free_port
 from tests.client.conftest import REPO
 from tests.conftest import _admin, _with_database, run_sync
+from tests.dev import DevProcess, dev_env
 
 EXAMPLES = REPO / "examples"
 
@@ -29,66 +25,21 @@ EXAMPLES = REPO / "examples"
 class Dev:
     target: str
     users: dict[str, str]
-    proc: subprocess.Popen[bytes]
-
-
-def _read_banner(proc: subprocess.Popen[bytes], timeout: float) -> str:
-    """Everything `auth-service dev` printed up to the end of its banner. Reads
-    the raw pipe (no Python buffering between select() and the data)."""
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    deadline = time.monotonic() + timeout
-    out = b""
-    while time.monotonic() < deadline and b"Ctrl-C stops everything" not in out:
-        ready, _, _ = select.select([fd], [], [], 0.5)
-        if ready:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            out += chunk
-    text = out.decode(errors="replace")
-    if "Ctrl-C stops everything" not in text:
-        pytest.fail(f"auth-service dev did not start (exit {proc.poll()}):\n{text}")
-    return text
 
 
 @pytest.fixture(scope="module")
 def dev(pg_admin_url: str) -> Iterator[Dev]:
-    """`auth-service dev` on a free port, using a fresh database (DATABASE_URL)."""
+    """`auth-service dev` on free ports, using a fresh database (DATABASE_URL)."""
     name = f"t_dev_{uuid.uuid4().hex[:12]}"
     run_sync(_admin(pg_admin_url, f"CREATE DATABASE {name}"))
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "auth_service",
-            "dev",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--log-level",
-            "WARNING",
-        ],
-        env={**os.environ, "DATABASE_URL": _with_database(pg_admin_url, name)},
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    env = dev_env(DATABASE_URL=_with_database(pg_admin_url, name))
     try:
-        banner = _read_banner(proc, timeout=60)
-        users = dict(re.findall(r"^\s+(alice|bob|carol)\s+([0-9a-f-]{36})$", banner, re.MULTILINE))
-        assert set(users) == {"alice", "bob", "carol"}, banner
-        yield Dev(f"127.0.0.1:{port}", users, proc)
+        with DevProcess("--log-level", "WARNING", env=env) as proc:
+            proc.read_banner(timeout=60)
+            users = proc.users
+            assert {"alice", "bob", "carol"} <= set(users), proc.output
+            yield Dev(proc.target, users)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
         run_sync(_admin(pg_admin_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 

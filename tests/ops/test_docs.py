@@ -51,7 +51,7 @@ def test_auth_service_commands_parse() -> None:
             starts = [
                 i
                 for i, w in enumerate(words)
-                if w == "auth-service" or w.startswith("auth-service:")
+                if w in {"auth-service", ".venv/bin/auth-service"} or w.startswith("auth-service:")
             ]
             if (
                 not starts

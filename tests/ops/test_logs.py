@@ -4,14 +4,21 @@ DEBUG with the request id and the caller, errors always; never a token or an ema
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import socket
 import uuid
+from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from auth_client.contract import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
 from auth_service.local.embedded import free_port
 from tests.helpers import expect_status
 from tests.ops.support import Service, clean_env
+from tests.security.pki import Authority
 
 ADMIN_TOKEN = f"admin-{uuid.uuid4().hex}"
 READER_TOKEN = f"reader-{uuid.uuid4().hex}"
@@ -31,8 +38,6 @@ def _serve_env(database_url: str, port: int, level: str) -> dict[str, str]:
 
 
 async def _health_ok(target: str) -> bool:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
-
     async with grpc.aio.insecure_channel(target) as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(), timeout=2
@@ -119,3 +124,43 @@ async def test_json_request_lines_have_request_id_and_caller_and_no_secrets(
 
     for secret in (ADMIN_TOKEN, READER_TOKEN, WRONG_TOKEN, email, local_part):
         assert secret not in text, secret
+
+
+async def test_json_logs_stay_json_when_grpc_core_writes_its_own_lines(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A failed TLS handshake (any peer can cause one) makes gRPC core write a plain
+    text line to stderr; with LOG_FORMAT=json it reaches the log as a JSON object."""
+    ca = Authority("logs-test-ca")
+    cert, key = ca.issue("auth-service", server=True).write(tmp_path, "server")
+    port = free_port()
+    env = {
+        **_serve_env(database_url, port, "INFO"),
+        "TLS_CERT_FILE": str(cert),
+        "TLS_KEY_FILE": str(key),
+    }
+    async with Service("auth-service", "serve", env=env) as srv:
+        tls = grpc.ssl_channel_credentials(root_certificates=ca.pem)
+        target = f"127.0.0.1:{port}"
+
+        async def serving() -> bool:
+            async with grpc.aio.secure_channel(target, tls) as channel:
+                reply = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=2
+                )
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+        await srv.wait_until_up(serving)
+        for _ in range(3):  # plaintext against TLS: the server's handshake fails
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                with contextlib.suppress(OSError):
+                    sock.recv(100)
+        await asyncio.sleep(1.0)
+        assert await srv.stop() == 0
+        raw = srv.output().splitlines()
+    lines = [json.loads(line) for line in raw if line.strip()]  # each one a JSON object
+    assert all(isinstance(line, dict) for line in lines)
+    core = [line for line in lines if line["logger"] == "grpc.core"]
+    assert core, raw  # gRPC core did speak, and was wrapped
+    assert {"time", "level", "message"} <= set(core[0])

@@ -95,14 +95,25 @@ async def test_counters_and_histograms_by_method_code_and_caller(database_url: s
             caller=who,
         )
 
+    # grpc_code spelled as go-grpc-middleware's provider spells it (Go's codes).
     assert handled("UserExists", "OK", caller) == 3
-    assert handled("GetUser", "NOT_FOUND", caller) == 1
-    assert handled("UserExists", "INVALID_ARGUMENT", caller) == 1
+    assert handled("GetUser", "NotFound", caller) == 1
+    assert handled("UserExists", "InvalidArgument", caller) == 1
     assert handled("CreateUser", "OK", "admin", ADMIN) == 1
     # An unknown token is nobody: counted under "anonymous", never the token.
-    assert handled("DeleteUser", "UNAUTHENTICATED", "anonymous", ADMIN) == 1
+    assert handled("DeleteUser", "Unauthenticated", "anonymous", ADMIN) == 1
     started = {"grpc_type": "unary", "grpc_service": AUTH, "grpc_method": "UserExists"}
     assert delta(before, after, "grpc_server_started_total", **started) == 4
+    # The same labels on started and handled (caller included), and messages counted.
+    mine = {**started, "caller": caller}
+    assert delta(before, after, "grpc_server_started_total", **mine) == 4
+    assert delta(before, after, "grpc_server_handled_total", **mine) == 4
+    assert delta(before, after, "grpc_server_msg_received_total", **mine) == 4
+    assert delta(before, after, "grpc_server_msg_sent_total", **mine) == 3  # OK answers only
+    for family in ("started", "msg_received", "msg_sent"):
+        for name, labels in after:
+            if name == f"grpc_server_{family}_total":
+                assert {key for key, _ in labels} == {*started, "caller"}
 
     latency = {**started, "caller": caller}
     assert delta(before, after, "grpc_server_handling_seconds_count", **latency) == 4
@@ -186,8 +197,8 @@ def test_histogram_buckets_are_cumulative_le_buckets() -> None:
     a bound counts in that `le` bucket, buckets are cumulative, +Inf = count."""
     service = f"unit.v1.S{uuid.uuid4().hex[:6]}"
     site = method_metrics(service, "M")
-    site.start()
-    site.start()
+    site.start("c")
+    site.start("c")
     site.done("c", grpc.StatusCode.OK, 0.001)  # exactly on a bound
     site.done("c", grpc.StatusCode.NOT_FOUND, 42.0)  # beyond the last bound
     found = parse(generate_latest(REGISTRY).decode())
@@ -199,4 +210,51 @@ def test_histogram_buckets_are_cumulative_le_buckets() -> None:
     assert value(found, "grpc_server_handling_seconds_bucket", le="+Inf", **labels) == 2
     assert value(found, "grpc_server_handling_seconds_count", **labels) == 2
     assert value(found, "grpc_server_handling_seconds_sum", **labels) == 42.001
-    assert value(found, "grpc_server_handled_total", grpc_code="NOT_FOUND", **labels) == 1
+    assert value(found, "grpc_server_handled_total", grpc_code="NotFound", **labels) == 1
+
+
+async def test_calls_refused_before_the_handler_are_counted(database_url: str) -> None:
+    """Too big for MAX_REQUEST_BYTES, or over the caller's in-flight bound: still
+    one started and one handled (ResourceExhausted) each, under the caller."""
+    caller, token = _caller()
+    settings = make_settings(
+        database_url,
+        metrics_listen="127.0.0.1:0",
+        allow_unauthenticated_reads=False,
+        auth_tokens=tuple(parse_tokens(f"{caller} users:read {token}")),
+        max_request_bytes=40_000,
+        max_concurrent_rpcs=2,
+        max_concurrent_rpcs_per_caller=1,
+    )
+    md = (("authorization", f"Bearer {token}"),)
+    async with AuthServer(settings) as server:
+        assert server.metrics is not None
+        before = await samples(server.metrics.url)
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            reads = auth_pb2_grpc.AuthServiceStub(channel)
+            big = auth_pb2.BatchUserExistsRequest(user_ids=[str(uuid.uuid4())] * 1100)
+            assert big.ByteSize() > 40_000
+            await expect_status(
+                reads.BatchUserExists(big, metadata=md, timeout=10),
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            )
+        after = await samples(server.metrics.url)
+        # A configured caller's series exist before its first call.
+        other = value(
+            before,
+            "grpc_server_handled_total",
+            grpc_method="GetUser",
+            grpc_code="OK",
+            caller=caller,
+        )
+        assert other == 0
+        assert ("grpc_server_handled_total", frozenset(
+            {"grpc_type": "unary", "grpc_service": AUTH, "grpc_method": "GetUser",
+             "grpc_code": "OK", "caller": caller}.items()
+        )) in before  # fmt: skip
+    labels = {"grpc_method": "BatchUserExists", "caller": caller}
+    assert delta(before, after, "grpc_server_started_total", **labels) == 1
+    assert (
+        delta(before, after, "grpc_server_handled_total", grpc_code="ResourceExhausted", **labels)
+        == 1
+    )

@@ -102,7 +102,7 @@ async def test_postgresql_failover(private_postgres: EmbeddedPostgres) -> None:
                     found,
                     "grpc_server_handled_total",
                     grpc_method="UserExists",
-                    grpc_code="UNAVAILABLE",
+                    grpc_code="Unavailable",
                     caller="messaging",
                 )
                 >= 1

@@ -170,6 +170,16 @@ async def test_anonymous_reads_only_when_explicitly_enabled(database_url: str) -
         await expect_status(
             admin.CreateUser(admin_pb2.CreateUserRequest(username="anon"), timeout=10), UNAUTH
         )
+        # ...and a token nobody issued is refused even here: a wrong token must fail
+        # locally as it will in production, not pass as anonymous.
+        await expect_status(
+            auth.UserExists(
+                auth_pb2.UserExistsRequest(user_id=SOME_ID),
+                metadata=md("not-issued-token-0123456789"),
+                timeout=10,
+            ),
+            UNAUTH,
+        )
 
 
 async def test_several_tokens_per_caller(database_url: str) -> None:

@@ -115,6 +115,9 @@ async def limited(database_url: str) -> AsyncIterator[tuple[AuthServer, grpc.aio
         max_concurrent_rpcs=10,
         max_concurrent_rpcs_per_caller=6,
         statement_timeout_ms=60_000,
+        # The locked table only holds calls in flight here; the stall check (which
+        # would rightly blame the database, see the hung-database test) is off.
+        stall_timeout_ms=0,
         # Every admitted call can hold a connection and health still gets one;
         # opened at start so no call waits for a new connection on a busy machine.
         pool_max_size=12,
@@ -166,6 +169,61 @@ async def test_flood_past_the_bound_is_refused_at_once_and_others_still_answered
     assert len(admitted) == 10
     assert await asyncio.gather(*admitted) == [grpc.StatusCode.OK] * 10
     assert limits.in_flight == 0
+
+
+async def test_a_database_that_stops_answering_is_unavailable_not_the_callers_fault(
+    database_url: str,
+) -> None:
+    """Calls waiting on a database that does not answer fill the caller's share:
+    what is refused then is UNAVAILABLE (the database), not RESOURCE_EXHAUSTED (the
+    caller), and health turns NOT_SERVING within about the stall timeout."""
+    settings = secure_settings(
+        database_url,
+        max_concurrent_rpcs=10,
+        max_concurrent_rpcs_per_caller=6,
+        statement_timeout_ms=60_000,
+        stall_timeout_ms=300,
+        pool_max_size=12,
+        pool_min_size=11,
+        connect_timeout_s=10.0,
+        health_interval_s=0.5,
+    )
+    async with AuthServer(settings) as srv, grpc.aio.insecure_channel(srv.address) as ch:
+        auth = auth_pb2_grpc.AuthServiceStub(ch)
+        health = health_pb2_grpc.HealthStub(ch)
+
+        def exists(token: str) -> asyncio.Task[grpc.StatusCode]:
+            request = auth_pb2.UserExistsRequest(user_id=SOME_ID)
+            return asyncio.ensure_future(
+                outcome(auth.UserExists(request, metadata=md(token), timeout=60))
+            )
+
+        async with users_table_locked(database_url):
+            waiting = [exists(READER) for _ in range(6)]  # the caller's whole share
+            await asyncio.sleep(0.1)  # the database has not answered for a while
+            flood = [exists(READER) for _ in range(30)]
+            await eventually(lambda: _count_done(flood, 30), timeout=30)
+            assert {t.result() for t in flood} == {grpc.StatusCode.UNAVAILABLE}
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+
+            async def not_serving() -> bool:
+                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+                return reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+            await eventually(not_serving, timeout=10, interval=0.02)
+            assert loop.time() - started < 1.5  # not the next ping's timeout
+            later = exists(OTHER_READER)  # everyone: fast UNAVAILABLE, nothing queues
+            assert await asyncio.wait_for(later, 5) == grpc.StatusCode.UNAVAILABLE
+        # The lock is gone: the calls that were waiting complete, health recovers.
+        assert await asyncio.gather(*waiting) == [grpc.StatusCode.OK] * 6
+
+        async def serving() -> bool:
+            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+        await eventually(serving, timeout=10)
+        assert await exists(OTHER_READER) == grpc.StatusCode.OK
 
 
 async def _count_done(tasks: list[asyncio.Task[grpc.StatusCode]], n: int) -> bool:

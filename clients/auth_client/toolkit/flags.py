@@ -11,13 +11,25 @@ from auth_client import TLSConfig
 __all__ = ["add_tls_flags", "tls_from_args", "wants_tls"]
 
 
-def add_tls_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags of a command that calls auth-service: TLS and mTLS."""
-    parser.add_argument("--tls", action="store_true", help="use TLS with the system CAs")
-    parser.add_argument("--ca-file", metavar="PEM", help="use TLS, trusting this CA bundle")
-    parser.add_argument("--server-name", help="TLS name to verify instead of the target host")
-    parser.add_argument("--cert-file", metavar="PEM", help="client certificate (mTLS)")
-    parser.add_argument("--key-file", metavar="PEM", help="key of --cert-file")
+def add_tls_flags(parser: argparse.ArgumentParser, *, suppress_defaults: bool = False) -> None:
+    """Flags of a command that calls auth-service: TLS and mTLS. `suppress_defaults`
+    for a sub-command's copy of them: a flag it does not see keeps the value the
+    parent command parsed."""
+    tls_default: object = argparse.SUPPRESS if suppress_defaults else False
+    none: object = argparse.SUPPRESS if suppress_defaults else None
+    parser.add_argument(
+        "--tls", action="store_true", default=tls_default, help="use TLS with the system CAs"
+    )
+    parser.add_argument(
+        "--ca-file", metavar="PEM", default=none, help="use TLS, trusting this CA bundle"
+    )
+    parser.add_argument(
+        "--server-name", default=none, help="TLS name to verify instead of the target host"
+    )
+    parser.add_argument(
+        "--cert-file", metavar="PEM", default=none, help="client certificate (mTLS)"
+    )
+    parser.add_argument("--key-file", metavar="PEM", default=none, help="key of --cert-file")
 
 
 def wants_tls(args: argparse.Namespace) -> bool:
