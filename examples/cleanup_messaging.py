@@ -1,9 +1,13 @@
 """Messaging service: clean up a deleted user's rows when `user_deleted` arrives.
 
-What `ON DELETE CASCADE` / `SET NULL` used to do across the service boundary, done
+What the foreign keys' `ON DELETE` used to decide across the service boundary, done
 from the event instead: the user leaves every conversation (memberships deleted);
-their messages stay, with the sender anonymized (`sender_id = NULL`); conversations
-they created lose the creator. The cleanup and the event id are written in one
+their messages stay, with the sender anonymised to the tombstone user
+(`TOMBSTONE_USER_ID`, the nil UUID, which auth-service never issues); conversations
+they created are credited to the tombstone too. `sender_id` and `created_by` are
+NOT NULL, as in real schemas: never SET NULL there (such an event would fail on
+every retry and end in the dead-letter topic). A scheduled `auth-toolkit
+reconcile` of these columns passes `--ignore-id 00000000-0000-0000-0000-000000000000`. The cleanup and the event id are written in one
 transaction (auth_client.events.deduplicated), and the SQL is idempotent on its
 own: the same event twice changes nothing the second time.
 
@@ -51,6 +55,8 @@ from auth_client.events import (
 )
 
 SCHEMA = Path(__file__).with_name("cleanup_messaging_schema.sql")
+# "A deleted user": what a deleted user's messages and conversations point at.
+TOMBSTONE_USER_ID = uuid.UUID(int=0)
 PROCESSED = ProcessedEvents("messaging.processed_events")
 log = logging.getLogger("cleanup_messaging")
 
@@ -63,10 +69,14 @@ async def cleanup_user(conn: Any, event: UserDeletedEvent) -> dict[str, int]:
         "DELETE FROM messaging.conversation_members WHERE user_id = $1", user_id
     )
     anonymized = await conn.execute(
-        "UPDATE messaging.messages SET sender_id = NULL WHERE sender_id = $1", user_id
+        "UPDATE messaging.messages SET sender_id = $2 WHERE sender_id = $1",
+        user_id,
+        TOMBSTONE_USER_ID,
     )
     orphaned = await conn.execute(
-        "UPDATE messaging.conversations SET created_by = NULL WHERE created_by = $1", user_id
+        "UPDATE messaging.conversations SET created_by = $2 WHERE created_by = $1",
+        user_id,
+        TOMBSTONE_USER_ID,
     )
     changed = {
         "memberships_removed": _count(left),

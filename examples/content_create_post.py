@@ -21,8 +21,9 @@ Run it against `auth-service dev` (from the repository root):
         --author <alice's id> --mention <bob's id> "hello @bob"
 
 Exit status: 0 created (prints JSON), 1 an author or mentioned user does not
-exist (the message names them), 2 malformed id, 3 auth-service unavailable
-(nothing was inserted).
+exist (the message names them), 2 malformed id, 3 auth-service unavailable, 4 the
+database cannot be reached (bad --database-url or server down); 1 to 4 insert
+nothing and print one line on stderr.
 """
 
 from __future__ import annotations
@@ -31,11 +32,10 @@ import argparse
 import asyncio
 import json
 import sys
-import urllib.parse
 import uuid
 from pathlib import Path
 
-import asyncpg
+from service_db import EXIT_DATABASE_UNAVAILABLE, DatabaseUnavailableError, connect_creating
 
 from auth_client import (
     AuthClient,
@@ -45,23 +45,6 @@ from auth_client import (
 )
 
 SCHEMA = Path(__file__).with_name("content_schema.sql")
-
-
-async def connect_creating(database_url: str) -> asyncpg.Connection:
-    """Connect to the service's database, creating it on first use."""
-    try:
-        return await asyncpg.connect(database_url)
-    except asyncpg.InvalidCatalogNameError:
-        parts = urllib.parse.urlsplit(database_url)
-        name = parts.path.lstrip("/")
-        admin = await asyncpg.connect(urllib.parse.urlunsplit(parts._replace(path="/postgres")))
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        except asyncpg.DuplicateDatabaseError:
-            pass  # created concurrently
-        finally:
-            await admin.close()
-        return await asyncpg.connect(database_url)
 
 
 async def create_post(args: argparse.Namespace) -> dict[str, object]:
@@ -115,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     except ServiceUnavailableError as exc:
         print(f"not posted, try again later: {exc}", file=sys.stderr)
         return 3
+    except DatabaseUnavailableError as exc:
+        print(f"not posted: {exc}", file=sys.stderr)
+        return EXIT_DATABASE_UNAVAILABLE
     print(json.dumps(result))
     return 0
 

@@ -24,7 +24,8 @@ Run it against `auth-service dev` (from the repository root):
         --group general <alice's id>
 
 Exit status: 0 added (or already a member; prints JSON), 1 no such user,
-2 malformed id, 3 auth-service unavailable (nothing was inserted).
+2 malformed id, 3 auth-service unavailable, 4 the database cannot be reached (bad
+--database-url or server down); 1 to 4 insert nothing and print one line on stderr.
 """
 
 from __future__ import annotations
@@ -33,10 +34,9 @@ import argparse
 import asyncio
 import json
 import sys
-import urllib.parse
 from pathlib import Path
 
-import asyncpg
+from service_db import EXIT_DATABASE_UNAVAILABLE, DatabaseUnavailableError, connect_creating
 
 from auth_client import (
     AuthClient,
@@ -58,23 +58,6 @@ SELECT id, $2 FROM chat
 ON CONFLICT DO NOTHING
 RETURNING group_id
 """
-
-
-async def connect_creating(database_url: str) -> asyncpg.Connection:
-    """Connect to the service's database, creating it on first use."""
-    try:
-        return await asyncpg.connect(database_url)
-    except asyncpg.InvalidCatalogNameError:
-        parts = urllib.parse.urlsplit(database_url)
-        name = parts.path.lstrip("/")
-        admin = await asyncpg.connect(urllib.parse.urlunsplit(parts._replace(path="/postgres")))
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        except asyncpg.DuplicateDatabaseError:
-            pass  # created concurrently
-        finally:
-            await admin.close()
-        return await asyncpg.connect(database_url)
 
 
 async def add_member(args: argparse.Namespace) -> dict[str, object]:
@@ -127,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     except ServiceUnavailableError as exc:
         print(f"not added, try again later: {exc}", file=sys.stderr)
         return 3
+    except DatabaseUnavailableError as exc:
+        print(f"not added: {exc}", file=sys.stderr)
+        return EXIT_DATABASE_UNAVAILABLE
     print(json.dumps(result))
     return 0
 

@@ -141,3 +141,29 @@ def test_examples_insert_nothing_when_auth_service_is_down(service_db: str) -> N
     )
     assert result.returncode == 3, result.stderr
     assert query(service_db, "SELECT count(*) FROM group_members") == [(0,)]
+
+
+@pytest.mark.parametrize("script", ["messaging_add_member.py", "content_create_post.py"])
+def test_a_bad_database_url_is_one_line_and_its_own_exit_code(script: str) -> None:
+    """Issue #12 item 8: not a traceback, and not exit 1 ("no such user")."""
+    nowhere = f"postgresql://postgres:secret@127.0.0.1:{free_port()}/service"
+    args = (
+        ["--author", str(uuid.uuid4()), "hi"]
+        if script.startswith("content")
+        else [str(uuid.uuid4())]
+    )
+    result = run_example(script, "--target", "127.0.0.1:1", "--database-url", nowhere, *args)
+    assert result.returncode == 4, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "cannot reach the database" in result.stderr
+    assert "secret" not in result.stderr
+
+
+def test_an_unreachable_auth_service_is_one_line(service_db: str) -> None:
+    down = f"127.0.0.1:{free_port()}"
+    result = run_example(
+        "content_create_post.py", "--target", down, "--database-url", service_db,
+        "--timeout", "1", "--author", str(uuid.uuid4()), "hi",
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -73,6 +73,14 @@ async def test_messaging_cleanup_removes_memberships_and_anonymizes_messages(
             second = await messaging.cleanup_user(conn, event)
         after_second = await snapshot(conn, *MESSAGING_TABLES)
         member_rows = await conn.fetch("SELECT user_id FROM messaging.conversation_members")
+        not_null = {
+            r["attname"]: r["attnotnull"]
+            for r in await conn.fetch(
+                "SELECT attname, attnotnull FROM pg_attribute WHERE attrelid IN"
+                " ('messaging.messages'::regclass, 'messaging.conversations'::regclass)"
+                " AND attname IN ('sender_id', 'created_by')"
+            )
+        }
         sender_rows = await conn.fetch("SELECT sender_id FROM messaging.messages ORDER BY id")
     finally:
         await conn.close()
@@ -87,10 +95,13 @@ async def test_messaging_cleanup_removes_memberships_and_anonymizes_messages(
     senders = [r["sender_id"] for r in sender_rows]
     assert uuid.UUID(deleted) not in members
     assert uuid.UUID(kept) in members
-    # Every message is still there; the deleted user's ones have no sender.
+    # Every message is still there; the deleted user's ones are the tombstone's
+    # (sender_id and created_by are NOT NULL, as in real schemas: never SET NULL).
     assert len(senders) == 6
-    assert senders.count(None) == 2
+    assert senders.count(messaging.TOMBSTONE_USER_ID) == 2
+    assert str(messaging.TOMBSTONE_USER_ID) == "00000000-0000-0000-0000-000000000000"
     assert uuid.UUID(kept) in senders
+    assert not_null == {"sender_id": True, "created_by": True}
 
 
 async def test_content_cleanup_soft_deletes_posts_bookmarks_stories(

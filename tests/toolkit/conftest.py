@@ -5,7 +5,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.conftest import run_sync
-from tests.toolkit.support import build_downstream
+from tests.helpers import create_user, delete_user
+from tests.toolkit.support import Platform, build_downstream, plant
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -17,3 +18,14 @@ def downstream_url(new_database: Callable[[], str]) -> str:
     url = new_database()
     run_sync(build_downstream(url))
     return url
+
+
+@pytest.fixture
+async def platform(server, admin_stub, downstream_url: str) -> Platform:
+    """The downstream database with rows of 30 active users of a real auth-service,
+    2 users deleted there and 1 id never created (see support.plant)."""
+    active = [(await create_user(admin_stub)).id for _ in range(30)]
+    deleted = [(await create_user(admin_stub)).id for _ in range(2)]
+    for user_id in deleted:
+        await delete_user(admin_stub, user_id)
+    return await plant(downstream_url, server.address, active, deleted)

@@ -1,6 +1,9 @@
 -- A downstream service database modeled on the platform before FK removal: several
--- schemas whose tables still hold foreign keys into its own copy of public.users
--- (a replicated users table, the old FK target).
+-- services' schemas in one database whose tables still hold foreign keys into its
+-- own copy of public.users (a replicated users table, the old FK target), with
+-- NOT NULL + NO ACTION keys, CASCADE chains between service tables, soft-delete
+-- (deleted_at) tables, a legacy boolean-delete table, a per-service copy of a
+-- schema (messaging_eu), and a table the auth side owns (public.api_keys).
 
 CREATE TABLE public.users (
     id       uuid PRIMARY KEY,
@@ -35,7 +38,8 @@ CREATE TABLE messaging.messages (
     conversation_id bigint NOT NULL REFERENCES messaging.conversations ON DELETE CASCADE,
     sender_id       uuid NOT NULL
         CONSTRAINT messages_sender_fk REFERENCES public.users ON DELETE RESTRICT ON UPDATE CASCADE,
-    body            text
+    body            text,
+    deleted_at      timestamptz                                      -- soft delete
 );
 -- A partial index does not cover the foreign key.
 CREATE INDEX messages_sender_partial_idx ON messaging.messages (sender_id) WHERE body IS NOT NULL;
@@ -43,9 +47,10 @@ CREATE INDEX messages_sender_partial_idx ON messaging.messages (sender_id) WHERE
 -- content --------------------------------------------------------------------
 CREATE SCHEMA content;
 CREATE TABLE content.posts (
-    id        bigint PRIMARY KEY,
-    author_id uuid NOT NULL REFERENCES public.users ON DELETE CASCADE,
-    body      text
+    id         bigint PRIMARY KEY,
+    author_id  uuid NOT NULL REFERENCES public.users ON DELETE CASCADE,
+    body       text,
+    deleted_at timestamptz                                           -- soft delete
 );
 CREATE INDEX posts_author_id_id_idx ON content.posts (author_id, id);
 CREATE TABLE content.stories (
@@ -75,6 +80,15 @@ CREATE TABLE content.post_shares (
         REFERENCES public.users (region, id) ON DELETE SET NULL (shared_by)
 );
 CREATE INDEX post_shares_sharer_idx ON content.post_shares (shared_by, shared_by_region);
+-- A legacy boolean delete flag, NOT NULL + NO ACTION, and a CASCADE from posts.
+CREATE TABLE content.comments (
+    id         bigint PRIMARY KEY,
+    post_id    bigint NOT NULL REFERENCES content.posts ON DELETE CASCADE,
+    author_id  uuid NOT NULL REFERENCES public.users,                -- NO ACTION
+    is_deleted boolean NOT NULL DEFAULT false
+);
+CREATE INDEX comments_author_id_idx ON content.comments (author_id);
+CREATE INDEX comments_post_id_idx ON content.comments (post_id);
 CREATE TABLE content.bookmark_collections (
     id       bigint PRIMARY KEY,
     owner_id uuid NOT NULL REFERENCES public.users ON DELETE CASCADE,
@@ -130,6 +144,23 @@ CREATE TABLE experiments.experiment_events_2026 PARTITION OF experiments.experim
     FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
 CREATE TABLE experiments.experiment_events_2027 PARTITION OF experiments.experiment_events
     FOR VALUES FROM ('2027-01-01') TO ('2028-01-01');
+
+-- the messaging service's copy of its schema for a second region -------------
+CREATE SCHEMA messaging_eu;
+CREATE TABLE messaging_eu.conversations (
+    id         bigint PRIMARY KEY,
+    created_by uuid NOT NULL REFERENCES public.users,                -- NO ACTION
+    title      text
+);
+CREATE INDEX conversations_created_by_idx ON messaging_eu.conversations (created_by);
+CREATE TABLE messaging_eu.messages (
+    id              bigint PRIMARY KEY,
+    conversation_id bigint NOT NULL REFERENCES messaging_eu.conversations ON DELETE CASCADE,
+    sender_id       uuid NOT NULL REFERENCES public.users,           -- NO ACTION
+    body            text,
+    deleted_at      timestamptz
+);
+CREATE INDEX messages_sender_id_idx ON messaging_eu.messages (sender_id);
 
 -- identifiers that need quoting ----------------------------------------------
 CREATE SCHEMA "Audit Log";

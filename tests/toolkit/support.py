@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import subprocess
 import sys
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +135,99 @@ async def run_cli(*args: str, timeout: float = 120, command: str = TOOLKIT) -> t
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+async def row_snapshot(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table of the database (row-for-row comparisons: what a
+    refused or dry run must leave exactly as it was)."""
+    conn = await asyncpg.connect(url, server_settings={"search_path": ""})
+    try:
+        tables = await conn.fetch(
+            "SELECT c.oid::regclass::text FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition"
+            " AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+        )
+        return {
+            t[0]: sorted(tuple(map(str, r)) for r in await conn.fetch(f"SELECT * FROM {t[0]}"))
+            for t in tables
+        }
+    finally:
+        await conn.close()
+
+
+@dataclass
+class Platform:
+    """The downstream database filled with users of a real auth-service: `active`
+    users, users `deleted` there (still in the local users copy), and ids `never`
+    created there (only in the local copy)."""
+
+    url: str
+    target: str
+    active: list[str]
+    deleted: list[str]
+    never: list[str]
+
+
+async def plant(url: str, target: str, active: list[str], deleted: list[str]) -> Platform:
+    """Rows with orphans in several services:
+
+    - messaging.conversations: 40, no. 1 created by deleted[0]; it has 25 messages
+      and 3 participants (ON DELETE CASCADE from conversations);
+    - messaging.messages: 2 per other conversation (active senders); deleted[1] sent
+      3 live and 2 soft-deleted messages, deleted[0] one soft-deleted message;
+    - content.posts: 30 by active users, 1 by a never-created id, with 2 comments
+      (CASCADE from posts); content.comments (legacy is_deleted): 1 live and 1
+      flagged comment by deleted[1];
+    - messaging_eu: the same schema, one orphan conversation with 2 messages.
+    """
+    never = [str(uuid.uuid4())]
+    a, d, n = active, deleted, never
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("TRUNCATE public.users CASCADE")
+        await conn.executemany(
+            "INSERT INTO public.users (id, username) VALUES ($1, $2)",
+            [(uid, f"u{i}") for i, uid in enumerate(a + d + n)],
+        )
+        convs = [(i, a[i % len(a)] if i != 1 else d[0]) for i in range(1, 41)]
+        await conn.executemany(
+            "INSERT INTO messaging.conversations (id, created_by) VALUES ($1, $2)", convs
+        )
+        await conn.executemany(
+            "INSERT INTO messaging.conversation_participants VALUES (1, $1)",
+            [(a[0],), (a[1],), (d[1],)],
+        )
+        messages = [(m, 1, a[m % len(a)], None) for m in range(1, 26)]
+        messages += [
+            (100 + 2 * i + k, i, a[i % len(a)], None) for i in range(2, 41) for k in (0, 1)
+        ]
+        messages += [(200 + k, 2, d[1], None) for k in range(3)]
+        messages += [(210 + k, 2, d[1], "2020-01-01") for k in range(2)]
+        messages += [(220, 2, d[0], "2020-01-01")]
+        await conn.executemany(
+            "INSERT INTO messaging.messages (id, conversation_id, sender_id, deleted_at)"
+            " VALUES ($1, $2, $3, $4::text::timestamptz)",
+            messages,
+        )
+        posts = [(p, a[p % len(a)]) for p in range(1, 31)] + [(31, n[0])]
+        await conn.executemany(
+            "INSERT INTO content.posts (id, author_id, body) VALUES ($1, $2, 'p')", posts
+        )
+        comments = [(c, c, a[c % len(a)], False) for c in range(1, 31)]
+        comments += [(40, 31, a[0], False), (41, 31, a[1], False)]
+        comments += [(50, 1, d[1], False), (51, 2, d[1], True)]
+        await conn.executemany("INSERT INTO content.comments VALUES ($1, $2, $3, $4)", comments)
+        await conn.execute(
+            "INSERT INTO messaging_eu.conversations (id, created_by) VALUES (1, $1), (2, $2)",
+            d[0],
+            a[0],
+        )
+        await conn.execute(
+            "INSERT INTO messaging_eu.messages (id, conversation_id, sender_id)"
+            " VALUES (1, 1, $1), (2, 1, $1), (3, 2, $1)",
+            a[0],
+        )
+    finally:
+        await conn.close()
+    return Platform(url, target, active, deleted, never)

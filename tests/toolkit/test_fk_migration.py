@@ -11,6 +11,7 @@ import asyncpg
 
 from auth_client.toolkit import migration as fk_migration
 from auth_client.toolkit import migration_index as fk_migration_index
+from auth_client.toolkit import migration_sql
 from auth_client.toolkit.audit import audit
 from tests.conftest import run_sync
 from tests.toolkit.support import dbmate, execute, fetch, fk_snapshot, run_cli
@@ -79,8 +80,11 @@ def test_emitted_migration_applies_and_rolls_back_to_the_identical_constraints(
     migrations = tmp_path / "migrations"
     files = run_sync(emit(downstream_url, migrations))
 
-    # One file per missing index (exactly one statement each), then the drop file.
-    assert len(files) == len(NEEDS_INDEX) + 1
+    # One file per missing index (exactly one statement each), then the drop file,
+    # then the inventory --check-restore reads (no tool reads it).
+    assert len(files) == len(NEEDS_INDEX) + 2
+    inventory = files.pop()
+    assert inventory.name.startswith("auth-toolkit-fks-")
     assert files[-1].name.endswith("_drop_user_fks.sql")
     assert [p.name for p in files] == sorted(p.name for p in files)
     for path in files:
@@ -218,14 +222,14 @@ async def test_cli_emit_migration_json(downstream_url, tmp_path) -> None:
     assert code == 0, err
     data = json.loads(out)
     written = data["migration_files"]
-    assert len(written) == data["missing_indexes"] + 1
+    assert len(written) == data["missing_indexes"] + 2  # + drop file + inventory
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(p.rsplit("/", 1)[1] for p in written)
 
 
 def test_sql_quoting_helpers() -> None:
-    assert fk_migration_index.quote_literal("it's") == "'it''s'"
-    assert fk_migration_index.quote_literal("a\\b'") == "E'a\\\\b'''"
-    assert fk_migration_index.quote_ident('we"ird') == '"we""ird"'
+    assert migration_sql.quote_literal("it's") == "'it''s'"
+    assert migration_sql.quote_literal("a\\b'") == "E'a\\\\b'''"
+    assert migration_sql.quote_ident('we"ird') == '"we""ird"'
 
 
 def test_long_index_names_fit_postgres_identifier_limit(downstream_url) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import asyncpg
 import pytest
 
-from auth_client.toolkit.reconcile import Options, reconcile
+from auth_client.toolkit.reconcile import Options, Reconciliation
 from auth_client.toolkit.reconcile_checker import GrpcUserStates, Pacer
 from auth_client.toolkit.reconcile_model import Progress, ReconcileError, StateFile
 from tests.conftest import ADMIN_TOKEN
@@ -85,18 +85,21 @@ async def world(server, admin_stub, new_database) -> World:
 async def run_reconcile(
     world: World, stderr: io.StringIO | None = None, state: StateFile | None = None, **kw
 ):
-    options = Options(**{"table": "content.bookmarks", "column": "user_id", "batch_size": 2, **kw})
+    # This small world is mostly orphans: these tests are about fixing, not the guard
+    # (test_reconcile_safety.py), and about content.bookmarks, whose fixes cascade nowhere.
+    defaults = {"table": "content.bookmarks", "column": "user_id", "batch_size": 2}
+    options = Options(**{**defaults, "max_orphan_fraction": 1.0, **kw})
     conn = await asyncpg.connect(world.url)
     try:
         async with GrpcUserStates(world.target, token=ADMIN_TOKEN) as checker:
-            return await reconcile(
+            return await Reconciliation(
                 conn,
                 checker,
                 options,
                 pacer=Pacer(0),
                 progress=Progress(stderr or io.StringIO(), interval=0),
                 state=state,
-            )
+            ).run()
     finally:
         await conn.close()
 
@@ -127,10 +130,13 @@ async def test_delete_removes_exactly_the_orphan_rows(world) -> None:
     orphans = set(world.deleted) | set(world.never)
     report = await run_reconcile(world, action="delete", fix_rows=1)  # one row per transaction
 
-    assert report.rows_fixed == sum(1 for uid, _ in before if uid in orphans) == 7
-    assert await bookmarks(world) == [row for row in before if row[0] not in orphans]
+    # Live orphan rows only: the row soft-deleted long ago is left alone.
+    assert report.rows_fixed == sum(1 for uid, soft in before if uid in orphans and not soft) == 6
+    assert report.rows_fixed_by_table == {"content.bookmarks": 6}
+    assert await bookmarks(world) == [row for row in before if row[0] not in orphans or row[1]]
     again = await run_reconcile(world)
     assert again.orphans == 0
+    assert (again.soft_deleted, again.soft_deleted_rows) == (1, 1)  # reported apart
 
 
 async def test_soft_delete_marks_only_live_orphan_rows(world) -> None:
@@ -155,13 +161,16 @@ async def test_set_null_clears_exactly_the_orphan_ids(world) -> None:
     orphans = set(world.deleted) | set(world.never)
     report = await run_reconcile(world, action="set-null", batch_size=1000)
 
-    assert report.rows_fixed == 7
-    expected = [(None if uid in orphans else uid, soft) for uid, soft in before]
+    assert report.rows_fixed == 6  # live rows only
+    expected = [(None if uid in orphans and not soft else uid, soft) for uid, soft in before]
     assert await bookmarks(world) == expected
 
 
 async def test_actions_that_cannot_apply_fail_before_changing_anything(world) -> None:
-    with pytest.raises(ReconcileError, match="NOT NULL: --action set-null cannot apply"):
+    with pytest.raises(
+        ReconcileError,
+        match=r"set-null cannot apply .*: the column is NOT NULL \(actions that apply: delete\)",
+    ):
         await run_reconcile(world, table="messaging.reactions", column="user_id", action="set-null")
     with pytest.raises(ReconcileError, match="has no deleted_at column"):
         await run_reconcile(
@@ -202,6 +211,7 @@ async def test_a_stopped_run_resumes_from_its_state_file(world, tmp_path) -> Non
     state = StateFile(tmp_path / "state.json")
     first = await run_reconcile(world, state=state, max_batches=2, action="delete")
     assert not first.complete
+    assert first.stopped == "max-batches"
     assert state.path.exists()
     saved = json.loads(state.path.read_text())
     assert saved["cursor"] == first.cursor
@@ -214,7 +224,7 @@ async def test_a_stopped_run_resumes_from_its_state_file(world, tmp_path) -> Non
     assert "resuming from state file" in err.getvalue()
     assert sorted(second.deleted_ids) == sorted(world.deleted)  # counts span both runs
     assert sorted(second.not_found_ids) == sorted(world.never)
-    assert second.rows_fixed == 7
+    assert second.rows_fixed == 6  # live orphan rows
     assert not state.path.exists()  # the next scheduled run starts over
     await run_reconcile(world, state=state, max_batches=1)  # leaves a dry run's state
     with pytest.raises(ReconcileError, match="belongs to another run"):
@@ -237,13 +247,13 @@ async def test_auth_service_unreachable_is_a_clear_error(world, unused_tcp_port)
             f"127.0.0.1:{unused_tcp_port}", timeout=2, retries=1, backoff=0.01
         ) as checker:
             with pytest.raises(ReconcileError, match="UNAVAILABLE"):
-                await reconcile(
+                await Reconciliation(
                     conn,
                     checker,
                     Options("content.bookmarks", "user_id"),
                     pacer=Pacer(0),
                     progress=Progress(io.StringIO()),
-                )
+                ).run()
     finally:
         await conn.close()
 
@@ -259,18 +269,19 @@ async def test_cli_reconcile_json_end_to_end(world) -> None:
         "--action", "delete",
         "--batch-size", "3",
         "--rate", "50",
+        "--max-orphan-fraction", "1",
         "--format", "json",
     )  # fmt: skip
     assert code == 0, err
     data = json.loads(out)
-    assert data["orphans"] == {"total": 4, "deleted": 2, "not_found": 2}
+    assert data["orphans"] == {"total": 4, "deleted": 2, "not_found": 2, "rows": 6}
     assert sorted(data["orphan_ids"]["deleted"]) == sorted(world.deleted)
     assert sorted(data["orphan_ids"]["not_found"]) == sorted(world.never)
-    assert data["rows_fixed"] == 7
+    assert data["rows_fixed"] == 6  # the orphan row soft-deleted long ago stays
     assert data["complete"] is True
     assert "reconcile: done:" in err
     remaining = await fetch(world.url, "SELECT count(*) FROM content.bookmarks")
-    assert remaining[0][0] == 13 - 7
+    assert remaining[0][0] == 13 - 6
 
     code, _, err = await run_cli(
         "reconcile", "--database-url", world.url, "--table", "messaging.reactions",

@@ -3,14 +3,16 @@
 Service teams run it against their own database, never against auth-service's:
 
 - `audit` (`auth-toolkit fk-audit`): every foreign key that references the users
-  table, with rules, deferrability and index coverage (`audit.py`, `report.py`);
+  table, with rules, deferrability, index coverage, NOT NULL, soft-delete column
+  and the reconcile actions that apply (`audit*.py`, `actions.py`, `report.py`);
 - `migration` (`fk-audit --emit-migration DIR`): migrations that build the missing
-  indexes and drop the constraints, with an exact rollback (`migration.py`,
-  `migration_index.py`);
+  indexes and drop the constraints, with a rollback that restores them exactly and
+  never stops half-way, for dbmate, sqlx or golang-migrate (`migration*.py`), and
+  `fk-audit --check-restore` before a rollback (`restore_check.py`);
 - `reconcile` (`auth-toolkit reconcile`): rows whose user auth-service reports as
-  deleted or never created, found in keyset-paginated batches and optionally fixed
-  (`reconcile*.py`);
-- `dbmate`: runs dbmate, the default migration format's tool.
+  deleted or never created, found in keyset-paginated batches and fixed only when
+  the whole scan allows it (orphan-fraction guard, cascade plan) (`reconcile*.py`);
+- `dbmate`: runs dbmate, the default migration format's tool; `exits`: exit codes.
 
 Modules are imported one by one (`from auth_client.toolkit.audit import audit`): this
 package's `__init__` loads nothing, so `flags` stays light. It imports nothing from

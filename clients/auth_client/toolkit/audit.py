@@ -22,9 +22,15 @@ whatever search path dbmate later connects with.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
+
+from auth_client.toolkit.actions import applicable, split_soft_delete
+from auth_client.toolkit.audit_catalog import RESOLVE, foreign_keys_query
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 ACTIONS = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
 MATCH_TYPES = {"s": "SIMPLE", "f": "FULL", "p": "PARTIAL"}
@@ -32,6 +38,27 @@ MATCH_TYPES = {"s": "SIMPLE", "f": "FULL", "p": "PARTIAL"}
 
 class AuditError(RuntimeError):
     """The audit could not run; the message says why in one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Which referencing tables an audit (and the migrations emitted from it) covers:
+    those in `schemas` (all when empty), except `exclude_tables` (SCHEMA.TABLE, or
+    TABLE for schema public). One team's share of a shared database."""
+
+    schemas: tuple[str, ...] = ()
+    exclude_tables: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """A short name for file names: the schemas, or '' for everything."""
+        return "_".join(self.schemas)
+
+    def describe(self) -> str:
+        parts = [f"schema {', '.join(self.schemas)}"] if self.schemas else ["every schema"]
+        if self.exclude_tables:
+            parts.append(f"except {', '.join(self.exclude_tables)}")
+        return " ".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,14 +82,31 @@ class ForeignKey:
     index: str | None
     row_estimate: int | None
     definition: str
+    # Referencing columns declared NOT NULL, and the table's soft-delete column
+    # (`deleted_at`, or a legacy boolean flag; see `actions`).
+    not_null_columns: tuple[str, ...]
+    soft_delete: str | None
+    soft_delete_type: str | None
     # SQL spellings, quoted by PostgreSQL itself (quote_ident / format('%I')).
     sql_table: str
     sql_constraint: str
     sql_columns: tuple[str, ...]
+    sql_referenced_table: str
+    sql_referenced_columns: tuple[str, ...]
 
     @property
     def qualified_table(self) -> str:
         return self.sql_table
+
+    @property
+    def not_null(self) -> bool:
+        """Every referencing column is NOT NULL: nothing can be set to NULL."""
+        return set(self.not_null_columns) == set(self.columns)
+
+    @property
+    def actions(self) -> tuple[str, ...]:
+        """The `reconcile --action`s that can apply to this table and column."""
+        return applicable(self)
 
     @property
     def on_delete_text(self) -> str:
@@ -77,14 +121,23 @@ class ForeignKey:
         return "deferred" if self.initially_deferred else "immediate"
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        for key in ("sql_table", "sql_constraint", "sql_columns"):
-            data.pop(key)
-        data["columns"] = list(self.columns)
-        data["referenced_columns"] = list(self.referenced_columns)
-        if self.on_delete_columns is not None:
-            data["on_delete_columns"] = list(self.on_delete_columns)
+        """What `fk-audit --format json` shows."""
+        data = {k: v for k, v in self.to_record().items() if not k.startswith("sql_")}
+        data["not_null"] = self.not_null
+        data["actions"] = list(self.actions)
         return data
+
+    def to_record(self) -> dict[str, Any]:
+        """Every field, JSON-ready (the inventory `--emit-migration` writes)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> ForeignKey:
+        """The inverse of `to_record`."""
+        fields: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
+        }
+        return cls(**fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +150,7 @@ class AuditResult:
     database: str
     server_version: str
     foreign_keys: tuple[ForeignKey, ...]
+    scope: Scope = Scope()
 
     @property
     def missing_indexes(self) -> tuple[ForeignKey, ...]:
@@ -106,84 +160,36 @@ class AuditResult:
         return {
             "referenced_table": self.sql_referenced_table,
             "database": self.database,
+            "scope": {
+                "schemas": list(self.scope.schemas),
+                "exclude_tables": list(self.scope.exclude_tables),
+            },
             "count": len(self.foreign_keys),
             "missing_indexes": len(self.missing_indexes),
             "foreign_keys": [fk.to_json() for fk in self.foreign_keys],
         }
 
 
-_RESOLVE = """
-SELECT n.nspname, c.relname, c.relkind::text AS relkind, c.oid,
-       pg_catalog.format('%I.%I', n.nspname, c.relname) AS sql_name
-FROM pg_catalog.pg_class c
-JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = $1 AND c.relname = $2
-"""
-
-# Column names of an attnum array, in array order.
-_NAMES = """ARRAY(SELECT a.attname::text FROM pg_catalog.unnest({arr}) WITH ORDINALITY k(num, ord)
-      JOIN pg_catalog.pg_attribute a ON a.attrelid = {rel} AND a.attnum = k.num ORDER BY k.ord)"""
-_QUOTED = """ARRAY(SELECT pg_catalog.quote_ident(a.attname) FROM pg_catalog.unnest({arr})
-      WITH ORDINALITY k(num, ord)
-      JOIN pg_catalog.pg_attribute a ON a.attrelid = {rel} AND a.attnum = k.num ORDER BY k.ord)"""
-
-# A covering index: valid, not partial, and its first N key columns are exactly the
-# N referencing columns (in any order: lookups compare every one of them for equality).
-_INDEX = """(SELECT ic.relname::text FROM pg_catalog.pg_index i
-      JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
-      WHERE i.indrelid = c.conrelid AND i.indisvalid AND i.indisready AND i.indislive
-        AND i.indpred IS NULL AND i.indnkeyatts >= pg_catalog.cardinality(c.conkey)
-        AND (SELECT pg_catalog.array_agg(k.num ORDER BY k.num)
-             FROM pg_catalog.unnest(i.indkey::pg_catalog.int2[]) WITH ORDINALITY k(num, ord)
-             WHERE k.ord <= pg_catalog.cardinality(c.conkey))
-          = (SELECT pg_catalog.array_agg(k ORDER BY k) FROM pg_catalog.unnest(c.conkey) k)
-      ORDER BY i.indnkeyatts, ic.relname LIMIT 1)"""
-
-_FOREIGN_KEYS = f"""
-SELECT n.nspname::text AS schema, t.relname::text AS "table", c.conname::text AS constraint,
-       {_NAMES.format(arr="c.conkey", rel="c.conrelid")} AS columns,
-       {_NAMES.format(arr="c.confkey", rel="c.confrelid")} AS referenced_columns,
-       c.confdeltype::text AS deltype, c.confupdtype::text AS updtype,
-       c.confmatchtype::text AS matchtype, c.condeferrable, c.condeferred, c.convalidated,
-       {{enforced}} AS enforced, {{delsetcols}} AS on_delete_columns,
-       t.relkind = 'p' AS partitioned,
-       {_INDEX} AS index,
-       t.reltuples::float8 AS reltuples,
-       pg_catalog.pg_get_constraintdef(c.oid) AS definition,
-       pg_catalog.format('%I.%I', n.nspname, t.relname) AS sql_table,
-       pg_catalog.quote_ident(c.conname) AS sql_constraint,
-       {_QUOTED.format(arr="c.conkey", rel="c.conrelid")} AS sql_columns
-FROM pg_catalog.pg_constraint c
-JOIN pg_catalog.pg_class t ON t.oid = c.conrelid
-JOIN pg_catalog.pg_namespace n ON n.oid = t.relnamespace
-WHERE c.contype = 'f' AND c.confrelid = $1 AND c.conparentid = 0
-ORDER BY n.nspname, t.relname, c.conname
-"""  # noqa: S608 - assembled from the constant fragments above, no input
-
-
-def foreign_keys_query(server_version_num: int) -> str:
-    """The catalog query for this server (ON DELETE SET NULL (cols) is PG15+,
-    NOT ENFORCED is PG18+)."""
-    delsetcols = (
-        _NAMES.format(arr="c.confdelsetcols", rel="c.conrelid")
-        if server_version_num >= 150000
-        else "NULL::text[]"
-    )
-    enforced = "c.conenforced" if server_version_num >= 180000 else "true"
-    return _FOREIGN_KEYS.format(delsetcols=delsetcols, enforced=enforced)
+async def split_name(
+    conn: asyncpg.Connection, name: str, flag: str, error: type[Exception] = AuditError
+) -> tuple[str, str]:
+    """(schema, table) of `name` as SQL reads it; unqualified means schema public.
+    `error` (the caller's one-line error class) when it is no table name."""
+    try:
+        parts: list[str] = await conn.fetchval("SELECT pg_catalog.parse_ident($1)", name)
+    except asyncpg.PostgresError as exc:
+        raise error(f"{flag} {name!r} is not a valid table name") from exc
+    if len(parts) == 1:
+        parts = ["public", parts[0]]
+    if len(parts) != 2:
+        raise error(f"{flag} {name!r}: expected TABLE or SCHEMA.TABLE")
+    return parts[0], parts[1]
 
 
 async def resolve_table(conn: asyncpg.Connection, name: str) -> tuple[str, str, str, int]:
     """(schema, table, sql_name, oid) of `name`; unqualified names mean schema public."""
-    try:
-        parts: list[str] = await conn.fetchval("SELECT pg_catalog.parse_ident($1)", name)
-    except asyncpg.PostgresError as exc:
-        raise AuditError(f"--referenced-table {name!r} is not a valid table name") from exc
-    if len(parts) == 1:
-        parts = ["public", parts[0]]
-    if len(parts) != 2:
-        raise AuditError(f"--referenced-table {name!r}: expected TABLE or SCHEMA.TABLE")
-    row = await conn.fetchrow(_RESOLVE, parts[0], parts[1])
+    parts = await split_name(conn, name, "--referenced-table")
+    row = await conn.fetchrow(RESOLVE, parts[0], parts[1])
     shown = ".".join(parts)
     if row is None:
         raise AuditError(f"table {shown} does not exist in this database")
@@ -195,6 +201,7 @@ async def resolve_table(conn: asyncpg.Connection, name: str) -> tuple[str, str, 
 def _foreign_key(row: asyncpg.Record) -> ForeignKey:
     reltuples = float(row["reltuples"])
     delset = row["on_delete_columns"]
+    soft_delete, soft_delete_type = split_soft_delete(row["soft_delete"])
     return ForeignKey(
         schema=row["schema"],
         table=row["table"],
@@ -214,18 +221,45 @@ def _foreign_key(row: asyncpg.Record) -> ForeignKey:
         # reltuples is -1 until the table was first vacuumed or analyzed.
         row_estimate=round(reltuples) if reltuples >= 0 else None,
         definition=row["definition"],
+        not_null_columns=tuple(row["not_null_columns"]),
+        soft_delete=soft_delete,
+        soft_delete_type=soft_delete_type,
         sql_table=row["sql_table"],
         sql_constraint=row["sql_constraint"],
         sql_columns=tuple(row["sql_columns"]),
+        sql_referenced_table=row["sql_referenced_table"],
+        sql_referenced_columns=tuple(row["sql_referenced_columns"]),
+    )
+
+
+async def _in_scope(conn: asyncpg.Connection, scope: Scope) -> Callable[[ForeignKey], bool]:
+    """A filter for `scope`; AuditError for a schema or table that does not exist
+    (a typo must not silently widen or narrow a migration)."""
+    for schema in scope.schemas:
+        if not await conn.fetchval(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = $1)", schema
+        ):
+            raise AuditError(f"--schema {schema!r}: no such schema in this database")
+    excluded: set[tuple[str, str]] = set()
+    for name in scope.exclude_tables:
+        parts = await split_name(conn, name, "--exclude-table")
+        if await conn.fetchrow(RESOLVE, *parts) is None:
+            raise AuditError(f"--exclude-table {name!r}: no such table in this database")
+        excluded.add(parts)
+    schemas = set(scope.schemas)
+    return lambda fk: (
+        (not schemas or fk.schema in schemas) and ((fk.schema, fk.table) not in excluded)
     )
 
 
 async def audit_connection(
-    conn: asyncpg.Connection, referenced_table: str = "users"
+    conn: asyncpg.Connection, referenced_table: str = "users", scope: Scope | None = None
 ) -> AuditResult:
     """Run the audit on an open connection. Sets the session's search_path to ''."""
     await conn.execute("SELECT pg_catalog.set_config('search_path', '', false)")
+    scope = scope or Scope()
     schema, table, sql_name, oid = await resolve_table(conn, referenced_table)
+    keep = await _in_scope(conn, scope)
     version_num = int(
         await conn.fetchval("SELECT pg_catalog.current_setting('server_version_num')")
     )
@@ -238,7 +272,8 @@ async def audit_connection(
         server_version=str(
             await conn.fetchval("SELECT pg_catalog.current_setting('server_version')")
         ),
-        foreign_keys=tuple(_foreign_key(row) for row in rows),
+        foreign_keys=tuple(fk for fk in map(_foreign_key, rows) if keep(fk)),
+        scope=scope,
     )
 
 
@@ -250,9 +285,11 @@ async def connect(database_url: str, connect_timeout: float = 10.0) -> asyncpg.C
         raise AuditError(f"cannot connect to the database: {type(exc).__name__}: {exc}") from exc
 
 
-async def audit(database_url: str, referenced_table: str = "users") -> AuditResult:
+async def audit(
+    database_url: str, referenced_table: str = "users", scope: Scope | None = None
+) -> AuditResult:
     conn = await connect(database_url)
     try:
-        return await audit_connection(conn, referenced_table)
+        return await audit_connection(conn, referenced_table, scope)
     finally:
         await conn.close()

@@ -1,13 +1,14 @@
 """The index migrations `fk-audit --emit-migration` writes before dropping the
-foreign keys, and the SQL quoting they need.
+foreign keys (`--indexes-only` writes only these, to build them before the first
+`reconcile` scan).
 
 Without the foreign key, a deleted user's rows are found by the referencing columns
 (the `user_deleted` consumer, `auth-toolkit reconcile`), so those columns need an
 index. `CREATE INDEX CONCURRENTLY` does not block writes but cannot run in a
-transaction; dbmate sends a migration as one string and PostgreSQL runs a
-multi-statement string as one implicit transaction, so each index gets a file of
-its own holding exactly one statement (measured with dbmate 2.37: a second
-statement makes the build fail).
+transaction; every supported tool sends a migration as one string and PostgreSQL
+runs a multi-statement string as one implicit transaction, so each index gets a
+migration of its own holding exactly one statement (measured with dbmate 2.37: a
+second statement makes the build fail).
 """
 
 from __future__ import annotations
@@ -16,25 +17,15 @@ import hashlib
 import re
 from typing import TYPE_CHECKING
 
+from auth_client.toolkit.migration_format import Migration
+from auth_client.toolkit.migration_sql import quote_ident
+
 if TYPE_CHECKING:
     import datetime as dt
 
     from auth_client.toolkit.audit import AuditResult, ForeignKey
 
 _MAX_IDENTIFIER_BYTES = 63  # NAMEDATALEN - 1
-
-
-def quote_ident(name: str) -> str:
-    """Always-quoted SQL identifier (used for index names this module invents)."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def quote_literal(text: str) -> str:
-    """A SQL string literal, correct whatever standard_conforming_strings is."""
-    body = text.replace("'", "''")
-    if "\\" in body:
-        return "E'" + body.replace("\\", "\\\\") + "'"
-    return "'" + body + "'"
 
 
 def slug(text: str, limit: int = 40) -> str:
@@ -63,21 +54,27 @@ def index_name(fk: ForeignKey, taken: set[tuple[str, str]]) -> str:
     return candidate
 
 
-def render_index_file(
-    result: AuditResult, fk: ForeignKey, name: str, drop_file: str, generated_at: dt.datetime
-) -> str:
+def index_migration(
+    result: AuditResult,
+    fk: ForeignKey,
+    name: str,
+    version: str,
+    generated_at: dt.datetime,
+) -> Migration:
     columns = ", ".join(fk.sql_columns)
     qualified = f"{quote_ident(fk.schema)}.{quote_ident(name)}"
     lines = [
         *header(result, generated_at),
         "--",
         f"-- Index on {fk.sql_table} ({columns}),",
-        f"-- the columns of foreign key {fk.sql_constraint} to {result.sql_referenced_table},",
-        f"-- which {drop_file} drops. Without the constraint, a deleted",
-        "-- user's rows are found by these columns (user_deleted consumer, `auth-toolkit",
-        "-- reconcile`); without an index every such lookup reads the whole table.",
+        f"-- the columns of foreign key {fk.sql_constraint} to {result.sql_referenced_table}.",
+        "-- Without the constraint, a deleted user's rows are found by these columns",
+        "-- (user_deleted consumer, `auth-toolkit reconcile`); without an index every such",
+        "-- lookup reads the whole table.",
+        f"-- Tables: {fk.sql_table}",
         "--",
     ]
+    file_slug = f"index_{slug(fk.schema + '_' + fk.table + '_' + '_'.join(fk.columns))}"
     if fk.partitioned:
         lines += [
             "-- The table is partitioned, and PostgreSQL cannot build an index on a partitioned",
@@ -85,32 +82,24 @@ def render_index_file(
             "-- For a large table, build it by hand under the same name first (CREATE INDEX ON",
             "-- ONLY the parent, CREATE INDEX CONCURRENTLY on each partition, ALTER INDEX ...",
             "-- ATTACH PARTITION); IF NOT EXISTS then makes this migration a no-op.",
-            "",
-            "-- migrate:up transaction:false",
-            f"CREATE INDEX IF NOT EXISTS {quote_ident(name)} ON {fk.sql_table} ({columns});",
-            "",
-            "-- migrate:down transaction:false",
-            f"DROP INDEX IF EXISTS {qualified};",
         ]
-        return "\n".join(lines) + "\n"
+        up = f"CREATE INDEX IF NOT EXISTS {quote_ident(name)} ON {fk.sql_table} ({columns});"
+        down = f"DROP INDEX IF EXISTS {qualified};"
+        return Migration(version, file_slug, lines, [up], [down])
     lines += [
         "-- CREATE INDEX CONCURRENTLY does not block reads or writes. It cannot run inside a",
-        "-- transaction, and dbmate sends a migration as one string, which PostgreSQL runs as",
-        "-- one implicit transaction when it holds several statements: so this file runs",
-        "-- with transaction:false and holds exactly one statement.",
+        "-- transaction, and the migration tool sends this file as one string, which",
+        "-- PostgreSQL runs as one implicit transaction when it holds several statements:",
+        "-- so it runs outside the tool's transaction and holds exactly one statement.",
         "-- If the build fails (cancelled, deadlock, ...), PostgreSQL leaves an INVALID index",
-        "-- behind and dbmate does not record this migration. IF NOT EXISTS is deliberately",
+        "-- behind and the tool does not record this migration. IF NOT EXISTS is deliberately",
         "-- not used: it would keep the invalid index and report success. The next run fails",
-        '-- with "already exists" instead; drop the leftover and run dbmate migrate again:',
+        '-- with "already exists" instead; drop the leftover and run the migration again:',
         f"--   DROP INDEX CONCURRENTLY IF EXISTS {qualified};",
-        "",
-        "-- migrate:up transaction:false",
-        f"CREATE INDEX CONCURRENTLY {quote_ident(name)} ON {fk.sql_table} ({columns});",
-        "",
-        "-- migrate:down transaction:false",
-        f"DROP INDEX CONCURRENTLY IF EXISTS {qualified};",
     ]
-    return "\n".join(lines) + "\n"
+    up = f"CREATE INDEX CONCURRENTLY {quote_ident(name)} ON {fk.sql_table} ({columns});"
+    down = f"DROP INDEX CONCURRENTLY IF EXISTS {qualified};"
+    return Migration(version, file_slug, lines, [up], [down])
 
 
 def header(result: AuditResult, generated_at: dt.datetime) -> list[str]:
@@ -119,5 +108,8 @@ def header(result: AuditResult, generated_at: dt.datetime) -> list[str]:
             "-- Generated by `auth-toolkit fk-audit --emit-migration`"
             f" at {generated_at:%Y-%m-%dT%H:%M:%SZ}"
         ),
-        f"-- from database {result.database} (PostgreSQL {result.server_version}).",
+        (
+            f"-- from database {result.database} (PostgreSQL {result.server_version}),"
+            f" {result.scope.describe()}."
+        ),
     ]

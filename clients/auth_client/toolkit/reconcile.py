@@ -1,279 +1,247 @@
 """`auth-toolkit reconcile`: find the rows of a service table whose user id is not an
 active user of auth-service, and optionally fix them.
 
-- The distinct ids of the column are read in keyset-paginated batches
-  (`WHERE col > last ORDER BY col LIMIT n`): no long transaction, no OFFSET.
-- Each batch is checked with one `BatchUserExists` call. A deleted user
-  (state DELETED) and an id that never existed (NOT_FOUND) are both orphans and
-  are reported apart. In a text column, values that are not a hyphenated UUID are
-  reported as invalid and never sent or touched.
-- Dry run by default. `--action delete|soft-delete|set-null` fixes the orphans of
-  a batch before moving on, at most `fix_rows` rows per transaction, each
-  transaction committed on its own (soft-delete sets `deleted_at = now()` where it
-  is null; set-null needs a nullable column).
-- After each batch the cursor is saved to the state file (if any): a stopped run
-  continues where it was; `--resume-from ID` starts after ID. `--rate` limits
-  batches per second; progress goes to stderr.
+A run has two passes, so that nothing changes unless the whole run may go ahead:
+
+1. **Scan** (every run): the distinct ids of the column in keyset-paginated batches
+   (`WHERE col > last GROUP BY col ORDER BY col LIMIT n`: no long transaction, no
+   OFFSET), with their live and soft-deleted row counts; each batch checked with one
+   `BatchUserExists` call. A deleted user (DELETED) and an id that never existed
+   (NOT_FOUND) are orphans, reported apart. Ids held only by rows already
+   soft-deleted are reported apart and are no orphans; `--ignore-id` ids (a
+   tombstone user) are skipped; in a text column, values that are not a hyphenated
+   UUID are reported as invalid and never sent or touched. Then the cascade plan
+   (`reconcile_cascade`): every row each action would change, per table.
+2. **Fix** (`--action`, not `--dry-run`), only when the scan allows it: the orphan
+   fraction of the live rows scanned is at most `--max-orphan-fraction` (an empty or
+   wrong auth-service makes every row an orphan), no row references the orphans
+   through NO ACTION / RESTRICT, and the action changes no other row unless
+   `--allow-cascade`. Otherwise the run is refused and nothing changes. The orphans
+   of each batch are fixed in transactions of at most `fix_rows` rows (live rows
+   only), and what each transaction really changed, cascades included, is read
+   from pg_stat_xact_user_tables before it commits.
+
+The cursor is saved to the state file (if any) after each batch of the last pass
+(scanned, in a dry run; fixed, otherwise): a stopped run continues where it was;
+`--resume-from ID` starts after ID. `--rate` limits batches per second; progress
+goes to stderr.
 """
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import asyncpg
 
-from auth_client._errors import InvalidRequestError
-from auth_client._models import parse_user_id
-from auth_client.contract import MAX_BATCH_IDS
-from auth_client.toolkit.reconcile_model import IdState, ReconcileError, Report
+from auth_client.toolkit import reconcile_cascade
+from auth_client.toolkit.reconcile_model import Batch, IdState, ReconcileError, Report
+from auth_client.toolkit.reconcile_target import (
+    Options,
+    Target,
+    classify,
+    cursor_value,
+    fix_sql,
+    inspect,
+    scan_sql,
+)
 
 if TYPE_CHECKING:
     from auth_client.toolkit.reconcile_checker import Pacer, UserStates
     from auth_client.toolkit.reconcile_model import Progress, StateFile
 
-ACTIONS = ("delete", "soft-delete", "set-null")
-_ID_TYPES = {"uuid", "text", "character varying"}
-_TIMESTAMPS = {"timestamp with time zone", "timestamp without time zone"}
+__all__ = ["Options", "Reconciliation"]
 
-
-@dataclass(frozen=True, slots=True)
-class Options:
-    table: str
-    column: str
-    action: str | None = None
-    dry_run: bool = False
-    batch_size: int = 500
-    fix_rows: int = 1000
-    resume_from: str | None = None
-    max_batches: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.action is not None and self.action not in ACTIONS:
-            raise ReconcileError(f"--action must be one of {', '.join(ACTIONS)}")
-        if not 1 <= self.batch_size <= MAX_BATCH_IDS:
-            raise ReconcileError(f"--batch-size must be 1 to {MAX_BATCH_IDS}")
-        if self.fix_rows < 1:
-            raise ReconcileError("--fix-rows must be at least 1")
-        if self.max_batches is not None and self.max_batches < 1:
-            raise ReconcileError("--max-batches must be at least 1")
-
-    @property
-    def applies(self) -> bool:
-        return self.action is not None and not self.dry_run
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """The table and column, as introspected."""
-
-    shown: str  # schema.table, as given back to the user
-    sql_table: str
-    sql_column: str
-    is_uuid: bool
-    not_null: bool
-    deleted_at_type: str | None
-    indexed: bool
-
-
-_INSPECT = """
-SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS sql_table,
-       pg_catalog.quote_ident(a.attname) AS sql_column,
-       a.atttypid::pg_catalog.regtype::text AS type, a.attnotnull AS not_null,
-       (SELECT d.atttypid::pg_catalog.regtype::text FROM pg_catalog.pg_attribute d
-         WHERE d.attrelid = c.oid AND d.attname = 'deleted_at' AND d.attnum > 0
-           AND NOT d.attisdropped) AS deleted_at_type,
-       EXISTS (SELECT FROM pg_catalog.pg_index i
-               WHERE i.indrelid = c.oid AND i.indisvalid AND i.indpred IS NULL
-                 AND i.indkey[0] = a.attnum) AS indexed
-FROM pg_catalog.pg_class c
-JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-LEFT JOIN pg_catalog.pg_attribute a
-       ON a.attrelid = c.oid AND a.attname = $3 AND a.attnum > 0 AND NOT a.attisdropped
-WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
+# Rows each table lost or had changed so far in this transaction (partitions
+# counted under their partitioned table).
+_CHANGED = """
+SELECT COALESCE(pg_catalog.pg_partition_root(relid), relid)::pg_catalog.regclass::text AS rel,
+       sum(n_tup_del + n_tup_upd)::int8 AS n
+FROM pg_catalog.pg_stat_xact_user_tables GROUP BY 1 HAVING sum(n_tup_del + n_tup_upd) > 0
 """
 
 
-async def inspect(conn: asyncpg.Connection, options: Options) -> Target:
-    """Resolve `--table` (unqualified = schema public) and `--column` (its name as
-    stored, no quoting) and check that the action can apply."""
-    try:
-        parts: list[str] = await conn.fetchval("SELECT pg_catalog.parse_ident($1)", options.table)
-    except asyncpg.PostgresError as exc:
-        raise ReconcileError(f"--table {options.table!r} is not a valid table name") from exc
-    if len(parts) == 1:
-        parts = ["public", parts[0]]
-    if len(parts) != 2:
-        raise ReconcileError(f"--table {options.table!r}: expected SCHEMA.TABLE")
-    shown = ".".join(parts)
-    row = await conn.fetchrow(_INSPECT, parts[0], parts[1], options.column)
-    if row is None:
-        raise ReconcileError(f"table {shown} does not exist")
-    if row["sql_column"] is None:
-        raise ReconcileError(f"table {shown} has no column {options.column!r}")
-    if row["type"] not in _ID_TYPES:
-        raise ReconcileError(
-            f"column {options.column} has type {row['type']}; reconcile reads uuid or text columns"
-        )
-    target = Target(
-        shown=shown,
-        sql_table=row["sql_table"],
-        sql_column=row["sql_column"],
-        is_uuid=row["type"] == "uuid",
-        not_null=row["not_null"],
-        deleted_at_type=row["deleted_at_type"],
-        indexed=row["indexed"],
-    )
-    if options.action == "soft-delete" and target.deleted_at_type not in _TIMESTAMPS:
-        why = "no deleted_at column" if target.deleted_at_type is None else "a deleted_at column"
-        why += "" if target.deleted_at_type is None else f" of type {target.deleted_at_type}"
-        raise ReconcileError(
-            f"table {shown} has {why}: --action soft-delete needs a deleted_at timestamp column"
-        )
-    if options.action == "set-null" and target.not_null:
-        raise ReconcileError(
-            f"column {options.column} of {shown} is NOT NULL: --action set-null cannot apply"
-            " (use delete or soft-delete)"
-        )
-    return target
+@dataclass(frozen=True, slots=True)
+class _Scanned:
+    cursor: str
+    orphans: list[object]  # raw values, as stored, to fix
 
 
-def _scan_sql(target: Target, *, first: bool, live_only: bool) -> str:
-    t, c = target.sql_table, target.sql_column
-    where = [f"{c} IS NOT NULL"] + ([] if first else [f"{c} > $2"])
-    where += ["deleted_at IS NULL"] if live_only else []
-    return f"SELECT DISTINCT {c} FROM {t} WHERE {' AND '.join(where)} ORDER BY {c} LIMIT $1"  # noqa: S608
+async def _changed(conn: asyncpg.Connection) -> dict[str, int]:
+    return {row["rel"]: row["n"] for row in await conn.fetch(_CHANGED)}
 
 
-def _fix_sql(target: Target, action: str) -> str:
-    """One transaction's worth: at most $2 rows among those holding an id of $1.
-    (On a partitioned table ctids repeat across partitions; rows matched that way
-    also hold an orphan id, so they are fixed a little sooner, never wrongly.)"""
-    t, c = target.sql_table, target.sql_column
-    live = " AND deleted_at IS NULL" if action == "soft-delete" else ""
-    some = f"ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE {c} = ANY($1){live} LIMIT $2))"  # noqa: S608
-    if action == "delete":
-        return f"DELETE FROM {t} WHERE {c} = ANY($1) AND {some}"  # noqa: S608
-    if action == "soft-delete":
-        return f"UPDATE {t} SET deleted_at = now() WHERE {c} = ANY($1){live} AND {some}"  # noqa: S608
-    return f"UPDATE {t} SET {c} = NULL WHERE {c} = ANY($1) AND {some}"  # noqa: S608
+class Reconciliation:
+    """One run; `report` stays readable when the run is interrupted."""
 
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        checker: UserStates,
+        options: Options,
+        *,
+        pacer: Pacer,
+        progress: Progress,
+        state: StateFile | None = None,
+    ) -> None:
+        self.conn = conn
+        self.checker = checker
+        self.options = options
+        self.pacer = pacer
+        self.progress = progress
+        self.state = state
+        self.report = Report(options.table, options.column, options.action, not options.applies)
 
-async def _fix(
-    conn: asyncpg.Connection, target: Target, options: Options, values: list[object]
-) -> int:
-    assert options.action is not None
-    sql = _fix_sql(target, options.action)
-    fixed = 0
-    while True:
-        try:
-            async with conn.transaction():
-                status = await conn.execute(sql, values, options.fix_rows)
-        except asyncpg.PostgresError as exc:
-            raise ReconcileError(
-                f"--action {options.action} on {target.shown} failed: {exc}"
-            ) from exc
-        count = int(status.rsplit(" ", 1)[-1])
-        fixed += count
-        if count == 0:
-            return fixed
-
-
-def _cursor_value(target: Target, text: str) -> object:
-    if not target.is_uuid:
-        return text
-    try:
-        return uuid.UUID(text)
-    except ValueError as exc:
-        raise ReconcileError("the resume cursor must be a UUID for a uuid column") from exc
-
-
-def _classify(target: Target, values: list[object]) -> tuple[dict[str, list[object]], list[str]]:
-    """Group raw values by canonical UUID text; collect the values that are not UUIDs."""
-    by_id: dict[str, list[object]] = {}
-    invalid: list[str] = []
-    for value in values:
-        if target.is_uuid:
-            by_id.setdefault(str(value), []).append(value)
-            continue
-        try:
-            key = str(parse_user_id(str(value)))
-        except InvalidRequestError:
-            invalid.append(str(value))
-            continue
-        by_id.setdefault(key, []).append(value)
-    return by_id, invalid
-
-
-async def reconcile(
-    conn: asyncpg.Connection,
-    checker: UserStates,
-    options: Options,
-    *,
-    pacer: Pacer,
-    progress: Progress,
-    state: StateFile | None = None,
-) -> Report:
-    """Run (or continue) one reconciliation. Raises ReconcileError."""
-    await conn.execute("SELECT pg_catalog.set_config('search_path', '', false)")
-    target = await inspect(conn, options)
-    report = Report(target.shown, options.column, options.action, options.dry_run)
-    if state is not None and state.load(report):
-        progress.note(f"resuming from state file {state.path} after {report.cursor!r}")
-    if options.resume_from is not None:
-        report.cursor = options.resume_from
-    report.resumed_from = report.cursor
-    if not target.indexed:
-        progress.note(
-            f"warning: no index starts with {target.sql_column}; every batch reads all of"
-            f" {target.sql_table} (fk-audit --emit-migration writes one)"
-        )
-    live_only = options.action == "soft-delete"
-    first_sql = _scan_sql(target, first=True, live_only=live_only)
-    next_sql = _scan_sql(target, first=False, live_only=live_only)
-    this_run = 0
-    while options.max_batches is None or this_run < options.max_batches:
-        await pacer.wait()
-        if report.cursor is None:
-            rows = await conn.fetch(first_sql, options.batch_size)
-        else:
-            rows = await conn.fetch(
-                next_sql, options.batch_size, _cursor_value(target, report.cursor)
+    async def run(self) -> Report:
+        """Scan, plan, and fix if allowed. Raises ReconcileError."""
+        options, report = self.options, self.report
+        await self.conn.execute("SELECT pg_catalog.set_config('search_path', '', false)")
+        target = await inspect(self.conn, options)
+        if self.state is not None and self.state.load(report):
+            self.progress.note(
+                f"resuming from state file {self.state.path} after {report.cursor!r}"
             )
-        if not rows:
-            report.complete = True
-            break
+        if options.resume_from is not None:
+            report.cursor = options.resume_from
+        report.resumed_from = report.cursor
+        if not target.indexed:
+            self.progress.note(
+                f"warning: no index starts with {target.sql_column}; every batch reads all of"
+                f" {target.sql_table} (fk-audit --emit-migration --indexes-only writes one)"
+            )
+        start = report.cursor
+        rows_before, orphan_rows_before = report.rows_scanned, report.orphan_rows
+        scanned = await self._scan(target, save=not options.applies)
+        values = [v for batch in scanned for v in batch.orphans]
+        actions = [options.action] if options.action else list(target.actions)
+        edges = await reconcile_cascade.load_edges(self.conn)
+        plans = {}
+        for action in actions:
+            plans[action] = await reconcile_cascade.plan(self.conn, target, action, values, edges)
+            report.cascades[action] = plans[action].to_json()
+        if options.applies:
+            assert options.action is not None
+            scanned_rows = report.rows_scanned - rows_before
+            orphan_rows = report.orphan_rows - orphan_rows_before
+            report.refused = self._refusal(plans[options.action], scanned_rows, orphan_rows)
+            if report.refused:
+                report.cursor = start
+            else:
+                await self._fix(target, scanned)
+        if report.complete and self.state is not None and not report.refused:
+            self.state.remove()
+        self.progress.update(report, final=True)
+        return report
+
+    def _refusal(
+        self, plan: reconcile_cascade.CascadePlan, scanned_rows: int, orphan_rows: int
+    ) -> str | None:
+        options = self.options
+        fraction = orphan_rows / scanned_rows if scanned_rows else 0.0
+        if fraction > options.max_orphan_fraction:
+            return (
+                f"{orphan_rows} of the {scanned_rows} live rows scanned ({fraction:.1%}) hold"
+                f" orphan ids, more than --max-orphan-fraction {options.max_orphan_fraction:g}:"
+                " is --target the right auth-service (and its database not empty)? Nothing was"
+                " changed; if the figure is right, rerun with --max-orphan-fraction"
+                f" {min(1.0, round(fraction + 0.005, 2)):g}"
+            )
+        if plan.blocked:
+            blocked = ", ".join(f"{t} ({n})" for t, n in sorted(plan.blocked.items()))
+            return (
+                f"--action {plan.action} would fail: rows of {blocked} reference the orphan rows"
+                " through NO ACTION / RESTRICT foreign keys. Nothing was changed; deal with"
+                " those rows first"
+            )
+        if plan.other_rows and not options.allow_cascade:
+            return (
+                f"--action {plan.action} on {plan.target_rows} orphan rows would also change"
+                f" {plan.other_rows} other rows through foreign keys: {plan.others()}. Nothing"
+                " was changed; rerun with --allow-cascade to accept that"
+            )
+        return None
+
+    async def _scan(self, target: Target, *, save: bool) -> list[_Scanned]:
+        options, report = self.options, self.report
+        first_sql, next_sql = scan_sql(target, first=True), scan_sql(target, first=False)
+        scanned: list[_Scanned] = []
+        while options.max_batches is None or len(scanned) < options.max_batches:
+            await self.pacer.wait()
+            if report.cursor is None:
+                rows = await self.conn.fetch(first_sql, options.batch_size)
+            else:
+                cursor = cursor_value(target, report.cursor)
+                rows = await self.conn.fetch(next_sql, options.batch_size, cursor)
+            if not rows:
+                report.complete = True
+                break
+            scanned.append(await self._check(target, rows))
+            if save and self.state is not None:
+                self.state.save(report)
+            self.progress.update(report)
+            if len(rows) < options.batch_size:
+                report.complete = True
+                break
+        if not report.complete:
+            report.stopped = "max-batches"
+        return scanned
+
+    async def _check(self, target: Target, rows: list[asyncpg.Record]) -> _Scanned:
+        """Ask auth-service about one batch and add it to the report."""
         values = [row[0] for row in rows]
-        by_id, invalid = _classify(target, values)
+        counts = {str(row[0]): (int(row[1]), int(row[2])) for row in rows}
+        by_id, invalid = classify(target, values, self.options.ignore_ids)
         keys = list(by_id)
-        answers = await checker.states(keys) if keys else []
-        deleted = [
-            v for k, s in zip(keys, answers, strict=True) if s is IdState.DELETED for v in by_id[k]
-        ]
-        missing = [
-            v
-            for k, s in zip(keys, answers, strict=True)
-            if s is IdState.NOT_FOUND
-            for v in by_id[k]
-        ]
-        if options.applies and (deleted or missing):
-            report.rows_fixed += await _fix(conn, target, options, deleted + missing)
-        report.add_batch(
-            str(values[-1]),
-            len(values),
-            [str(v) for v in deleted],
-            [str(v) for v in missing],
-            invalid,
+        answers = await self.checker.states(keys) if keys else []
+        deleted: list[str] = []
+        not_found: list[str] = []
+        orphans: list[object] = []
+        orphan_rows = soft_deleted = soft_deleted_rows = 0
+        for key, answer in zip(keys, answers, strict=True):
+            if answer is IdState.ACTIVE:
+                continue
+            live = sum(counts[str(v)][0] for v in by_id[key])
+            soft_deleted_rows += sum(counts[str(v)][1] for v in by_id[key])
+            if not live:
+                soft_deleted += 1
+                continue
+            orphan_rows += live
+            orphans += by_id[key]
+            (deleted if answer is IdState.DELETED else not_found).extend(str(v) for v in by_id[key])
+        self.report.add_batch(
+            Batch(
+                cursor=str(values[-1]),
+                ids=len(values),
+                rows=sum(counts[str(v)][0] for v in values),
+                deleted=deleted,
+                not_found=not_found,
+                orphan_rows=orphan_rows,
+                soft_deleted=soft_deleted,
+                soft_deleted_rows=soft_deleted_rows,
+                invalid=invalid,
+            )
         )
-        this_run += 1
-        if state is not None:
-            state.save(report)
-        progress.update(report)
-        if len(rows) < options.batch_size:
-            report.complete = True
-            break
-    if report.complete and state is not None:
-        state.remove()
-    progress.update(report, final=True)
-    return report
+        return _Scanned(str(values[-1]), orphans)
+
+    async def _fix(self, target: Target, scanned: list[_Scanned]) -> None:
+        options, report = self.options, self.report
+        assert options.action is not None
+        sql = fix_sql(target, options.action)
+        for batch in scanned:
+            while batch.orphans:
+                try:
+                    async with self.conn.transaction():
+                        before = await _changed(self.conn)
+                        status = await self.conn.execute(sql, batch.orphans, options.fix_rows)
+                        after = await _changed(self.conn)
+                except asyncpg.PostgresError as exc:
+                    raise ReconcileError(
+                        f"--action {options.action} on {target.shown} failed: {exc}"
+                    ) from exc
+                report.add_fixed({t: n - before.get(t, 0) for t, n in after.items()})
+                if int(status.rsplit(" ", 1)[-1]) == 0:
+                    break
+            report.cursor = batch.cursor
+            if self.state is not None:
+                self.state.save(report)
+            self.progress.update(report)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from auth_client.toolkit import migration
-from auth_client.toolkit.audit import AuditError, AuditResult, audit_connection, connect
+from auth_client.toolkit import exits, migration, restore_check
+from auth_client.toolkit.audit import AuditError, AuditResult, Scope, audit_connection, connect
 
 
 def render_table(result: AuditResult) -> str:
@@ -29,6 +29,9 @@ def render_table(result: AuditResult) -> str:
         "DEFERRABLE",
         "INDEX",
         "ROWS",
+        "NOT NULL",
+        "SOFT DELETE",
+        "ACTIONS",
         "NOTES",
     )
     rows = [header]
@@ -47,6 +50,9 @@ def render_table(result: AuditResult) -> str:
                 fk.deferrable_text,
                 fk.index or "MISSING",
                 "unknown" if fk.row_estimate is None else str(fk.row_estimate),
+                "yes" if fk.not_null else "no",
+                _soft_delete_text(fk.soft_delete, fk.soft_delete_type),
+                ", ".join(fk.actions),
                 "; ".join(notes),
             )
         )
@@ -60,7 +66,17 @@ def render_table(result: AuditResult) -> str:
     lines.append(
         "ROWS is PostgreSQL's estimate (pg_class.reltuples); unknown = never vacuumed or analyzed."
     )
+    lines.append(
+        "ACTIONS: the reconcile --action values that can apply (set-null never on NOT NULL;"
+        " soft-delete only with a deleted_at timestamp)."
+    )
     return "\n".join(lines)
+
+
+def _soft_delete_text(column: str | None, type_name: str | None) -> str:
+    if column is None:
+        return "-"
+    return column if type_name != "boolean" else f"{column} (legacy boolean)"
 
 
 def render_json(result: AuditResult, migration_files: list[str] | None = None) -> str:
@@ -76,15 +92,17 @@ async def report(
     referenced_table: str = "users",
     output_format: str = "table",
     emit_dir: str | None = None,
+    scope: Scope | None = None,
+    emit: migration.EmitOptions | None = None,
 ) -> str:
     """What `auth-toolkit fk-audit` prints. Raises AuditError."""
     conn = await connect(database_url)
     try:
-        result = await audit_connection(conn, referenced_table)
+        result = await audit_connection(conn, referenced_table, scope)
         written: list[str] | None = None
         if emit_dir is not None:
             try:
-                paths = await migration.emit(conn, result, Path(emit_dir))
+                paths = await migration.emit(conn, result, Path(emit_dir), options=emit)
             except OSError as exc:
                 raise AuditError(f"cannot write the migration: {exc}") from exc
             written = [str(p) for p in paths]
@@ -108,6 +126,8 @@ async def run(
     referenced_table: str = "users",
     output_format: str = "table",
     emit_dir: str | None = None,
+    scope: Scope | None = None,
+    emit: migration.EmitOptions | None = None,
 ) -> int:
     """`auth-toolkit fk-audit`: print the report; 0 on success. Raises AuditError."""
     text = await report(
@@ -115,6 +135,21 @@ async def run(
         referenced_table=referenced_table,
         output_format=output_format,
         emit_dir=emit_dir,
+        scope=scope,
+        emit=emit,
     )
     print(text)  # noqa: T201
-    return 0
+    return exits.OK
+
+
+async def run_check_restore(database_url: str, inventory: str, output_format: str) -> int:
+    """`auth-toolkit fk-audit --check-restore DIR`: 0 when every dropped constraint
+    would validate on rollback, exits.REFUSED when rows would fail it."""
+    fks = restore_check.load_inventory(Path(inventory))
+    conn = await connect(database_url)
+    try:
+        checks = await restore_check.check_restore(conn, fks)
+    finally:
+        await conn.close()
+    print(restore_check.render(checks, output_format))  # noqa: T201
+    return exits.REFUSED if any(c.violating_rows for c in checks) else exits.OK
