@@ -20,17 +20,26 @@ from typing import Self
 import asyncpg
 
 from auth_service.local.embedded import EmbeddedPostgres
+from auth_service.store.erasure import erase_due
 from auth_service.store.migrations import migrate
 
 DATA_DIR = Path(__file__).resolve().parent / ".data"
 DELETED_EVERY = 20  # 5% soft-deleted
 
+# Deleted users are loaded as DeleteUser leaves them: personal data erased.
 _LOAD = """
-INSERT INTO users (id, username, display_name, email, created_at, updated_at, deleted_at)
-SELECT gen_random_uuid(), 'user' || g, 'User number ' || g, 'user' || g || '@example.com',
+INSERT INTO users (id, username, display_name, email, created_at, updated_at, deleted_at, erased_at)
+SELECT id,
+       CASE WHEN deleted THEN 'deleted:' || id ELSE 'user' || g END,
+       CASE WHEN deleted THEN 'deleted:' || id ELSE 'User number ' || g END,
+       CASE WHEN deleted THEN NULL ELSE 'user' || g || '@example.com' END,
        now() - interval '30 days', now() - interval '30 days',
-       CASE WHEN g % $2 = 0 THEN now() - interval '1 day' END
-FROM generate_series($1::bigint * $3 + 1, least($1::bigint * $3 + $3, $4)) AS g
+       CASE WHEN deleted THEN now() - interval '1 day' END,
+       CASE WHEN deleted THEN now() - interval '1 day' END
+FROM (
+    SELECT gen_random_uuid() AS id, g, g % $2 = 0 AS deleted
+    FROM generate_series($1::bigint * $3 + 1, least($1::bigint * $3 + $3, $4)) AS g
+) AS s
 """
 
 
@@ -112,6 +121,7 @@ class Dataset:
             )
             if exists and await self._complete():
                 self._say(f"reusing {self.name} ({self.users:,} users) from {self._data_dir}")
+                await self._upgrade()
                 return
             if exists:
                 await admin.execute(f'DROP DATABASE "{self.name}" WITH (FORCE)')
@@ -123,6 +133,19 @@ class Dataset:
         await self._load()
         self.load_seconds = time.perf_counter() - started
         self._say(f"loaded {self.users:,} users in {self.load_seconds:.1f}s")
+
+    async def _upgrade(self) -> None:
+        """A dataset kept from an earlier release: its schema and rows as this
+        release leaves them (migrations applied, deleted users erased), so the
+        server measured neither refuses it nor erases it while being measured."""
+        await asyncio.to_thread(migrate, self.url)
+        conn = await asyncpg.connect(self.url)
+        try:
+            erased = await erase_due(conn, 0, batch=50_000)
+        finally:
+            await conn.close()
+        if erased:
+            self._say(f"erased {erased:,} deleted users kept from an earlier release")
 
     async def _complete(self) -> bool:
         conn = await asyncpg.connect(self.url)

@@ -34,6 +34,7 @@ from auth_service.events.relay import Relay, RelayConfig
 from auth_service.signals import wait_for_shutdown_signal
 from auth_service.store import pool as db
 from auth_service.store.deletion import OnDeleted
+from auth_service.store.erasure import ErasureJob
 from auth_service.store.lookup import StateLookup
 from auth_service.store.migrations import bundled_versions
 from auth_service.store.outbox import write_user_deleted
@@ -95,6 +96,7 @@ class AuthServer:
         # Every committed deletion writes its user_deleted event to the outbox.
         self._on_deleted = on_deleted if on_deleted is not None else write_user_deleted
         self.relay: Relay | None = None
+        self.erasure: ErasureJob | None = None
         self.metrics: MetricsServer | None = None
         self._lookup: StateLookup | None = None
         self._pool: asyncpg.Pool | None = None
@@ -160,6 +162,13 @@ class AuthServer:
             await self.relay.start()
             self.add_closer(self.relay.aclose)
         users = UserRepository(self._pool, self.database)
+        # Deleted users' personal data that is due (a retention period, or rows
+        # deleted before erasure existed); safe on every replica at once.
+        self.erasure = ErasureJob(
+            self._pool, retention_s=s.pii_retention_s, interval_s=s.pii_erasure_interval_s
+        )
+        await self.erasure.start()
+        self.add_closer(self.erasure.aclose)
         if s.lookup_concurrency > 0:
             self._lookup = StateLookup(
                 users,
@@ -218,7 +227,9 @@ class AuthServer:
         add_service(
             server,
             admin_pb2.DESCRIPTOR.services_by_name["UserAdminService"],
-            UserAdminServicer(users, access, budget, self._on_deleted),
+            UserAdminServicer(
+                users, access, budget, self._on_deleted, erase_at_once=s.pii_retention_s == 0
+            ),
             max_request_bytes=s.max_request_bytes,
         )
         health_servicer = AuthHealthServicer()

@@ -90,11 +90,15 @@ class UserAdminServicer(admin_pb2_grpc.UserAdminServiceServicer):
         access: Access,
         default_budget_s: float,
         on_deleted: OnDeleted = write_user_deleted,
+        *,
+        erase_at_once: bool = True,
     ) -> None:
         self.users = users
         self.access = access
         self.default_budget_s = default_budget_s
         self.on_deleted = on_deleted
+        # False with a retention period: the erasure job erases later.
+        self.erase_at_once = erase_at_once
 
     @handler(SCOPE_ADMIN, read=False)
     async def CreateUser(
@@ -111,7 +115,9 @@ class UserAdminServicer(admin_pb2_grpc.UserAdminServiceServicer):
         self, request: admin_pb2.DeleteUserRequest, call: Call
     ) -> admin_pb2.DeleteUserResponse:
         user_id = validation.parse_user_id(request.user_id)
-        deletion = await delete_user(self.users, user_id, call.budget(), self.on_deleted)
+        deletion = await delete_user(
+            self.users, user_id, call.budget(), self.on_deleted, erase=self.erase_at_once
+        )
         if deletion is None:
             raise NotFoundError("user not found")
         deleted_at = deletion.user.deleted_at

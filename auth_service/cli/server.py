@@ -69,6 +69,19 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_erase_deleted(args: argparse.Namespace) -> int:
+    from auth_service.store.erasure_command import EraseError, run  # noqa: PLC0415
+
+    url = args.database_url or cli_default("DATABASE_URL")
+    if not url:
+        raise ConfigError({"DATABASE_URL": "is required (or pass --database-url)"})
+    retention = Settings.from_env(database_url=url, relay_enabled=False).pii_retention_s
+    try:
+        return run_async(run(url, retention_s=retention, batch=args.batch_size))
+    except EraseError as exc:
+        return fail(str(exc))
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from auth_service.api.server import ServerStartError  # noqa: PLC0415
     from auth_service.local.dev import DevError, DevOptions, run_dev  # noqa: PLC0415
@@ -157,6 +170,19 @@ def register(sub: Any) -> None:
         help="wait up to SECONDS for the database to accept connections",
     )
     mig.set_defaults(func=cmd_migrate)
+
+    erase = sub.add_parser(
+        "erase-deleted",
+        help="erase the personal data of deleted users that is due (one-off; idempotent)",
+        description="Erase the personal data (username, display name, email) of every "
+        "deleted user whose PII_RETENTION_S is over, e.g. users deleted before erasure "
+        "existed. Batched, safe beside running servers, a no-op when nothing is due.",
+    )
+    erase.add_argument("--database-url", help="overrides DATABASE_URL")
+    erase.add_argument(
+        "--batch-size", type=int, default=500, help="rows per transaction (default %(default)s)"
+    )
+    erase.set_defaults(func=cmd_erase_deleted)
 
     dev = sub.add_parser(
         "dev",

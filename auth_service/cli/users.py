@@ -23,6 +23,34 @@ def _user_dict(user: auth_pb2.User) -> dict[str, Any]:
     return MessageToDict(user, preserving_proto_field_name=True)
 
 
+async def _get(
+    channel: grpc.aio.Channel, user_id: str, md: tuple[tuple[str, str], ...], timeout: float
+) -> int:
+    """Print an active user; for a deleted one, its tombstone: the id and its state,
+    all that the service still answers about it (its personal data is erased)."""
+    reads = auth_pb2_grpc.AuthServiceStub(channel)
+    try:
+        got = await reads.GetUser(
+            auth_pb2.GetUserRequest(user_id=user_id), metadata=md, timeout=timeout
+        )
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() is not grpc.StatusCode.NOT_FOUND:
+            raise
+        state = await reads.UserExists(
+            auth_pb2.UserExistsRequest(user_id=user_id), metadata=md, timeout=timeout
+        )
+        if state.state == auth_pb2.USER_STATE_DELETED:
+            print(json.dumps({"id": user_id, "state": "DELETED"}, indent=2))  # noqa: T201
+            print(  # noqa: T201
+                f"error: NOT_FOUND: user {user_id} is deleted; its personal data is erased",
+                file=sys.stderr,
+            )
+            return 1
+        raise
+    print(json.dumps(_user_dict(got.user), indent=2))  # noqa: T201
+    return 0
+
+
 async def run_users(
     action: str,
     *,
@@ -51,10 +79,7 @@ async def run_users(
                 )
                 out: dict[str, Any] = _user_dict(created.user)
             elif action == "get":
-                got = await auth_pb2_grpc.AuthServiceStub(channel).GetUser(
-                    auth_pb2.GetUserRequest(user_id=user_id or ""), metadata=md, timeout=timeout
-                )
-                out = _user_dict(got.user)
+                return await _get(channel, user_id or "", md, timeout)
             else:
                 deleted = await admin_pb2_grpc.UserAdminServiceStub(channel).DeleteUser(
                     admin_pb2.DeleteUserRequest(user_id=user_id or ""), metadata=md, timeout=timeout

@@ -65,6 +65,8 @@ class Settings:
     statement_timeout_ms: int = 2000
     connect_timeout_s: float = 5.0
     stall_timeout_ms: int = 500
+    pii_retention_s: float = 0.0
+    pii_erasure_interval_s: float = 60.0
     lookup_concurrency: int = 2
     lookup_window_ms: float = 2.0
     # Not from the environment: set for the processes of `serve --workers N`.

@@ -294,6 +294,18 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "timeout for opening one database connection",
     ),
     EnvVar(
+        "PII_RETENTION_S",
+        "pii_retention_s",
+        _non_negative_float,
+        "how long a deleted user's personal data (username, display name, email) is kept before it is erased; 0 = erased in DeleteUser's own transaction",
+    ),
+    EnvVar(
+        "PII_ERASURE_INTERVAL_S",
+        "pii_erasure_interval_s",
+        _positive_float,
+        "how often `serve` erases the personal data that is due (and data of users deleted before erasure existed)",
+    ),
+    EnvVar(
         "HEALTH_CHECK_INTERVAL_S",
         "health_interval_s",
         _positive_float,

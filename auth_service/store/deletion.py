@@ -1,9 +1,11 @@
 """Deleting a user: the domain operation behind DeleteUser.
 
-A deletion is one transaction: the soft delete of the users row and, when it newly
-deleted the user, the `user_deleted` outbox row (`outbox.write_user_deleted`). Both
-commit or neither does, so a committed deletion always has its event and a second
-delete of the same user writes nothing.
+A deletion is one transaction: the soft delete of the users row (with the erasure
+of its personal fields, unless a retention period leaves that to the erasure job,
+`store.erasure`) and, when it newly deleted the user, the `user_deleted` outbox row
+(`outbox.write_user_deleted`, ids and times only). All of it commits or none does,
+so a committed deletion always has its event and a second delete of the same user
+writes nothing.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ async def delete_user(
     user_id: uuid.UUID,
     budget: Budget,
     on_deleted: OnDeleted = write_user_deleted,
+    *,
+    erase: bool = True,
 ) -> Deletion | None:
     """Soft-delete `user_id` and record its event, in one transaction. None when
     the id never existed; `Deletion.newly_deleted` is False for a repeated delete
     (which then carries the original `deleted_at`)."""
     async with users.connection(budget) as conn, conn.transaction():
-        deletion = await UserRepository.soft_delete(conn, user_id, budget)
+        deletion = await UserRepository.soft_delete(conn, user_id, budget, erase=erase)
         if deletion is not None and deletion.newly_deleted:
             await on_deleted(conn, deletion)
     return deletion

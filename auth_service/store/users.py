@@ -45,6 +45,8 @@ class User:
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None
+    # When the personal fields were replaced by tombstones (see ERASE below).
+    erased_at: datetime | None = None
 
     @property
     def state(self) -> UserState:
@@ -60,7 +62,17 @@ class Deletion:
     newly_deleted: bool
 
 
-_COLUMNS = "id, username, display_name, email, created_at, updated_at, deleted_at"
+_COLUMNS = "id, username, display_name, email, created_at, updated_at, deleted_at, erased_at"
+
+# The one erasure rule: what a deleted user keeps is its id, created_at,
+# deleted_at and bookkeeping; username and display_name become 'deleted:<id>' (a
+# ':' that no real username may contain, so a tombstone never collides with one)
+# and the email is gone.
+TOMBSTONE_PREFIX = "deleted:"
+ERASE = (
+    f"username = '{TOMBSTONE_PREFIX}' || id::text, display_name = '{TOMBSTONE_PREFIX}' || id::text,"
+    " email = NULL, erased_at = now(), updated_at = now()"
+)
 _ACTIVE_FLAGS = "SELECT id::text, deleted_at IS NULL FROM users WHERE id = ANY($1::uuid[])"
 _GET = f"SELECT {_COLUMNS} FROM users WHERE id = $1"  # noqa: S608 - constant columns
 _INSERT = f"""
@@ -70,6 +82,11 @@ RETURNING {_COLUMNS}
 """  # noqa: S608
 _SOFT_DELETE = f"""
 UPDATE users SET deleted_at = now(), updated_at = now()
+WHERE id = $1 AND deleted_at IS NULL
+RETURNING {_COLUMNS}
+"""  # noqa: S608
+_SOFT_DELETE_AND_ERASE = f"""
+UPDATE users SET deleted_at = now(), {ERASE}
 WHERE id = $1 AND deleted_at IS NULL
 RETURNING {_COLUMNS}
 """  # noqa: S608
@@ -84,6 +101,7 @@ def _user(row: asyncpg.Record) -> User:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         deleted_at=row["deleted_at"],
+        erased_at=row["erased_at"],
     )
 
 
@@ -138,15 +156,20 @@ class UserRepository:
         return _user(row)
 
     @staticmethod
-    async def soft_delete(conn: Conn, user_id: uuid.UUID, budget: Budget) -> Deletion | None:
+    async def soft_delete(
+        conn: Conn, user_id: uuid.UUID, budget: Budget, *, erase: bool = True
+    ) -> Deletion | None:
         """Soft-delete inside the caller's transaction (so the caller can write the
-        `user_deleted` outbox row in the same one). None when the id never existed.
+        `user_deleted` outbox row in the same one), erasing the personal fields at
+        once unless `erase` is False (a retention period: the erasure job does it
+        later). None when the id never existed.
 
         Concurrent deletes of one user: the row lock makes exactly one of them see
         `newly_deleted=True`; the others read the committed deleted_at.
         """
         async with translate_errors(budget):
-            row = await conn.fetchrow(_SOFT_DELETE, user_id, timeout=budget.seconds)
+            sql = _SOFT_DELETE_AND_ERASE if erase else _SOFT_DELETE
+            row = await conn.fetchrow(sql, user_id, timeout=budget.seconds)
             if row is not None:
                 return Deletion(_user(row), newly_deleted=True)
             row = await conn.fetchrow(_GET, user_id, timeout=budget.seconds)
