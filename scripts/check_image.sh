@@ -114,17 +114,50 @@ PODMAN=(podman "${STORE[@]}" --tmpdir "$WORK/libpod" --events-backend file
 RUN=("${PODMAN[@]}" run --network host --pull=never
   --ulimit nofile=4096:4096 --ulimit nproc=4096:4096)
 SERVICES_PID=
+CHILD=
+
+# Long steps (debootstrap, builds) run in the background and are waited for: bash
+# runs a trap only when the foreground command has ended, so a SIGTERM would
+# otherwise wait for a whole build. The trap's cleanup stops the step. (The log is
+# an argument: a redirection of the function call would also catch the trap's own
+# messages.)
+interruptible() { # LOG COMMAND...
+  local log=$1 rc=0
+  shift
+  "$@" >"$log" 2>&1 &
+  CHILD=$!
+  wait "$CHILD" || rc=$?
+  CHILD=
+  return "$rc"
+}
+
+descendants() { # PID: its children, their children, ...
+  local child
+  for child in $(pgrep -P "$1"); do
+    echo "$child"
+    descendants "$child"
+  done
+}
 
 cleanup() {
   local rc=$?
   set +e
   trap - EXIT INT TERM
+  if [ -n "$CHILD" ]; then # an interrupted step, and what it started (buildah's
+    local tree # build steps outlive a stopped buildah)
+    mapfile -t tree < <(descendants "$CHILD")
+    kill -TERM "$CHILD" "${tree[@]}" 2>/dev/null
+    wait "$CHILD" 2>/dev/null
+    sleep 1
+    kill -KILL "${tree[@]}" 2>/dev/null
+  fi
   "${PODMAN[@]}" rm --all --force --time 5 >/dev/null 2>&1
   "${BUILDAH[@]}" rm --all >/dev/null 2>&1
   if [ -n "$SERVICES_PID" ] && kill -0 "$SERVICES_PID" 2>/dev/null; then
     kill -TERM "$SERVICES_PID" # the helper stops PostgreSQL and the broker
     wait "$SERVICES_PID" 2>/dev/null
   fi
+  rm -f "$CACHE"/base-*".$$" # a stand-in tarball this run did not finish
   if [ "${AUTH_IMAGE_KEEP:-}" = 1 ]; then
     say "kept the images: podman ${STORE[*]} images"
   else
@@ -201,11 +234,6 @@ MIRROR=${DEBIAN_MIRROR:-$(debian_mirror || true)}
 [ -n "$MIRROR" ] || fail "no Debian mirror found in /etc/apt/sources.list*: set DEBIAN_MIRROR"
 
 INCLUDE=python3,python3-venv,ca-certificates
-# Any change to how the stand-in is made must change RECIPE (and so the cache key).
-RECIPE="v1 $SUITE minbase $INCLUDE $MIRROR $(dpkg --print-architecture) slim:apt-caches,doc,man,locale links:/usr/local/bin hosts"
-KEY=$(printf '%s' "$RECIPE" | sha256sum | cut -c1-16)
-BASE_TAR=$CACHE/base-$KEY.tar
-
 base_cached() { # a complete tarball (its checksum matches) younger than 30 days
   [ -f "$BASE_TAR" ] && [ -f "$BASE_TAR.sha256" ] &&
     [ -n "$(find "$BASE_TAR" -mtime -30)" ] &&
@@ -215,8 +243,8 @@ base_cached() { # a complete tarball (its checksum matches) younger than 30 days
 make_base() {
   local rootfs=$WORK/rootfs step=$SECONDS
   say "making the stand-in base: debootstrap $SUITE from $MIRROR (about a minute)"
-  if ! debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$rootfs" "$MIRROR" \
-    >"$WORK/debootstrap.log" 2>&1; then
+  if ! interruptible "$WORK/debootstrap.log" \
+    debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$rootfs" "$MIRROR"; then
     show_log "$WORK/debootstrap.log" 20
     fail "debootstrap failed (log above)"
   fi
@@ -232,14 +260,22 @@ make_base() {
   : >"$rootfs/etc/resolv.conf" # not this machine's DNS: the runtime provides its own
   echo localhost >"$rootfs/etc/hostname"
   mkdir -p "$CACHE"
-  rm -f "$CACHE"/base-*.tar "$CACHE"/base-*.tar.sha256 # other recipes' bases
-  tar -C "$rootfs" --numeric-owner -cf "$BASE_TAR.partial" .
-  sha256sum <"$BASE_TAR.partial" | cut -d' ' -f1 >"$BASE_TAR.sha256"
-  mv "$BASE_TAR.partial" "$BASE_TAR" # complete, or absent
+  # Other recipes' bases go; this one is written under temporary names and renamed,
+  # so a reader sees a complete tarball or none (two runs may write it at once).
+  find "$CACHE" -maxdepth 1 -name 'base-*' ! -name "base-$KEY.*" -delete
+  tar -C "$rootfs" --numeric-owner -cf "$BASE_TAR.$$" .
+  sha256sum <"$BASE_TAR.$$" | cut -d' ' -f1 >"$BASE_TAR.sha256.$$"
+  mv "$BASE_TAR.$$" "$BASE_TAR"
+  mv "$BASE_TAR.sha256.$$" "$BASE_TAR.sha256"
   rm -rf --one-file-system "$rootfs"
   say "stand-in base made in $(took "$step"), cached as $BASE_TAR"
 }
 
+# The cache key: the recipe's inputs and the text of make_base itself, so that any
+# change to how the stand-in is made makes a new one.
+RECIPE="$SUITE $INCLUDE $MIRROR $(dpkg --print-architecture) $(declare -f make_base)"
+KEY=$(printf '%s' "$RECIPE" | sha256sum | cut -c1-16)
+BASE_TAR=$CACHE/base-$KEY.tar
 if base_cached; then
   say "stand-in base: cached $BASE_TAR"
 else
@@ -275,11 +311,10 @@ esac
 build() { # TAG [TARGET]: the build log is shown when it fails
   local tag=$1 target=() step=$SECONDS log=$WORK/build-${1//[^a-z]/-}.log
   [ -n "${2:-}" ] && target=(--target "$2")
-  if ! "${BUILDAH[@]}" bud --isolation chroot --pull=never --format docker --layers \
-    --volume "$CA_SRC:$CA_DEST:ro" "${BUILD_ARGS[@]}" "${target[@]}" -t "$tag" . \
-    >"$log" 2>&1; then
+  if ! interruptible "$log" "${BUILDAH[@]}" bud --isolation chroot --pull=never --format docker \
+    --layers --volume "$CA_SRC:$CA_DEST:ro" "${BUILD_ARGS[@]}" "${target[@]}" -t "$tag" .; then
     show_log "$log"
-    fail "buildah bud ${target[*]} failed: the Dockerfile does not build (log above)"
+    fail "buildah bud${2:+ --target $2} failed: the Dockerfile does not build (log above)"
   fi
   say "built $tag${2:+ (target $2)} in $(took "$step")"
 }
@@ -401,7 +436,7 @@ until "${PODMAN[@]}" exec serve auth-service health --timeout 2 >"$WORK/health.l
   fi
   sleep 0.5
 done
-say "auth-service health (inside the container): $(tr '\n' ' ' <"$WORK/health.log")"
+say "auth-service health (inside the container): $(tr -s '\n' ' ' <"$WORK/health.log" | sed 's/ $//')"
 healthcheck serve "the image's HEALTHCHECK"
 uids=$("${PODMAN[@]}" exec serve python -I -c 'import os; print(os.stat("/proc/1").st_uid)')
 [ "$uids" = 10001 ] || fail "serve runs as uid $uids, not 10001"
