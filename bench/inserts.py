@@ -12,28 +12,38 @@ Warm: senders drawn from 1,000 users whose answers the client has cached. Cold:
 every insert has a sender never asked before (a fresh client per run): each
 lookup is a cache miss and goes to the server (merged into BatchUserExists calls
 by the client when concurrent). Both FK runs use the same sender streams.
+
+The writers run as services run them: in several processes (bench/insert_writer.py,
+each with its own pool and AuthClient), all at once, for each figure.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
-import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterator
+import json
+import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 
-from auth_client import AuthClient, CacheConfig
+from bench import insert_writer
 from bench.context import Context
 from bench.report import Section, fmt_int, median
 
-WRITERS = 32  # concurrent request handlers of the messaging service
-POOL_SIZE = 8
+PROCESSES = 2  # writer processes per figure (services run several)
 HOT_USERS = 1000
 MESSAGING_DB = "bench_messaging"
 LEAVE_FOR_OTHERS = 1000  # sampled ids left for the benchmarks after this one
+KINDS = {
+    "fk_hot": "fk",
+    "warm": "validated",
+    "plain": "plain",
+    "fk_cold": "fk",
+    "cold": "validated",
+}
 
 _COLUMNS = """
     id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -49,151 +59,116 @@ class Outcome:
     errors: int
     seconds: float
     exhausted: bool
+    rpcs: int
 
     @property
     def per_s(self) -> float:
         return self.inserts / self.seconds if self.seconds else 0.0
 
 
-async def _drive(
-    senders: Iterator[uuid.UUID],
-    insert: Callable[[uuid.UUID], Awaitable[None]],
-    duration: float,
-) -> Outcome:
-    inserts = errors = 0
-    exhausted = False
-    end = time.perf_counter() + duration
-
-    async def writer() -> None:
-        nonlocal inserts, errors, exhausted
-        while time.perf_counter() < end:
-            sender = next(senders, None)
-            if sender is None:
-                exhausted = True
-                return
-            try:
-                await insert(sender)
-            except Exception:
-                errors += 1
-            else:
-                inserts += 1
-
-    started = time.perf_counter()
-    await asyncio.gather(*(writer() for _ in range(WRITERS)))
-    return Outcome(inserts, errors, time.perf_counter() - started, exhausted)
-
-
-def _hot(ids: list[uuid.UUID], seed: int) -> Iterator[uuid.UUID]:
-    rng = random.Random(seed)
-    while True:
-        yield rng.choice(ids)
-
-
-async def _setup(ctx: Context) -> tuple[asyncpg.Pool, asyncpg.Pool]:
+async def _setup(ctx: Context) -> None:
     admin = await asyncpg.connect(ctx.db.server.url)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{MESSAGING_DB}" WITH (FORCE)')
         await admin.execute(f'CREATE DATABASE "{MESSAGING_DB}"')
     finally:
         await admin.close()
-    fk_pool = await asyncpg.create_pool(ctx.db.url, min_size=POOL_SIZE, max_size=POOL_SIZE)
-    plain_pool = await asyncpg.create_pool(
-        ctx.db.url_for(MESSAGING_DB), min_size=POOL_SIZE, max_size=POOL_SIZE
-    )
-    await fk_pool.execute("DROP TABLE IF EXISTS bench_messages_fk")
-    await fk_pool.execute(
-        "CREATE TABLE bench_messages_fk (" + _COLUMNS.format(fk=" REFERENCES users (id)") + ")"
-    )
-    await fk_pool.execute("CREATE INDEX ON bench_messages_fk (sender_id)")
-    await plain_pool.execute("CREATE TABLE messages (" + _COLUMNS.format(fk="") + ")")
-    await plain_pool.execute("CREATE INDEX ON messages (sender_id)")
-    return fk_pool, plain_pool
+    fk = await asyncpg.connect(ctx.db.url)
+    plain = await asyncpg.connect(ctx.db.url_for(MESSAGING_DB))
+    try:
+        await fk.execute("DROP TABLE IF EXISTS bench_messages_fk")
+        await fk.execute(
+            "CREATE TABLE bench_messages_fk (" + _COLUMNS.format(fk=" REFERENCES users (id)") + ")"
+        )
+        await fk.execute("CREATE INDEX ON bench_messages_fk (sender_id)")
+        await plain.execute("CREATE TABLE messages (" + _COLUMNS.format(fk="") + ")")
+        await plain.execute("CREATE INDEX ON messages (sender_id)")
+    finally:
+        await fk.close()
+        await plain.close()
 
 
-async def _teardown(ctx: Context, fk_pool: asyncpg.Pool, plain_pool: asyncpg.Pool) -> None:
-    await fk_pool.execute("DROP TABLE IF EXISTS bench_messages_fk")
-    await fk_pool.close()
-    await plain_pool.close()
+async def _teardown(ctx: Context) -> None:
     admin = await asyncpg.connect(ctx.db.server.url)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{MESSAGING_DB}" WITH (FORCE)')
     finally:
         await admin.close()
+    fk = await asyncpg.connect(ctx.db.url)
+    try:
+        await fk.execute("DROP TABLE IF EXISTS bench_messages_fk")
+    finally:
+        await fk.close()
 
 
-def _client(ctx: Context) -> AuthClient:
-    return AuthClient(
-        ctx.srv.target,
-        token=ctx.srv.read_token,
-        timeout=2.0,
-        cache=CacheConfig(max_size=1_000_000, positive_ttl=3600, negative_ttl=3600),
+async def _run(ctx: Context, name: str, ids: list[str], seed: int, seconds: float) -> Outcome:
+    """One figure: PROCESSES writer processes at once; cold ids are split among them."""
+    hot = name in {"fk_hot", "warm", "plain"}
+    with tempfile.TemporaryDirectory(prefix="bench-inserts-") as tmp:
+        procs = []
+        for index in range(PROCESSES):
+            mine = ids if hot else ids[index::PROCESSES]
+            ids_file = Path(tmp) / f"ids{index}"
+            ids_file.write_text("\n".join(mine))
+            options: dict[str, Any] = {
+                "kind": KINDS[name],
+                "hot": hot,
+                "ids_file": str(ids_file),
+                "seed": seed * 100 + index,
+                "seconds": seconds,
+                "warmup": ctx.options.warmup,
+                "fk_url": ctx.db.url,
+                "plain_url": ctx.db.url_for(MESSAGING_DB),
+                "target": ctx.srv.target,
+                "token": ctx.srv.read_token,
+            }
+            procs.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "bench.insert_writer",
+                    json.dumps(options),
+                    stdout=asyncio.subprocess.PIPE,
+                    cwd=str(Path(__file__).resolve().parent.parent),
+                )
+            )
+        results = []
+        for proc in procs:
+            out, _ = await proc.communicate()
+            if proc.returncode != 0:
+                raise RuntimeError(f"bench.insert_writer exited with {proc.returncode}")
+            results.append(json.loads(out))
+    return Outcome(
+        inserts=sum(r["inserts"] for r in results),
+        errors=sum(r["errors"] for r in results),
+        seconds=max(r["seconds"] for r in results),
+        exhausted=any(r["exhausted"] for r in results),
+        rpcs=sum(r["rpcs"] for r in results),
     )
 
 
 async def run(ctx: Context) -> Section:
     o = ctx.options
     section = Section("inserts", "Inserts referencing users: FK vs `require_user`")
-    hot = [uuid.UUID(i) for i in ctx.take("active", HOT_USERS)]
+    hot = ctx.take("active", HOT_USERS)
     # Cold runs need one new sender per insert: one slice of the sample per round,
     # used by both the FK run and the validated run (a fresh client each time).
     per_round = (ctx.remaining("active") - LEAVE_FOR_OTHERS) // o.rounds
-    fk_pool, plain_pool = await _setup(ctx)
-
-    async def fk_insert(sender: uuid.UUID) -> None:
-        await fk_pool.execute(
-            "INSERT INTO bench_messages_fk (sender_id, body) VALUES ($1, $2)", sender, "hello"
-        )
-
-    def validated(client: AuthClient) -> Callable[[uuid.UUID], Awaitable[None]]:
-        async def insert(sender: uuid.UUID) -> None:
-            await client.require_user(sender)
-            await plain_pool.execute(
-                "INSERT INTO messages (sender_id, body) VALUES ($1, $2)", sender, "hello"
-            )
-
-        return insert
-
-    async def plain_insert(sender: uuid.UUID) -> None:
-        await plain_pool.execute(
-            "INSERT INTO messages (sender_id, body) VALUES ($1, $2)", sender, "hello"
-        )
-
-    results: dict[str, list[Outcome]] = {
-        k: [] for k in ("fk_hot", "warm", "plain", "fk_cold", "cold")
-    }
-    rpcs_cold: list[float] = []
+    await _setup(ctx)
+    results: dict[str, list[Outcome]] = {name: [] for name in KINDS}
     try:
-        async with _client(ctx) as warm_client:
-            await warm_client.users_exist(hot)  # warm the cache
-            warm_insert = validated(warm_client)
-            # Warm-up of every path (pools, prepared statements), not recorded.
-            for insert in (fk_insert, warm_insert, plain_insert):
-                await _drive(_hot(hot, 0), insert, o.warmup)
-
-            async def cold_run(fresh: list[uuid.UUID]) -> Outcome:
-                async with _client(ctx) as cold_client:
-                    outcome = await _drive(iter(fresh), validated(cold_client), o.duration)
-                rpcs_cold.append(cold_client.stats().rpcs / max(1, outcome.inserts))
-                return outcome
-
-            hot_paths = {"fk_hot": fk_insert, "warm": warm_insert, "plain": plain_insert}
-
-            async def one(name: str, seed: int, fresh: list[uuid.UUID]) -> Outcome:
-                if name in hot_paths:
-                    return await _drive(_hot(hot, seed), hot_paths[name], o.duration)
-                if name == "fk_cold":
-                    return await _drive(iter(fresh), fk_insert, o.duration)
-                return await cold_run(fresh)
-
-            names = list(results)
-            for index in range(o.rounds):
-                fresh = [uuid.UUID(i) for i in ctx.take("active", per_round)]
-                # Rotate the order each round, so drift does not favour one path.
-                shift = index % len(names)
-                for name in names[shift:] + names[:shift]:
-                    results[name].append(await one(name, index + 1, fresh))
+        for name in ("fk_hot", "warm", "plain"):  # warm-up of every path, not recorded
+            await _run(ctx, name, hot, 0, o.warmup)
+        names = list(results)
+        for index in range(o.rounds):
+            fresh = ctx.take("active", per_round)
+            # Rotate the order each round, so drift does not favour one path.
+            shift = index % len(names)
+            for name in names[shift:] + names[:shift]:
+                ids = hot if name in {"fk_hot", "warm", "plain"} else fresh
+                results[name].append(await _run(ctx, name, ids, index + 1, o.duration))
     finally:
-        await _teardown(ctx, fk_pool, plain_pool)
+        await _teardown(ctx)
 
     def rate(key: str) -> float:
         return median([r.per_s for r in results[key]])
@@ -213,12 +188,15 @@ async def run(ctx: Context) -> Section:
         f"{fmt_int(cold)} rows/s",
         f"FK-checked {fmt_int(fk_cold)} rows/s (same kind of senders)",
         cold / fk_cold,
+        ">= 0.8",
+        cold >= 0.8 * fk_cold,
     )
     section.row(
         "unchecked inserts (no FK, no lookup)",
         f"{fmt_int(plain)} rows/s",
         f"FK costs {1 - fk_hot / plain:.0%}, require_user (warm) {1 - warm / plain:.0%} of it",
     )
+    rpcs_cold = median([r.rpcs / max(1, r.inserts) for r in results["cold"]])
     section.figures.update(
         unchecked_rows_per_s=plain,
         fk_hot_rows_per_s=fk_hot,
@@ -227,24 +205,26 @@ async def run(ctx: Context) -> Section:
         validated_cold_rows_per_s=cold,
         warm_vs_fk=warm / fk_hot,
         cold_vs_fk=cold / fk_cold,
-        cold_rpcs_per_insert=median(rpcs_cold),
+        cold_rpcs_per_insert=rpcs_cold,
     )
     errors = sum(r.errors for runs in results.values() for r in runs)
     exhausted = [k for k, runs in results.items() if any(r.exhausted for r in runs)]
     section.notes += [
         (
-            f"{WRITERS} concurrent writers in this Python process (uvloop), asyncpg pools of "
-            f"{POOL_SIZE} connections, one autocommit INSERT per row; PostgreSQL runs with "
-            "fsync=off (embedded test settings), so commits are cheap and the checks weigh more."
+            f"{PROCESSES} writer processes per figure, all at once (bench/insert_writer.py), "
+            f"each with {insert_writer.WRITERS} concurrent writers (uvloop), an asyncpg pool of "
+            f"{insert_writer.POOL_SIZE} connections and its own AuthClient; one autocommit INSERT "
+            "per row; PostgreSQL runs with fsync=off (embedded test settings), so commits are "
+            "cheap and the checks weigh more."
         ),
         (
-            f"Warm: senders drawn at random from {HOT_USERS:,} users, all cached by the client "
-            "beforehand. Cold: each insert has a sender never seen before (fresh client per run); "
-            f"the client sent {median(rpcs_cold):.3f} RPCs per cold insert (it merges concurrent "
-            "misses into BatchUserExists)."
+            f"Warm: senders drawn at random from {HOT_USERS:,} users, all cached by each "
+            "client beforehand. Cold: each insert has a sender never seen before (a fresh "
+            f"client per run); the clients sent {rpcs_cold:.3f} RPCs per cold insert (they "
+            "merge concurrent misses into BatchUserExists)."
         ),
-        f"{o.rounds} round(s) of the five runs (order rotated each round), {o.duration:g} s each (medians); "
-        f"{errors} failed inserts"
+        f"{o.rounds} round(s) of the five runs (order rotated each round), {o.duration:g} s "
+        f"each (medians); {errors} failed inserts"
         + (f"; senders ran out early in: {', '.join(exhausted)}" if exhausted else "")
         + ".",
         "The FK only checks that the row exists; `require_user` also rejects soft-deleted users.",

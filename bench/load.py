@@ -22,6 +22,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 
 def grpc_frame(message: bytes) -> bytes:
@@ -44,10 +45,13 @@ class LoadSpec:
     duration: float = 10.0
     rate: float | None = None  # total requests/s; None = as fast as the server answers
     latencies: bool = False
+    # grpcload: generator processes sharing the `bodies` sequence (each call takes
+    # the next body). h2load and the Python generator: one process per body.
+    workers: int | None = None
 
     @property
     def processes(self) -> int:
-        return len(self.bodies)
+        return self.workers or len(self.bodies)
 
     @property
     def in_flight(self) -> int:
@@ -230,4 +234,12 @@ class PythonLoad:
         return total
 
 
-Generator = H2Load | PythonLoad
+class Generator(Protocol):
+    """A load generator: h2load, grpcload (bench/grpcload.py) or Python processes."""
+
+    name: str
+    rate_method: str
+    error_method: str
+    caveat: str
+
+    async def run(self, spec: LoadSpec) -> LoadResult: ...

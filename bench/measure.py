@@ -119,7 +119,7 @@ def error_note(runs: list[Measured], how: str) -> str:
         listed = ", ".join(f"{code} {count:,}" for code, count in sorted(codes.items()))
         text += f"; the server's grpc_server_handled_total counted {sum(codes.values()):,} non-OK"
         text += f" ({listed})" if listed else ""
-        if set(codes) <= {"CANCELLED"} and codes:
+        if set(codes) <= {"Canceled", "CANCELLED"} and codes:
             text += " - calls still in flight when the load generator stopped"
     else:
         text += "; server metrics not available"

@@ -20,10 +20,10 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import external, machine, report
+from bench import external, grpcload, machine, report
 from bench.context import Context, Options
 from bench.dataset import Dataset
-from bench.load import H2Load, PythonLoad, ensure_h2load, h2load_version
+from bench.load import Generator, H2Load, PythonLoad, ensure_h2load, h2load_version
 from bench.server import Features, ServerProcess
 
 # Benchmarks in the order they run; those marked True need the dataset and server.
@@ -60,9 +60,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--streams", type=int, help="calls in flight per connection (default 16)")
     parser.add_argument(
         "--load-generator",
-        choices=["auto", "h2load", "python"],
+        choices=["auto", "grpcload", "h2load", "python"],
         default="auto",
-        help="auto: h2load (installed with apt-get when missing and running as root), "
+        help="auto: grpcload (bench/grpcload.c, compiled here; it varies the request per "
+        "call), else h2load (installed with apt-get when missing and running as root), "
         "else Python processes",
     )
     parser.add_argument(
@@ -113,7 +114,14 @@ def _selected(only: list[str] | None) -> list[str]:
     return [name for name in NAMES if name in wanted]
 
 
-def _generator(choice: str) -> H2Load | PythonLoad:
+def _generator(choice: str) -> Generator:
+    if choice in {"auto", "grpcload"}:
+        built = grpcload.build()
+        if built is not None:
+            return grpcload.GrpcLoad(built)
+        if choice == "grpcload":
+            raise SystemExit("grpcload needs a C compiler (cc or gcc)")
+        print("  no C compiler for grpcload: trying h2load", flush=True)
     if choice != "python":
         binary = ensure_h2load(install=True)
         if binary:

@@ -10,7 +10,7 @@ from bench.load import LoadSpec
 from bench.measure import Measured, error_note, measure
 from bench.report import Section, fmt_int, median
 from bench.server import ServerProcess
-from bench.serving import USER_EXISTS, spec, user_exists_bodies
+from bench.serving import USER_EXISTS, check_active, spec, user_exists_bodies, zipf_sequence
 
 MIB = 1024 * 1024
 # More connections than usual: the kernel spreads connections, not calls, across
@@ -28,28 +28,27 @@ async def run(ctx: Context) -> Section:
             "N server processes on one port", "not available yet", "`serve` has no --workers"
         )
         return section
-    ids = [ctx.take("active", o.processes) for _ in range(o.rounds + 1)]
+    population = ctx.take("active", min(20_000, ctx.remaining("active")))
+    bodies = user_exists_bodies(zipf_sequence(population, 100_000, seed=15))
     async with (
         ServerProcess(ctx.db.url, ctx.features) as single,
         ServerProcess(ctx.db.url, ctx.features, workers=count) as multi,
     ):
-        rounds_single = [await user_exists_bodies(single, i) for i in ids]
-        rounds_multi = [await user_exists_bodies(multi, i) for i in ids]
+        for server in (single, multi):
+            await check_active(server, population[:5])
 
-        def load(
-            server: ServerProcess, bodies: tuple[list[bytes], list[int]], **kw: object
-        ) -> LoadSpec:
+        def load(server: ServerProcess, **kw: object) -> LoadSpec:
             return spec(
                 ctx, server, USER_EXISTS, bodies, connections=CONNECTIONS, streams=STREAMS, **kw
             )
 
-        for server, bodies in ((single, rounds_single[-1]), (multi, rounds_multi[-1])):
-            await ctx.generator.run(load(server, bodies, duration=o.warmup))
+        for server in (single, multi):
+            await ctx.generator.run(load(server, duration=o.warmup))
         one: list[Measured] = []
         many: list[Measured] = []
-        for index in range(o.rounds):
-            one.append(await measure(ctx.generator, load(single, rounds_single[index]), single))
-            many.append(await measure(ctx.generator, load(multi, rounds_multi[index]), multi))
+        for _ in range(o.rounds):
+            one.append(await measure(ctx.generator, load(single), single))
+            many.append(await measure(ctx.generator, load(multi), multi))
         rss_single, rss_multi = single.rss_bytes(), multi.rss_bytes()
     rps_one, rps_many = median([r.rps for r in one]), median([r.rps for r in many])
     cpu_one, cpu_many = median([r.cpu_us() for r in one]), median([r.cpu_us() for r in many])
@@ -81,7 +80,8 @@ async def run(ctx: Context) -> Section:
     )
     section.notes += [
         (
-            f"Both servers run at once on the same database; {o.rounds} alternating round(s) of "
+            f"Both servers run at once on the same database; skewed ids (Zipf-like over "
+            f"{len(population):,} users); {o.rounds} alternating round(s) of "
             f"{o.duration:g} s (medians), {o.processes} {ctx.generator.name} processes x "
             f"{CONNECTIONS} connections x {STREAMS} streams. On a {os.cpu_count()}-core machine "
             "the workers share the cores with the load generator and PostgreSQL, so N processes cannot "

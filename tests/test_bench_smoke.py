@@ -13,7 +13,7 @@ import pytest
 
 from auth_client.contract import auth_pb2
 from auth_service.api.server import AuthServer
-from bench import report
+from bench import grpcload, report
 from bench.load import H2Load, LoadSpec, grpc_frame, parse_h2load
 from bench.measure import call_raw
 from tests.helpers import create_user
@@ -97,6 +97,42 @@ async def test_h2load_drives_a_real_server(h2load: H2Load, server: AuthServer, a
     assert rejected.done > 0
     assert rejected.ok == 0
     assert rejected.failed == rejected.done
+
+
+async def test_grpcload_varies_the_request_per_call_against_a_real_server(
+    server: AuthServer, admin_stub
+) -> None:
+    """bench/grpcload.c, compiled here: every call takes the next body of the
+    sequence, so one run asks about many users; calls answered with an error (no
+    message) are counted as failed; an open-loop rate is kept; latencies logged."""
+    binary = grpcload.build()
+    if binary is None:
+        pytest.skip("no C compiler")
+    users = [await create_user(admin_stub) for _ in range(3)]
+    bodies = [auth_pb2.UserExistsRequest(user_id=u.id).SerializeToString() for u in users]
+    bad = auth_pb2.UserExistsRequest(user_id="not-a-uuid").SerializeToString()
+    assert server._lookup is not None
+    before = server._lookup.lookups
+    load = grpcload.GrpcLoad(binary)
+    spec = LoadSpec(
+        target=server.address,
+        path=USER_EXISTS,
+        bodies=[*bodies, bad],
+        response_sizes=[0] * 4,
+        connections=2,
+        streams=4,
+        duration=1.0,
+        rate=200.0,
+        latencies=True,
+        workers=1,
+    )
+    result = await load.run(spec)
+    assert 150 <= result.done <= 230  # about 200 calls at 200/s for 1 s
+    # One call in four was malformed: answered, but without a message.
+    assert result.failed == pytest.approx(result.done / 4, abs=2)
+    assert result.ok + result.failed == result.done
+    assert len(result.latencies_us) == result.done
+    assert server._lookup.lookups - before >= 3  # the three users were all asked about
 
 
 def test_results_rewrite_keeps_the_history(tmp_path: Path) -> None:

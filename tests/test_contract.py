@@ -57,8 +57,8 @@ def test_fixed_interface_names() -> None:
         "UserExistsResponse": {"exists": 1, "state": 2},
         "GetUserRequest": {"user_id": 1},
         "GetUserResponse": {"user": 1},
-        "BatchUserExistsRequest": {"user_ids": 1},
-        "BatchUserExistsResponse": {"results": 1},
+        "BatchUserExistsRequest": {"user_ids": 1, "states_only": 2},
+        "BatchUserExistsResponse": {"results": 1, "states": 2},
         "UserExistsResult": {"user_id": 1, "exists": 2, "state": 3},
     }
     for message, expected in fields.items():
@@ -69,3 +69,22 @@ def test_fixed_interface_names() -> None:
     assert "email" not in user
     event = {f.name for f in events_pb2.UserDeleted.DESCRIPTOR.fields}
     assert {"event_id", "user_id", "deleted_at", "occurred_at"} <= event
+
+
+def test_no_breaking_change_since_the_last_release() -> None:
+    """protos/releases/ holds the contract of each release as a buf image; the
+    current protos stay wire- and source-compatible with the last one."""
+    buf = BIN / "buf"
+    if not buf.exists():
+        pytest.skip("buf-bin not installed")
+    releases = sorted((ROOT / "protos" / "releases").glob("v*.binpb"))
+    assert releases
+    result = subprocess.run(
+        [str(buf), "breaking", "--against", str(releases[-1])],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

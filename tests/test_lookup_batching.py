@@ -1,5 +1,5 @@
 """Concurrent UserExists calls share database queries, and each caller still gets
-its own answer (the server-side fast path, auth_service/lookup.py)."""
+its own answer (the server-side fast path, auth_service/store/lookup.py)."""
 
 from __future__ import annotations
 
@@ -36,8 +36,9 @@ async def test_concurrent_lookups_share_queries_and_answer_each_caller(
     assert [r.state for r in replies] == [expected[i] for i in asked]
     assert [r.exists for r in replies] == [expected[i] == auth_pb2.USER_STATE_ACTIVE for i in asked]
     batches = lookup.batches - before[0]
-    assert lookup.lookups - before[1] == len(asked)
-    assert batches < len(asked)  # queries were shared
+    lookups = lookup.lookups - before[1]  # the rest were answered from the state cache
+    assert 0 < lookups <= len(asked)
+    assert batches < lookups  # queries were shared
 
 
 async def test_cancelled_callers_do_not_fail_the_others(server, auth_stub, admin_stub) -> None:
@@ -73,10 +74,11 @@ async def test_a_quiet_server_never_waits_for_company(database_url: str) -> None
     settings = make_settings(database_url, lookup_window_ms=500.0)
     async with AuthServer(settings) as srv, grpc.aio.insecure_channel(srv.address) as ch:
         stub = auth_pb2_grpc.AuthServiceStub(ch)
-        request = auth_pb2.UserExistsRequest(user_id=str(uuid.uuid4()))
         loop = asyncio.get_running_loop()
         for _ in range(5):
             await asyncio.sleep(0.6)  # longer than the window: the server is quiet
+            # A new id each time: the state cache would answer a repeated one.
+            request = auth_pb2.UserExistsRequest(user_id=str(uuid.uuid4()))
             started = loop.time()
             reply = await stub.UserExists(request, timeout=5)
             assert reply.state == auth_pb2.USER_STATE_NOT_FOUND

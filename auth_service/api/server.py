@@ -38,6 +38,7 @@ from auth_service.store.erasure import ErasureJob
 from auth_service.store.lookup import StateLookup
 from auth_service.store.migrations import bundled_versions
 from auth_service.store.outbox import write_user_deleted
+from auth_service.store.state_cache import StateCache, UserChangeFeed
 from auth_service.store.status import DatabaseStatus
 from auth_service.store.users import UserRepository
 
@@ -97,6 +98,7 @@ class AuthServer:
         self._on_deleted = on_deleted if on_deleted is not None else write_user_deleted
         self.relay: Relay | None = None
         self.erasure: ErasureJob | None = None
+        self.user_changes: UserChangeFeed | None = None
         self.metrics: MetricsServer | None = None
         self._lookup: StateLookup | None = None
         self._pool: asyncpg.Pool | None = None
@@ -169,13 +171,25 @@ class AuthServer:
         )
         await self.erasure.start()
         self.add_closer(self.erasure.aclose)
-        if s.lookup_concurrency > 0:
-            self._lookup = StateLookup(
-                users,
-                max_in_flight=s.lookup_concurrency,
-                max_window=s.lookup_window_ms / 1000,
+        # User states cached in this process, kept exact by the users table's
+        # change notifications (store/state_cache.py); off with STATE_CACHE_SIZE=0.
+        cache = StateCache(max_size=s.state_cache_size)
+        if s.state_cache_size > 0:
+            self.user_changes = UserChangeFeed(
+                s.database_url,
+                cache,
+                connect_timeout_s=s.connect_timeout_s,
+                max_backoff_s=s.relay_max_backoff_s,
             )
-            self.add_closer(self._lookup.aclose)
+            await self.user_changes.start()
+            self.add_closer(self.user_changes.aclose)
+        self._lookup = StateLookup(
+            users,
+            cache=cache,
+            max_in_flight=s.lookup_concurrency,
+            max_window=s.lookup_window_ms / 1000,
+        )
+        self.add_closer(self._lookup.aclose)
         limits = Limits(
             max_in_flight=s.max_concurrent_rpcs,
             max_in_flight_per_caller=s.per_caller_concurrency,
@@ -228,7 +242,12 @@ class AuthServer:
             server,
             admin_pb2.DESCRIPTOR.services_by_name["UserAdminService"],
             UserAdminServicer(
-                users, access, budget, self._on_deleted, erase_at_once=s.pii_retention_s == 0
+                users,
+                access,
+                budget,
+                self._on_deleted,
+                erase_at_once=s.pii_retention_s == 0,
+                lookup=self._lookup,
             ),
             max_request_bytes=s.max_request_bytes,
         )

@@ -16,7 +16,7 @@ from auth_service.errors import NotFoundError
 from auth_service.store.deletion import OnDeleted, delete_user
 from auth_service.store.lookup import StateLookup
 from auth_service.store.outbox import write_user_deleted
-from auth_service.store.users import User, UserRepository, UserState, state_of
+from auth_service.store.users import User, UserRepository, UserState
 
 _STATE = {
     UserState.ACTIVE: auth_pb2.USER_STATE_ACTIVE,
@@ -36,19 +36,22 @@ def user_to_proto(user: User) -> auth_pb2.User:
     )
 
 
+
+
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     def __init__(
         self,
         users: UserRepository,
         access: Access,
         default_budget_s: float,
-        lookup: StateLookup | None = None,
+        lookup: StateLookup,
     ) -> None:
         self.users = users
         self.access = access
         self.default_budget_s = default_budget_s
-        # Concurrent UserExists calls share queries (see store/lookup.py); None = one each.
-        self._state = lookup.state if lookup is not None else users.state
+        # The state cache, then queries shared by concurrent calls (store/lookup.py).
+        self.lookup = lookup
+        self._state = lookup.state
 
     @handler(SCOPE_READ, read=True)
     async def UserExists(
@@ -74,11 +77,15 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.BatchUserExistsResponse:
         texts = list(request.user_ids)  # decode the repeated field once
         keys = validation.canonical_user_ids(texts)
-        active = await self.users.active_flags(keys, call.budget())
+        states = await self.lookup.states(keys, call.budget())
         response = auth_pb2.BatchUserExistsResponse()
+        if request.states_only:
+            number = _STATE
+            response.states.extend([number[states[key]] for key in keys])
+            return response
         add = response.results.add
         for text, key in zip(texts, keys, strict=True):
-            state = state_of(active.get(key))
+            state = states[key]
             add(user_id=text, exists=state is UserState.ACTIVE, state=_STATE[state])
         return response
 
@@ -92,8 +99,10 @@ class UserAdminServicer(admin_pb2_grpc.UserAdminServiceServicer):
         on_deleted: OnDeleted = write_user_deleted,
         *,
         erase_at_once: bool = True,
+        lookup: StateLookup | None = None,
     ) -> None:
         self.users = users
+        self.lookup = lookup
         self.access = access
         self.default_budget_s = default_budget_s
         self.on_deleted = on_deleted
@@ -108,6 +117,8 @@ class UserAdminServicer(admin_pb2_grpc.UserAdminServiceServicer):
         display_name = validation.check_display_name(request.display_name, username)
         email = validation.check_email(request.email if request.HasField("email") else None)
         user = await self.users.create(username, display_name, email, call.budget())
+        if self.lookup is not None:
+            self.lookup.changed(str(user.id))
         return admin_pb2.CreateUserResponse(user=user_to_proto(user))
 
     @handler(SCOPE_ADMIN, read=False)
@@ -118,6 +129,8 @@ class UserAdminServicer(admin_pb2_grpc.UserAdminServiceServicer):
         deletion = await delete_user(
             self.users, user_id, call.budget(), self.on_deleted, erase=self.erase_at_once
         )
+        if self.lookup is not None:
+            self.lookup.changed(str(user_id))
         if deletion is None:
             raise NotFoundError("user not found")
         deleted_at = deletion.user.deleted_at

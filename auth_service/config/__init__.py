@@ -69,6 +69,7 @@ class Settings:
     pii_erasure_interval_s: float = 60.0
     lookup_concurrency: int = 2
     lookup_window_ms: float = 2.0
+    state_cache_size: int = 200_000
     # Not from the environment: set for the processes of `serve --workers N`.
     reuse_port: bool = False
     health_interval_s: float = 1.0
@@ -102,6 +103,8 @@ class Settings:
             problems["DB_POOL_MIN_SIZE"] = "must not exceed DB_POOL_MAX_SIZE"
         if not 0 <= self.lookup_concurrency <= self.pool_max_size:
             problems["DB_LOOKUP_CONCURRENCY"] = "must be from 0 to DB_POOL_MAX_SIZE"
+        if self.state_cache_size < 0:
+            problems["STATE_CACHE_SIZE"] = "must not be negative"
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             missing = "TLS_KEY_FILE" if self.tls_cert_file else "TLS_CERT_FILE"
             problems[missing] = "TLS_CERT_FILE and TLS_KEY_FILE must be set together"

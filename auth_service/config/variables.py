@@ -282,6 +282,12 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "under load, how long a UserExists lookup may wait to share a query with others (0 = never wait); a quiet server never waits",
     ),
     EnvVar(
+        "STATE_CACHE_SIZE",
+        "state_cache_size",
+        _non_negative_int,
+        "user states this process keeps to answer UserExists / BatchUserExists without a query; exact: every change to the users table is announced (LISTEN/NOTIFY) and drops its entry, and the cache is bypassed while that feed is down; 0 = off",
+    ),
+    EnvVar(
         "DB_STALL_TIMEOUT_MS",
         "stall_timeout_ms",
         _non_negative_int,

@@ -33,6 +33,7 @@ from auth_service.events.publisher import ProducerConfig, Publisher, PublishErro
 from auth_service.notices import RepeatingNotice
 from auth_service.signals import wait_for_shutdown_signal
 from auth_service.store.connection import describe
+from auth_service.store.listen import Listener
 from auth_service.store.outbox import NOTIFY_CHANNEL, Lag, OutboxRecord, OutboxStore
 
 if TYPE_CHECKING:
@@ -108,12 +109,22 @@ class Relay:
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._closing = asyncio.Event()
-        self._listen_wakeup: asyncio.Event | None = None
         self._closed = asyncio.Event()
         self._state = "new"
         self.published = 0
-        self.listening = False
-        self.listen_sessions = 0
+        # NOTIFY is only a wake-up hint (the relay polls anyway); a new LISTEN
+        # session wakes the loop too: rows may have committed while nobody listened.
+        self._listener = Listener(
+            config.database_url,
+            NOTIFY_CHANNEL,
+            lambda _payload: self._wake.set(),
+            application_name=LISTEN_APPLICATION_NAME,
+            on_up=self._wake.set,
+            on_failure=self._database_failed,
+            connect_timeout_s=config.connect_timeout_s,
+            check_interval_s=config.listen_check_interval_s,
+            max_backoff_s=config.max_backoff_s,
+        )
         self.last_lag: Lag | None = None
         # An outage is logged once, then at most once a minute (with a count),
         # whichever loop meets it first; recovery is logged once.
@@ -140,9 +151,9 @@ class Relay:
                 ),
             },
         )
+        await self._listener.start()
         self._tasks = [
             asyncio.create_task(self._publish_loop(), name="relay-publish"),
-            asyncio.create_task(self._listen_loop(), name="relay-listen"),
             asyncio.create_task(self._housekeeping_loop(), name="relay-housekeeping"),
         ]
         log.info(
@@ -158,9 +169,8 @@ class Relay:
         self._state = "closing"
         self._closing.set()
         self._wake.set()
-        if self._listen_wakeup is not None:
-            self._listen_wakeup.set()  # the LISTEN loop waits on it, not on _closing
         try:
+            await self._listener.aclose()
             if self._tasks:
                 # Let the batch in flight finish; then cancel (its transaction rolls
                 # back and the rows are published again later).
@@ -193,6 +203,16 @@ class Relay:
 
     def wake(self) -> None:
         self._wake.set()
+
+    @property
+    def listening(self) -> bool:
+        """True while the LISTEN connection is up."""
+        return self._listener.listening
+
+    @property
+    def listen_sessions(self) -> int:
+        """How many times the LISTEN connection was established."""
+        return self._listener.sessions
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, cut short by aclose()."""
@@ -277,51 +297,6 @@ class Relay:
                 f"{_describe(failed[0][1])}"
             )
         return len(records)
-
-    def _on_notify(self, *_args: object) -> None:
-        self._wake.set()
-
-    async def _listen_loop(self) -> None:
-        """Keep one LISTEN connection; NOTIFY wakes the publish loop. Reconnects when
-        the connection drops (asyncpg does not reconnect a LISTEN by itself)."""
-        backoff = Backoff(0.2, self.config.max_backoff_s)
-        while not self._closing.is_set():
-            try:
-                await self._listen_once(backoff)
-            except Exception as exc:
-                self._database_failed(exc)
-            if not self._closing.is_set():
-                await self._sleep(backoff.next())
-
-    async def _listen_once(self, backoff: Backoff) -> None:
-        c = self.config
-        lost = self._listen_wakeup = asyncio.Event()
-        conn = await asyncpg.connect(
-            c.database_url,
-            timeout=c.connect_timeout_s,
-            server_settings={"application_name": LISTEN_APPLICATION_NAME},
-        )
-        try:
-            conn.add_termination_listener(lambda _conn: lost.set())
-            await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
-            self.listening = True
-            self.listen_sessions += 1
-            backoff.reset()
-            self._wake.set()  # rows may have committed while nobody listened
-            while not self._closing.is_set() and not lost.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(c.listen_check_interval_s):
-                        await lost.wait()
-                if not lost.is_set() and not self._closing.is_set():
-                    # A silently dead connection (no FIN) fails here.
-                    await conn.fetchval("SELECT 1", timeout=5)
-            if lost.is_set() and not self._closing.is_set():
-                log.info("outbox relay: LISTEN connection lost; reconnecting")
-        finally:
-            self.listening = False
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), timeout=2)
-            conn.terminate()
 
     async def _housekeeping_loop(self) -> None:
         """Outbox lag into metrics and logs; prune published rows past retention."""

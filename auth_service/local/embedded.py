@@ -137,7 +137,14 @@ class EmbeddedPostgres:
     ) -> None:
         self._bin = postgres_bin_dir()
         self._user = _system_user()
+        # Run as the server's user: its own group too, and none of root's (with
+        # root's group kept, a `mktemp -d` directory (mode 700, group root) denies
+        # it even with o+x).
+        self._uid = self._gid = None
+        self._groups: list[int] | None = None
         if self._user is not None:
+            entry = pwd.getpwnam(self._user)
+            self._uid, self._gid, self._groups = entry.pw_uid, entry.pw_gid, []
             _allow_traverse(self._bin)
         self._temporary = data_dir is None
         self.base_dir = Path(tempfile.mkdtemp(prefix="auth-pg-")) if data_dir is None else data_dir
@@ -156,7 +163,14 @@ class EmbeddedPostgres:
         return f"postgresql://postgres@{self.host}:{self.port}/{database}"
 
     def _run_as(self, args: list[str]) -> None:
-        subprocess.run(args, check=True, capture_output=True, user=self._user)
+        subprocess.run(
+            args,
+            check=True,
+            capture_output=True,
+            user=self._uid,
+            group=self._gid,
+            extra_groups=self._groups,
+        )
 
     def _init(self) -> None:
         if (self.data_dir / "PG_VERSION").exists():
@@ -214,7 +228,9 @@ class EmbeddedPostgres:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            user=self._user,
+            user=self._uid,
+            group=self._gid,
+            extra_groups=self._groups,
             start_new_session=True,
         )
         log.close()

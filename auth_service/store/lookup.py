@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 from auth_service.errors import DeadlineExceededError, ServiceError, UnavailableError
 from auth_service.store.pool import Budget
+from auth_service.store.state_cache import StateCache
 from auth_service.store.users import UserRepository, UserState, state_of
 
 log = logging.getLogger(__name__)
@@ -36,19 +37,24 @@ _Waiter = tuple[str, "asyncio.Future[UserState]", Budget]
 
 
 class StateLookup:
-    """Batched `UserState` lookups through a repository. Not thread-safe (one event
-    loop)."""
+    """`UserState` lookups: from the server's state cache when it has the answer,
+    else through the repository, concurrent single lookups merged into shared
+    queries. Not thread-safe (one event loop). `max_in_flight=0`: one query per
+    lookup."""
 
     def __init__(
         self,
         users: UserRepository,
         *,
+        cache: StateCache | None = None,
         max_in_flight: int = 2,
         max_batch: int = 1000,
         max_window: float = 0.002,
         target_batch: int = 8,
     ) -> None:
         self._users = users
+        self.cache = cache if cache is not None else StateCache(max_size=0)
+        self._merge = max_in_flight > 0
         self._max_in_flight = max(1, max_in_flight)
         self._max_batch = max_batch
         self._max_window = max_window
@@ -64,6 +70,11 @@ class StateLookup:
 
     async def state(self, user_id: str, budget: Budget) -> UserState:
         """The state of one canonical (lower-case) id, sharing a query with others."""
+        cached = self.cache.get(user_id)
+        if cached is not None:
+            return cached
+        if not self._merge:
+            return (await self.states((user_id,), budget))[user_id]
         loop = asyncio.get_running_loop()
         now = loop.time()
         self._gap += (min(now - self._last_arrival, 1.0) - self._gap) * 0.1
@@ -110,8 +121,10 @@ class StateLookup:
         budget = max((w[2] for w in live), key=lambda b: b.seconds)
         self.batches += 1
         self.lookups += len(live)
+        keys = [w[0] for w in live]
+        since = self.cache.generation()
         try:
-            found = await self._users.active_flags([w[0] for w in live], budget)
+            found = await self._users.active_flags(keys, budget)
         except ServiceError as exc:
             _fail(live, exc)
             return
@@ -119,9 +132,38 @@ class StateLookup:
             log.exception("batched lookup failed")
             _fail(live, exc)
             return
+        answers = {key: state_of(found.get(key)) for key in keys}
+        self.cache.store(answers, since)
         for user_id, fut, _ in live:
             if not fut.done():
-                fut.set_result(state_of(found.get(user_id)))
+                fut.set_result(answers[user_id])
+
+    async def states(self, keys: Sequence[str], budget: Budget) -> dict[str, UserState]:
+        """The state of each canonical id (BatchUserExists): cached answers, and one
+        query for the rest."""
+        cache = self.cache
+        out: dict[str, UserState] = {}
+        missing = keys
+        if cache.enabled:
+            get = cache.get
+            missing = []
+            for key in keys:
+                state = get(key)
+                if state is None:
+                    missing.append(key)
+                else:
+                    out[key] = state
+        if missing:
+            since = cache.generation()
+            found = await self._users.active_flags(missing, budget)
+            answers = {key: state_of(found.get(key)) for key in missing}
+            cache.store(answers, since)
+            out.update(answers)
+        return out
+
+    def changed(self, user_id: str) -> None:
+        """This server just created or deleted `user_id`: drop what is cached."""
+        self.cache.forget((user_id,))
 
     async def aclose(self) -> None:
         """Fail queued lookups and wait for running queries to finish."""

@@ -136,13 +136,16 @@ class Transport:
         texts = [str(i) for i in ids]
         try:
             batch = await self._stub.BatchUserExists(
-                auth_pb2.BatchUserExistsRequest(user_ids=texts),
+                auth_pb2.BatchUserExistsRequest(user_ids=texts, states_only=True),
                 timeout=budget,
                 metadata=self._metadata,
             )
         except Exception as exc:
             raise_for_rpc_error(exc, method, ids)
-        results = batch.results
+        packed = batch.states
+        if len(packed) == len(texts):  # a 0.2+ server honoured states_only
+            return [s if s in _KNOWN_STATES else NOT_FOUND for s in packed]
+        results = batch.results  # an older server: one result message per id
         if len(results) != len(texts) or any(
             r.user_id != t for r, t in zip(results, texts, strict=True)
         ):

@@ -26,15 +26,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x61uth/v1/auth.proto\x12\x07\x61uth.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9a\x01\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"$\n\x11UserExistsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"G\n\x12UserExistsResponse\x12\x0e\n\x06\x65xists\x18\x01 \x01(\x08\x12!\n\x05state\x18\x02 \x01(\x0e\x32\x12.auth.v1.UserState\"!\n\x0eGetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\".\n\x0fGetUserResponse\x12\x1b\n\x04user\x18\x01 \x01(\x0b\x32\r.auth.v1.User\"*\n\x16\x42\x61tchUserExistsRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\"V\n\x10UserExistsResult\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06\x65xists\x18\x02 \x01(\x08\x12!\n\x05state\x18\x03 \x01(\x0e\x32\x12.auth.v1.UserState\"E\n\x17\x42\x61tchUserExistsResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.auth.v1.UserExistsResult*p\n\tUserState\x12\x1a\n\x16USER_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11USER_STATE_ACTIVE\x10\x01\x12\x16\n\x12USER_STATE_DELETED\x10\x02\x12\x18\n\x14USER_STATE_NOT_FOUND\x10\x03\x32\xe8\x01\n\x0b\x41uthService\x12\x45\n\nUserExists\x12\x1a.auth.v1.UserExistsRequest\x1a\x1b.auth.v1.UserExistsResponse\x12<\n\x07GetUser\x12\x17.auth.v1.GetUserRequest\x1a\x18.auth.v1.GetUserResponse\x12T\n\x0f\x42\x61tchUserExists\x12\x1f.auth.v1.BatchUserExistsRequest\x1a .auth.v1.BatchUserExistsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x61uth/v1/auth.proto\x12\x07\x61uth.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9a\x01\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"$\n\x11UserExistsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"G\n\x12UserExistsResponse\x12\x0e\n\x06\x65xists\x18\x01 \x01(\x08\x12!\n\x05state\x18\x02 \x01(\x0e\x32\x12.auth.v1.UserState\"!\n\x0eGetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\".\n\x0fGetUserResponse\x12\x1b\n\x04user\x18\x01 \x01(\x0b\x32\r.auth.v1.User\"?\n\x16\x42\x61tchUserExistsRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\x12\x13\n\x0bstates_only\x18\x02 \x01(\x08\"V\n\x10UserExistsResult\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06\x65xists\x18\x02 \x01(\x08\x12!\n\x05state\x18\x03 \x01(\x0e\x32\x12.auth.v1.UserState\"i\n\x17\x42\x61tchUserExistsResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.auth.v1.UserExistsResult\x12\"\n\x06states\x18\x02 \x03(\x0e\x32\x12.auth.v1.UserState*p\n\tUserState\x12\x1a\n\x16USER_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11USER_STATE_ACTIVE\x10\x01\x12\x16\n\x12USER_STATE_DELETED\x10\x02\x12\x18\n\x14USER_STATE_NOT_FOUND\x10\x03\x32\xe8\x01\n\x0b\x41uthService\x12\x45\n\nUserExists\x12\x1a.auth.v1.UserExistsRequest\x1a\x1b.auth.v1.UserExistsResponse\x12<\n\x07GetUser\x12\x17.auth.v1.GetUserRequest\x1a\x18.auth.v1.GetUserResponse\x12T\n\x0f\x42\x61tchUserExists\x12\x1f.auth.v1.BatchUserExistsRequest\x1a .auth.v1.BatchUserExistsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'auth_client._proto.auth.v1.auth_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_USERSTATE']._serialized_start=618
-  _globals['_USERSTATE']._serialized_end=730
+  _globals['_USERSTATE']._serialized_start=675
+  _globals['_USERSTATE']._serialized_end=787
   _globals['_USER']._serialized_start=65
   _globals['_USER']._serialized_end=219
   _globals['_USEREXISTSREQUEST']._serialized_start=221
@@ -46,11 +46,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETUSERRESPONSE']._serialized_start=367
   _globals['_GETUSERRESPONSE']._serialized_end=413
   _globals['_BATCHUSEREXISTSREQUEST']._serialized_start=415
-  _globals['_BATCHUSEREXISTSREQUEST']._serialized_end=457
-  _globals['_USEREXISTSRESULT']._serialized_start=459
-  _globals['_USEREXISTSRESULT']._serialized_end=545
-  _globals['_BATCHUSEREXISTSRESPONSE']._serialized_start=547
-  _globals['_BATCHUSEREXISTSRESPONSE']._serialized_end=616
-  _globals['_AUTHSERVICE']._serialized_start=733
-  _globals['_AUTHSERVICE']._serialized_end=965
+  _globals['_BATCHUSEREXISTSREQUEST']._serialized_end=478
+  _globals['_USEREXISTSRESULT']._serialized_start=480
+  _globals['_USEREXISTSRESULT']._serialized_end=566
+  _globals['_BATCHUSEREXISTSRESPONSE']._serialized_start=568
+  _globals['_BATCHUSEREXISTSRESPONSE']._serialized_end=673
+  _globals['_AUTHSERVICE']._serialized_start=790
+  _globals['_AUTHSERVICE']._serialized_end=1022
 # @@protoc_insertion_point(module_scope)

@@ -172,6 +172,12 @@ class BatchUserExistsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_IDS_FIELD_NUMBER: _builtins.int
+    STATES_ONLY_FIELD_NUMBER: _builtins.int
+    states_only: _builtins.bool
+    """When true, the answer carries `states` (packed, in request order) and no
+    `results`: the same answer in a fraction of the bytes and work. Servers before
+    0.2 ignore it and answer `results`, so a client reads whichever is filled.
+    """
     @_builtins.property
     def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """At most 1000 ids; more is INVALID_ARGUMENT. Duplicates are allowed."""
@@ -180,10 +186,11 @@ class BatchUserExistsRequest(_message.Message):
         self,
         *,
         user_ids: _abc.Iterable[_builtins.str] | None = ...,
+        states_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_ids", b"user_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["states_only", b"states_only", "user_ids", b"user_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -220,18 +227,24 @@ class BatchUserExistsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___UserExistsResult]:
-        """One result per requested id, in request order."""
+        """One result per requested id, in request order (unless states_only was set)."""
+
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[Global___UserState.ValueType]:
+        """With states_only: the state of user_ids[i] at index i."""
 
     def __init__(
         self,
         *,
         results: _abc.Iterable[Global___UserExistsResult] | None = ...,
+        states: _abc.Iterable[Global___UserState.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
