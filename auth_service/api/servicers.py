@@ -36,8 +36,6 @@ def user_to_proto(user: User) -> auth_pb2.User:
     )
 
 
-
-
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     def __init__(
         self,
