@@ -150,7 +150,14 @@ static int start_call(Conn *c, double scheduled) {
     s->scheduled = scheduled;
     s->data = 0;
     put_frame(c, 1, 0x4, s->id, header_block, header_len);          /* HEADERS, END_HEADERS */
-    put_frame(c, 0, 0x1, s->id, bodies + start, len);               /* DATA, END_STREAM */
+    /* DATA frames of at most 16384 bytes (the default SETTINGS_MAX_FRAME_SIZE);
+       END_STREAM on the last. */
+    for (size_t sent = 0; sent < len || len == 0;) {
+        size_t chunk = len - sent > 16384 ? 16384 : len - sent;
+        put_frame(c, 0, sent + chunk == len ? 0x1 : 0, s->id, bodies + start + sent, chunk);
+        sent += chunk;
+        if (len == 0) break;
+    }
     c->send_window -= len;
     c->in_flight++;
     return 1;
@@ -378,6 +385,8 @@ int main(int argc, char **argv) {
     }
     double elapsed = now() - start;
     int dead = 0;
+    for (int i = 0; i < conns; i++)
+        if (cs[i].dead) fprintf(stderr, "grpcload: connection %d closed by the server\n", i);
     for (int i = 0; i < conns; i++) dead += cs[i].dead;
     if (lat_file) {
         FILE *lf = fopen(lat_file, "w");

@@ -176,7 +176,7 @@ async def _server_benchmarks(
             else f"loaded in {dataset.load_seconds:.0f} s by this run"
         )
         extra["dataset"] = f"{o.users:,} users, 5% soft-deleted, {loaded}"
-        active = min(int(o.users * 0.6), 400_000)
+        active = min(int(o.users * 0.6), 600_000)
         ctx.sample = await dataset.sample(active=active, deleted=max(200, o.processes * 60))
         async with ServerProcess(dataset.url, ctx.features) as server:
             ctx.server = server

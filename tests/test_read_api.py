@@ -7,6 +7,8 @@ import uuid
 import grpc
 
 from auth_client.contract import auth_pb2
+from auth_service.store.pool import Budget
+from auth_service.store.users import UserRepository, UserState, state_of
 from tests.helpers import create_user, delete_user, expect_status
 
 NEVER = "00000000-0000-4000-8000-000000000000"
@@ -119,3 +121,26 @@ async def test_malformed_ids_are_invalid_argument_without_echo(auth_stub) -> Non
             assert "UUID" in details
             if bad:
                 assert bad not in details
+
+
+async def test_the_state_rule_is_the_same_for_ids_and_for_loaded_rows(server, admin_stub) -> None:
+    """The state query (ids -> UserState numbers, in SQL) and `state_of` (a loaded
+    row -> UserState) are the one rule written twice; they agree, and the numbers
+    are the contract's."""
+    assert [int(s) for s in UserState] == [
+        auth_pb2.USER_STATE_ACTIVE,
+        auth_pb2.USER_STATE_DELETED,
+        auth_pb2.USER_STATE_NOT_FOUND,
+    ]
+    alive = await create_user(admin_stub)
+    gone = await create_user(admin_stub)
+    await delete_user(admin_stub, gone.id)
+    never = str(uuid.uuid4())
+    repo = UserRepository(server.pool)
+    keys = [alive.id, gone.id, never, alive.id]
+    numbers = await repo.states(",".join(keys), Budget(5.0))
+    for key, number in zip(keys, numbers, strict=True):
+        row = await repo.get(uuid.UUID(key), Budget(5.0))
+        expected = state_of(None if row is None else row.deleted_at is None)
+        assert number == expected
+    assert numbers == [UserState.ACTIVE, UserState.DELETED, UserState.NOT_FOUND, UserState.ACTIVE]

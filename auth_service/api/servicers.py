@@ -18,12 +18,6 @@ from auth_service.store.lookup import StateLookup
 from auth_service.store.outbox import write_user_deleted
 from auth_service.store.users import User, UserRepository, UserState
 
-_STATE = {
-    UserState.ACTIVE: auth_pb2.USER_STATE_ACTIVE,
-    UserState.DELETED: auth_pb2.USER_STATE_DELETED,
-    UserState.NOT_FOUND: auth_pb2.USER_STATE_NOT_FOUND,
-}
-
 
 def user_to_proto(user: User) -> auth_pb2.User:
     """Public profile only: the email never leaves the service."""
@@ -57,7 +51,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.UserExistsResponse:
         key = validation.canonical_user_id(request.user_id)
         state = await self._state(key, call.budget())
-        return auth_pb2.UserExistsResponse(exists=state is UserState.ACTIVE, state=_STATE[state])
+        return auth_pb2.UserExistsResponse(
+            exists=state is UserState.ACTIVE,
+            state=state,  # type: ignore[arg-type]  # the numbers are the contract's
+        )
 
     @handler(SCOPE_READ, read=True)
     async def GetUser(
@@ -74,17 +71,16 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.BatchUserExistsRequest, call: Call
     ) -> auth_pb2.BatchUserExistsResponse:
         texts = list(request.user_ids)  # decode the repeated field once
-        keys = validation.canonical_user_ids(texts)
-        states = await self.lookup.states(keys, call.budget())
+        keys, joined = validation.canonical_user_ids(texts)
+        states = await self.lookup.states(keys, call.budget(), joined)
         response = auth_pb2.BatchUserExistsResponse()
         if request.states_only:
-            number = _STATE
-            response.states.extend([number[states[key]] for key in keys])
+            # UserState numbers are the contract's: the list goes in as it is.
+            response.states.extend(states)  # type: ignore[arg-type]
             return response
         add = response.results.add
-        for text, key in zip(texts, keys, strict=True):
-            state = states[key]
-            add(user_id=text, exists=state is UserState.ACTIVE, state=_STATE[state])
+        for text, state in zip(texts, states, strict=True):
+            add(user_id=text, exists=state == UserState.ACTIVE, state=state)
         return response
 
 

@@ -32,20 +32,31 @@ def canonical_user_id(text: str, field: str = "user_id") -> str:
     return text.lower()
 
 
-def canonical_user_ids(texts: Sequence[str]) -> list[str]:
-    """Validate a batch of ids; return them in lower case (one spelling per id).
+_UUID = _UUID_TEXT.pattern
+# A whole batch, comma-joined, checked by one regular expression in C.
+_BATCH = re.compile(f"(?:{_UUID},)*{_UUID}")
 
-    Works on text throughout (no `uuid.UUID` objects: a third of the cost of a
-    1000-id batch); PostgreSQL parses them once more in the query.
+
+def canonical_user_ids(texts: Sequence[str]) -> tuple[list[str], str]:
+    """Validate a batch of ids; return them in lower case (one spelling per id),
+    and the same comma-joined (what the state query takes).
+
+    Works on text throughout, and on the whole batch at once where it can (no
+    `uuid.UUID` objects, no per-id Python calls on the fast path); PostgreSQL
+    parses the ids once more in the query.
     """
     if len(texts) > MAX_BATCH_IDS:
         raise InvalidArgumentError(
             f"user_ids holds {len(texts)} ids; at most {MAX_BATCH_IDS} allowed"
         )
-    if not all(map(_UUID_TEXT.fullmatch, texts)):
+    if not texts:
+        return [], ""
+    joined = ",".join(texts)
+    if _BATCH.fullmatch(joined) is None:
         for index, text in enumerate(texts):
             parse_user_id(text, f"user_ids[{index}]")  # raises for the first bad one
-    return list(map(str.lower, texts))
+    joined = joined.lower()
+    return joined.split(","), joined
 
 
 def check_username(text: str) -> str:

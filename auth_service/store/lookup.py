@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from auth_service.errors import DeadlineExceededError, ServiceError, UnavailableError
 from auth_service.store.pool import Budget
 from auth_service.store.state_cache import StateCache
-from auth_service.store.users import UserRepository, UserState, state_of
+from auth_service.store.users import BY_NUMBER, UserRepository, UserState
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class StateLookup:
         if cached is not None:
             return cached
         if not self._merge:
-            return (await self.states((user_id,), budget))[user_id]
+            return await self._users.state(user_id, budget)
         loop = asyncio.get_running_loop()
         now = loop.time()
         self._gap += (min(now - self._last_arrival, 1.0) - self._gap) * 0.1
@@ -124,7 +124,7 @@ class StateLookup:
         keys = [w[0] for w in live]
         since = self.cache.generation()
         try:
-            found = await self._users.active_flags(keys, budget)
+            found = await self._users.states(",".join(keys), budget)
         except ServiceError as exc:
             _fail(live, exc)
             return
@@ -132,33 +132,28 @@ class StateLookup:
             log.exception("batched lookup failed")
             _fail(live, exc)
             return
-        answers = {key: state_of(found.get(key)) for key in keys}
-        self.cache.store(answers, since)
+        answers = dict(zip(keys, map(BY_NUMBER.__getitem__, found), strict=True))
+        self.cache.store(answers, since)  # type: ignore[arg-type]
         for user_id, fut, _ in live:
             if not fut.done():
-                fut.set_result(answers[user_id])
+                fut.set_result(answers[user_id])  # type: ignore[arg-type]
 
-    async def states(self, keys: Sequence[str], budget: Budget) -> dict[str, UserState]:
-        """The state of each canonical id (BatchUserExists): cached answers, and one
-        query for the rest."""
+    async def states(self, keys: Sequence[str], budget: Budget, joined: str = "") -> list[int]:
+        """The UserState number of each canonical id, in order (BatchUserExists):
+        cached answers, and one query for the rest. `joined`: the same ids already
+        joined with commas, when the caller has them."""
         cache = self.cache
-        out: dict[str, UserState] = {}
-        missing = keys
-        if cache.enabled:
-            get = cache.get
-            missing = []
-            for key in keys:
-                state = get(key)
-                if state is None:
-                    missing.append(key)
-                else:
-                    out[key] = state
+        if not cache.enabled:
+            return await self._users.states(joined or ",".join(keys), budget)
+        get = cache.get
+        out: list[int] = [get(key) or 0 for key in keys]
+        missing = [key for key, state in zip(keys, out, strict=True) if not state]
         if missing:
             since = cache.generation()
-            found = await self._users.active_flags(missing, budget)
-            answers = {key: state_of(found.get(key)) for key in missing}
-            cache.store(answers, since)
-            out.update(answers)
+            found = await self._users.states(",".join(missing), budget)
+            answers = dict(zip(missing, map(BY_NUMBER.__getitem__, found), strict=True))
+            cache.store(answers, since)  # type: ignore[arg-type]
+            out = [state or answers[key] for key, state in zip(keys, out, strict=True)]  # type: ignore[misc]
         return out
 
     def changed(self, user_id: str) -> None:

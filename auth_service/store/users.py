@@ -1,8 +1,9 @@
 """User model and UserRepository: all SQL about the users table.
 
-One query answers "which state is each of these ids in" (`active_flags`, used by
-UserExists, BatchUserExists and the batched lookup alike) and one rule turns its
-answer into a `UserState` (`state_of`).
+One query answers "which state is each of these ids in" (`states`, used by
+UserExists, BatchUserExists and the batched lookup alike), answering in the order
+asked; the row -> state rule is written once for ids (in that query) and once for
+a loaded row (`state_of`), side by side below, and a test holds them equal.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -21,19 +21,37 @@ from auth_service.store.pool import Budget, Conn, connection, translate_errors
 from auth_service.store.status import DatabaseStatus
 
 
-class UserState(enum.Enum):
-    ACTIVE = "active"
-    DELETED = "deleted"
-    NOT_FOUND = "not_found"
+class UserState(enum.IntEnum):
+    """What the service knows of an id. The numbers are those of `auth.v1.UserState`
+    (the wire contract), so answers go into responses as they are."""
+
+    ACTIVE = 1
+    DELETED = 2
+    NOT_FOUND = 3
+
+
+BY_NUMBER = (None, UserState.ACTIVE, UserState.DELETED, UserState.NOT_FOUND)
 
 
 def state_of(active: bool | None) -> UserState:
-    """The one row -> state rule: no row is NOT_FOUND, a row without `deleted_at`
+    """The row -> state rule: no row is NOT_FOUND, a row without `deleted_at`
     ACTIVE, a soft-deleted row DELETED. `active` is `deleted_at IS NULL`, or None
-    when there is no row."""
+    when there is no row. (The same rule, for ids, is `_STATES` below.)"""
     if active is None:
         return UserState.NOT_FOUND
     return UserState.ACTIVE if active else UserState.DELETED
+
+
+# The one state query: the UserState number of each id of a comma-separated list of
+# canonical ids, in the order given (duplicates answered each time). One text
+# parameter and one int[] answer: no per-id encoding or decoding in Python.
+_STATES = """
+SELECT coalesce(array_agg(
+         CASE WHEN u.id IS NULL THEN 3 WHEN u.deleted_at IS NULL THEN 1 ELSE 2 END
+         ORDER BY k.n), '{}')
+FROM unnest(pg_catalog.string_to_array($1, ',')::uuid[]) WITH ORDINALITY AS k(id, n)
+LEFT JOIN users AS u ON u.id = k.id
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +91,6 @@ ERASE = (
     f"username = '{TOMBSTONE_PREFIX}' || id::text, display_name = '{TOMBSTONE_PREFIX}' || id::text,"
     " email = NULL, erased_at = now(), updated_at = now()"
 )
-_ACTIVE_FLAGS = "SELECT id::text, deleted_at IS NULL FROM users WHERE id = ANY($1::uuid[])"
 _GET = f"SELECT {_COLUMNS} FROM users WHERE id = $1"  # noqa: S608 - constant columns
 _INSERT = f"""
 INSERT INTO users (id, username, display_name, email)
@@ -123,18 +140,16 @@ class UserRepository:
 
     async def state(self, key: str, budget: Budget) -> UserState:
         """The state of one canonical (lower-case) id."""
-        return state_of((await self.active_flags((key,), budget)).get(key))
+        return BY_NUMBER[(await self.states(key, budget))[0]]  # type: ignore[return-value]
 
-    async def active_flags(self, keys: Sequence[str], budget: Budget) -> dict[str, bool]:
-        """For each canonical (lower-case) id text that exists: True when active,
-        False when deleted. Ids never created are absent (`state_of` turns an entry
-        into a state). Text in, text out: no `uuid.UUID` objects on the hot path."""
-        if not keys:
-            return {}
-        unique = list(dict.fromkeys(keys))
+    async def states(self, joined: str, budget: Budget) -> list[int]:
+        """The UserState number of each id of `joined` (canonical, lower-case ids
+        separated by commas), in order."""
+        if not joined:
+            return []
         async with self.connection(budget) as conn:
-            rows = await conn.fetch(_ACTIVE_FLAGS, unique, timeout=budget.seconds)
-        return dict(rows)  # type: ignore[arg-type]
+            found: list[int] = await conn.fetchval(_STATES, joined, timeout=budget.seconds)
+        return found
 
     async def get(self, user_id: uuid.UUID, budget: Budget) -> User | None:
         """The user, deleted or not; None when the id was never created."""
