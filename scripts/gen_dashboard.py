@@ -240,6 +240,68 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
         ),
     ),
     (
+        "Reads and personal data",
+        (
+            Panel(
+                "State cache hit ratio",
+                "UserExists and BatchUserExists ids answered from the server's state cache "
+                "(no query). Near 0 after a restart or while the cache is bypassed.",
+                (
+                    q(
+                        f"sum(rate(auth_state_cache_hits_total{{{API}}}{RATE}))"
+                        f" / (sum(rate(auth_state_cache_hits_total{{{API}}}{RATE}))"
+                        f" + sum(rate(auth_lookup_lookups_total{{{API}}}{RATE})))",
+                        "hit ratio",
+                    ),
+                ),
+                unit="percentunit",
+                width=6,
+            ),
+            Panel(
+                "Lookups per query",
+                "Cache misses merged into one state query (above 1 under load), and the "
+                "share of queries that waited for a collection window.",
+                (
+                    q(
+                        f"sum(rate(auth_lookup_lookups_total{{{API}}}{RATE}))"
+                        f" / sum(rate(auth_lookup_queries_total{{{API}}}{RATE}))",
+                        "lookups per query",
+                    ),
+                    q(
+                        f"sum(rate(auth_lookup_windows_total{{{API}}}{RATE}))"
+                        f" / sum(rate(auth_lookup_queries_total{{{API}}}{RATE}))",
+                        "windowed share",
+                    ),
+                ),
+                width=6,
+            ),
+            Panel(
+                "State cache",
+                "Entries held per replica (STATE_CACHE_SIZE caps them) and replicas whose "
+                "cache is bypassed because its change feed is not listening.",
+                (
+                    q(f"auth_state_cache_entries{{{API}}}", "{{instance}}"),
+                    q(
+                        f"count(auth_state_cache_enabled{{{API}}} == 0) or vector(0)",
+                        "bypassed replicas",
+                    ),
+                ),
+                width=6,
+            ),
+            Panel(
+                "Personal data awaiting erasure",
+                "Deleted users whose PII_RETENTION_S is over but whose data is not erased "
+                "yet, the age of the oldest, and erasures per second.",
+                (
+                    q(f"max(users_erasure_pending_rows{{{API}}})", "pending"),
+                    q(f"max(users_erasure_oldest_pending_age_seconds{{{API}}})", "oldest (s)"),
+                    q(f"sum(rate(users_erased_total{{{API}}}{RATE}))", "erased/s"),
+                ),
+                width=6,
+            ),
+        ),
+    ),
+    (
         "Clients (auth_client in the calling services)",
         (
             Panel(

@@ -44,6 +44,17 @@ def test_an_answer_read_before_a_change_is_not_stored_after_it() -> None:
     assert cache.get("c") is None
 
 
+def test_an_answer_read_after_a_change_is_stored() -> None:
+    """A query that starts after an id's announcement reads the new state: keep it
+    (else a freshly created or deleted user is never served from the cache)."""
+    cache = StateCache(max_size=10)
+    cache.enabled = True
+    cache.forget(["a"])  # this replica created a
+    since = cache.generation()  # then a query for a starts
+    cache.store({"a": UserState.ACTIVE}, since)
+    assert cache.get("a") is UserState.ACTIVE
+
+
 def test_the_cache_is_bounded() -> None:
     cache = StateCache(max_size=3)
     cache.enabled = True

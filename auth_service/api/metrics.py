@@ -50,6 +50,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from auth_service.addresses import format_host_port, local_address, parse_host_port
+from auth_service.store.lookup import StateLookup
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +262,65 @@ def track_pool(pool: asyncpg.Pool) -> Callable[[], Awaitable[None]]:
     return untrack
 
 
+class _LookupCollector(Collector):
+    """UserExists' read path (store/lookup.py): the state cache and the merged
+    queries, read from the live lookups at scrape time."""
+
+    def __init__(self) -> None:
+        self.lookups: list[StateLookup] = []
+
+    def collect(self) -> Iterator[Metric]:
+        live = list(self.lookups)
+
+        def total(attr: str) -> int:
+            return sum(int(getattr(lookup, attr)) for lookup in live)
+
+        yield CounterMetricFamily(
+            "auth_state_cache_hits",
+            "UserExists lookups answered from the server's state cache (no query)",
+            total("hits"),
+        )
+        yield CounterMetricFamily(
+            "auth_lookup_lookups",
+            "UserExists lookups that went to the database (merged into shared queries)",
+            total("lookups"),
+        )
+        yield CounterMetricFamily(
+            "auth_lookup_queries", "State queries sent for UserExists lookups", total("batches")
+        )
+        yield CounterMetricFamily(
+            "auth_lookup_windows",
+            "State queries that waited for a collection window (many calls in flight)",
+            total("windows"),
+        )
+        yield GaugeMetricFamily(
+            "auth_state_cache_entries",
+            "User states in the server's cache",
+            sum(len(lookup.cache) for lookup in live),
+        )
+        yield GaugeMetricFamily(
+            "auth_state_cache_enabled",
+            "1 while the cache serves (its change feed listens), 0 while it is bypassed",
+            sum(int(lookup.cache.enabled) for lookup in live),
+        )
+
+
+_LOOKUPS = _LookupCollector()
+REGISTRY.register(_LOOKUPS)
+
+
+def track_lookup(lookup: StateLookup) -> Callable[[], Awaitable[None]]:
+    """Report `lookup` in the auth_lookup_* / auth_state_cache_* families; returns
+    an async function that stops it."""
+    _LOOKUPS.lookups.append(lookup)
+
+    async def untrack() -> None:
+        with contextlib.suppress(ValueError):
+            _LOOKUPS.lookups.remove(lookup)
+
+    return untrack
+
+
 class MetricsServer:
     """`GET /metrics` over HTTP/1.1 on its own port, served on the event loop (so
     collectors read asyncpg pools from the loop's thread). An async context manager;
@@ -399,6 +459,7 @@ __all__ = [
     "declare_callers",
     "method_metrics",
     "optional_server",
+    "track_lookup",
     "track_pool",
     "worker_listen",
 ]

@@ -22,7 +22,7 @@ from auth_service.addresses import bind_problem, format_host_port, local_address
 from auth_service.api.callers import ANONYMOUS, TokenFile, TokenRegistry
 from auth_service.api.health import AuthHealthServicer, HealthMonitor
 from auth_service.api.limits import Limits
-from auth_service.api.metrics import MetricsServer, declare_callers, track_pool
+from auth_service.api.metrics import MetricsServer, declare_callers, track_lookup, track_pool
 from auth_service.api.parsing import CORE_LIMIT_FACTOR, add_service
 from auth_service.api.reflection import enable_reflection
 from auth_service.api.rpc import Access
@@ -183,19 +183,23 @@ class AuthServer:
             )
             await self.user_changes.start()
             self.add_closer(self.user_changes.aclose)
-        self._lookup = StateLookup(
-            users,
-            cache=cache,
-            max_in_flight=s.lookup_concurrency,
-            max_window=s.lookup_window_ms / 1000,
-        )
-        self.add_closer(self._lookup.aclose)
         limits = Limits(
             max_in_flight=s.max_concurrent_rpcs,
             max_in_flight_per_caller=s.per_caller_concurrency,
             rate_per_s=s.rate_limit_rps,
             burst=s.rate_limit_burst,
         )
+        self._lookup = StateLookup(
+            users,
+            cache=cache,
+            max_in_flight=s.lookup_concurrency,
+            max_window=s.lookup_window_ms / 1000,
+            # The collection window only when calls queue up anyway.
+            backlog=lambda: limits.in_flight,
+        )
+        self.add_closer(self._lookup.aclose)
+        if self.metrics is not None:
+            self.add_closer(track_lookup(self._lookup))
         access = Access(
             self.tokens,
             allow_unauthenticated_reads=s.allow_unauthenticated_reads,

@@ -7,13 +7,17 @@ waits for the next one, which carries every id queued meanwhile (up to `max_batc
 
 Measured on grpc.aio, that alone rarely merges anything: the event loop takes in
 one RPC per wake-up, so a query is usually back before the next lookup arrives, and
-every lookup pays a database round trip and its loop wake-ups. So the lookup also
-waits a short collection window, sized from the recent arrival rate:
+every lookup pays a database round trip and its loop wake-ups. Near saturation that
+costs throughput (each query costs the process a pool acquire, a round trip and a
+release), so there a lookup also waits a short collection window. The window is
+only worth its latency when the process is queueing work anyway, so it is gated on
+the calls in flight (`backlog()`, the API calls admitted and not yet answered):
 
-- quiet (the gap between lookups is more than half of `max_window`): no wait, the
-  lookup goes out at once, so an idle server adds no latency;
-- busy: wait about `target_batch` average gaps, at most `max_window` (2 ms), so a
-  saturated server answers many lookups with one query.
+- few calls in flight (at most `busy_calls`): no wait, the lookup goes out at once
+  (a moderately loaded server adds only the round trip);
+- many calls in flight and lookups arriving fast: wait about `target_batch` average
+  gaps, at most `max_window` (2 ms), so a saturated server answers many lookups with
+  one query. `windows` counts the queries that waited.
 
 Each caller has its own future: a caller that is cancelled (deadline, disconnect)
 takes nothing down with it.
@@ -23,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from auth_service.errors import DeadlineExceededError, ServiceError, UnavailableError
 from auth_service.store.pool import Budget
@@ -51,6 +55,8 @@ class StateLookup:
         max_batch: int = 1000,
         max_window: float = 0.002,
         target_batch: int = 8,
+        backlog: Callable[[], int] | None = None,
+        busy_calls: int = 32,
     ) -> None:
         self._users = users
         self.cache = cache if cache is not None else StateCache(max_size=0)
@@ -65,13 +71,18 @@ class StateLookup:
         self._timer: asyncio.TimerHandle | None = None
         self._last_arrival = 0.0
         self._gap = 1.0  # moving average of the time between lookups, seconds
-        self.batches = 0
-        self.lookups = 0
+        self._backlog = backlog if backlog is not None else (lambda: busy_calls + 1)
+        self._busy_calls = busy_calls
+        self.hits = 0  # lookups answered from the state cache
+        self.batches = 0  # queries sent
+        self.lookups = 0  # lookups those queries answered
+        self.windows = 0  # queries that waited for a collection window
 
     async def state(self, user_id: str, budget: Budget) -> UserState:
         """The state of one canonical (lower-case) id, sharing a query with others."""
         cached = self.cache.get(user_id)
         if cached is not None:
+            self.hits += 1
             return cached
         if not self._merge:
             return await self._users.state(user_id, budget)
@@ -83,9 +94,14 @@ class StateLookup:
         queue = self._queue
         queue.append((user_id, fut, budget))
         if self._in_flight < self._max_in_flight and self._timer is None:
-            if len(queue) >= self._max_batch or 2 * self._gap >= self._max_window:
+            if (
+                len(queue) >= self._max_batch
+                or 2 * self._gap >= self._max_window
+                or self._backlog() <= self._busy_calls
+            ):
                 self._dispatch()
             else:
+                self.windows += 1
                 wait = min(self._max_window, self._gap * self._target_batch)
                 self._timer = loop.call_later(wait, self._window_closed)
         return await fut
@@ -144,11 +160,16 @@ class StateLookup:
         joined with commas, when the caller has them."""
         cache = self.cache
         if not cache.enabled:
+            self.batches += 1
+            self.lookups += len(keys)
             return await self._users.states(joined or ",".join(keys), budget)
         get = cache.get
         out: list[int] = [get(key) or 0 for key in keys]
         missing = [key for key, state in zip(keys, out, strict=True) if not state]
+        self.hits += len(keys) - len(missing)
         if missing:
+            self.batches += 1
+            self.lookups += len(missing)
             since = cache.generation()
             found = await self._users.states(",".join(missing), budget)
             answers = dict(zip(missing, map(BY_NUMBER.__getitem__, found), strict=True))

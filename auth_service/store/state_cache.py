@@ -65,7 +65,7 @@ class StateCache:
             return
         states, invalidated = self._states, self._invalidated
         for key, state in answers.items():
-            if invalidated and invalidated.get(key, -1) >= since:
+            if invalidated and invalidated.get(key, -1) > since:
                 continue
             states[key] = state
         overflow = len(states) - self._max_size

@@ -34,7 +34,15 @@ if TYPE_CHECKING:
 
 ADMIN_TOKEN = f"drift-admin-{uuid.uuid4().hex}"
 READER_TOKEN = f"drift-reader-{uuid.uuid4().hex}"
-OURS = ("grpc_server_", "db_pool_", "outbox_", "auth_client_")
+OURS = (
+    "grpc_server_",
+    "db_pool_",
+    "outbox_",
+    "auth_client_",
+    "auth_state_cache_",
+    "auth_lookup_",
+    "users_eras",
+)
 
 
 async def _text(url: str) -> str:

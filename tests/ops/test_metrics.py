@@ -258,3 +258,34 @@ async def test_calls_refused_before_the_handler_are_counted(database_url: str) -
         delta(before, after, "grpc_server_handled_total", grpc_code="ResourceExhausted", **labels)
         == 1
     )
+
+
+async def test_state_cache_and_merged_lookups_are_counted(database_url: str) -> None:
+    """The dashboard's "Reads" row: ids answered from the state cache vs ids that
+    went to the database, the queries they took, and the cache's size and state."""
+    settings = make_settings(database_url, metrics_listen="127.0.0.1:0")
+    # Ids nobody creates: no change notification can race the cache in this test.
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    async with AuthServer(settings) as server:
+        assert server.metrics is not None
+        url = server.metrics.url
+        before = await samples(url)
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            reads = auth_pb2_grpc.AuthServiceStub(channel)
+            for _ in range(3):  # a query, then two answers from memory
+                reply = await reads.UserExists(
+                    auth_pb2.UserExistsRequest(user_id=first), timeout=10
+                )
+                assert reply.state == auth_pb2.USER_STATE_NOT_FOUND
+            batch = await reads.BatchUserExists(  # one from memory, one query
+                auth_pb2.BatchUserExistsRequest(user_ids=[first, second]), timeout=10
+            )
+            assert [r.exists for r in batch.results] == [False, False]
+        after = await samples(url)
+
+    assert delta(before, after, "auth_state_cache_hits_total") == 3
+    assert delta(before, after, "auth_lookup_lookups_total") == 2
+    assert delta(before, after, "auth_lookup_queries_total") == 2
+    assert delta(before, after, "auth_lookup_windows_total") == 0  # one call at a time
+    assert value(after, "auth_state_cache_enabled") == 1
+    assert value(after, "auth_state_cache_entries") == 2
