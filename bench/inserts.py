@@ -23,13 +23,16 @@ import asyncio
 import json
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench import insert_writer
+from bench import insert_writer, procstat
 from bench.context import Context
 from bench.report import Section, fmt_int, median
 
@@ -60,6 +63,12 @@ class Outcome:
     seconds: float
     exhausted: bool
     rpcs: int
+    writer_cpu_s: float  # all writer processes, while writing
+    server_cpu_s: float  # auth-service serve, over the run
+    pg_cpu_s: float  # every PostgreSQL backend, over the run
+
+    def per_row_us(self, cpu_s: float) -> float:
+        return cpu_s * 1e6 / max(1, self.inserts)
 
     @property
     def per_s(self) -> float:
@@ -104,6 +113,7 @@ async def _teardown(ctx: Context) -> None:
 async def _run(ctx: Context, name: str, ids: list[str], seed: int, seconds: float) -> Outcome:
     """One figure: PROCESSES writer processes at once; cold ids are split among them."""
     hot = name in {"fk_hot", "warm", "plain"}
+    pg_pid = ctx.db.postmaster_pid()
     with tempfile.TemporaryDirectory(prefix="bench-inserts-") as tmp:
         procs = []
         for index in range(PROCESSES):
@@ -132,6 +142,7 @@ async def _run(ctx: Context, name: str, ids: list[str], seed: int, seconds: floa
                     cwd=str(Path(__file__).resolve().parent.parent),
                 )
             )
+        server_cpu, pg_cpu = ctx.srv.cpu_seconds(), procstat.tree_cpu_seconds(pg_pid)
         results = []
         for proc in procs:
             out, _ = await proc.communicate()
@@ -144,7 +155,28 @@ async def _run(ctx: Context, name: str, ids: list[str], seed: int, seconds: floa
         seconds=max(r["seconds"] for r in results),
         exhausted=any(r["exhausted"] for r in results),
         rpcs=sum(r["rpcs"] for r in results),
+        writer_cpu_s=sum(r["cpu_seconds"] for r in results),
+        server_cpu_s=ctx.srv.cpu_seconds() - server_cpu,
+        pg_cpu_s=procstat.tree_cpu_seconds(pg_pid) - pg_cpu,
     )
+
+
+async def _rpc_floor(ctx: Context, seconds: float = 2.0) -> tuple[float, float]:
+    """CPU per Health/Check call with one call in flight (the rate of RPCs the cold
+    runs send is of that order, far below saturation): (auth-service µs, caller µs)."""
+    async with grpc.aio.insecure_channel(ctx.srv.target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest()
+        await stub.Check(request, timeout=5)
+        calls, server, own = 0, ctx.srv.cpu_seconds(), time.process_time()
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            await stub.Check(request, timeout=5)
+            calls += 1
+        return (
+            (ctx.srv.cpu_seconds() - server) * 1e6 / calls,
+            (time.process_time() - own) * 1e6 / calls,
+        )
 
 
 async def run(ctx: Context) -> Section:
@@ -167,6 +199,7 @@ async def run(ctx: Context) -> Section:
             for name in names[shift:] + names[:shift]:
                 ids = hot if name in {"fk_hot", "warm", "plain"} else fresh
                 results[name].append(await _run(ctx, name, ids, index + 1, o.duration))
+        floor_server, floor_client = await _rpc_floor(ctx)
     finally:
         await _teardown(ctx)
 
@@ -197,6 +230,30 @@ async def run(ctx: Context) -> Section:
         f"FK costs {1 - fk_hot / plain:.0%}, require_user (warm) {1 - warm / plain:.0%} of it",
     )
     rpcs_cold = median([r.rpcs / max(1, r.inserts) for r in results["cold"]])
+
+    def cpu(key: str) -> tuple[float, float, float]:
+        runs = results[key]
+        return (
+            median([r.per_row_us(r.writer_cpu_s) for r in runs]),
+            median([r.per_row_us(r.server_cpu_s) for r in runs]),
+            median([r.per_row_us(r.pg_cpu_s) for r in runs]),
+        )
+
+    cpu_rows = {key: cpu(key) for key in KINDS}
+    for key, label in (("fk_cold", "FK-checked, cold"), ("cold", "validated, cold")):
+        writers, server, pg = cpu_rows[key]
+        section.row(
+            f"CPU per row, {label}",
+            f"{writers + server + pg:,.0f} µs",
+            f"writers {writers:,.0f}, auth-service {server:,.0f}, PostgreSQL {pg:,.0f} µs",
+        )
+    server_per_rpc = cpu_rows["cold"][1] / max(rpcs_cold, 1e-9)
+    section.row(
+        "auth-service CPU per cold-lookup RPC",
+        f"{server_per_rpc:,.0f} µs",
+        f"{1 / max(rpcs_cold, 1e-9):.1f} ids per RPC; a Health/Check at one call in flight "
+        f"costs it {floor_server:,.0f} µs (and the calling process {floor_client:,.0f} µs)",
+    )
     section.figures.update(
         unchecked_rows_per_s=plain,
         fk_hot_rows_per_s=fk_hot,
@@ -206,7 +263,12 @@ async def run(ctx: Context) -> Section:
         warm_vs_fk=warm / fk_hot,
         cold_vs_fk=cold / fk_cold,
         cold_rpcs_per_insert=rpcs_cold,
+        server_cpu_us_per_cold_rpc=server_per_rpc,
+        server_cpu_us_per_health_check_one_in_flight=floor_server,
+        caller_cpu_us_per_health_check_one_in_flight=floor_client,
     )
+    for key, (writers, server, pg) in cpu_rows.items():
+        section.figures[f"{key}_cpu_us_per_row"] = writers + server + pg
     errors = sum(r.errors for runs in results.values() for r in runs)
     exhausted = [k for k, runs in results.items() if any(r.exhausted for r in runs)]
     section.notes += [

@@ -34,7 +34,9 @@ def _stat(pid: int) -> _Stat | None:
     return _Stat(
         pid=pid,
         ppid=int(fields[1]),
-        cpu_s=(int(fields[11]) + int(fields[12])) / _TICK,
+        # utime + stime, plus cutime + cstime: children it waited for (PostgreSQL's
+        # backends of closed connections count for the postmaster).
+        cpu_s=sum(int(f) for f in fields[11:15]) / _TICK,
         rss_bytes=int(fields[21]) * _PAGE,
     )
 

@@ -4,9 +4,9 @@
   in flight gets the same future (counted as `coalesced`).
 - New ids collect in a pending batch. When no batch RPC is in flight the batch
   goes out on the next event-loop turn, so callers that arrive together share
-  one RPC without waiting; while one is in flight, ids collect for up to
-  `BatchConfig.window`. A batch that reaches `max_ids` goes out at once, so a
-  large request is split into RPCs of at most 1000 ids.
+  one RPC without waiting; while one is in flight, ids collect until it returns
+  or for at most `BatchConfig.window`. A batch that reaches `max_ids` goes out at
+  once, so a large request is split into RPCs of at most 1000 ids.
 - The RPC runs in a task of its own, never in a caller's task: callers wait on
   the future without owning it (`asyncio.wait` does not cancel what it waits
   for), so a caller being cancelled or timing out never cancels the RPC or fails
@@ -127,6 +127,7 @@ class Batcher:
             raise
         except Exception as exc:
             self._settle_failed(batch, exc)
+            self._next()
             return
         finally:
             self._batches_in_flight -= 1
@@ -139,6 +140,15 @@ class Batcher:
                 self._cache.put(key, state, now)
             if not future.done():
                 future.set_result(state)
+        self._next()
+
+    def _next(self) -> None:
+        """A batch came back: ids collected meanwhile go out now, not at the end of
+        their window (the answer's round trip was the wait)."""
+        if self._batches_in_flight == 0 and self._pending.futures and not self._closed:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = asyncio.get_running_loop().call_soon(self._flush)
 
     async def states_uncached(self, ids: list[uuid.UUID], timeout: float) -> list[int]:
         """Ask auth-service directly (through the breaker), bypassing the cache and

@@ -91,11 +91,13 @@ class BatchConfig:
     """Merging of concurrent lookups of different ids into one BatchUserExists.
 
     When no lookup is in flight, a new one goes out on the next event-loop turn
-    (so callers that arrive together still share an RPC); while one is in flight,
-    ids are collected for up to `window` seconds.
+    (so callers that arrive together share an RPC without waiting). While one is
+    in flight, new ids collect until it returns, and for at most `window` seconds:
+    a round trip's worth of misses goes out as one RPC, and no id waits longer
+    than `window` when an RPC is slow.
     """
 
-    window: float = 0.001
+    window: float = 0.005
     max_ids: int = MAX_BATCH_IDS
 
     def __post_init__(self) -> None:

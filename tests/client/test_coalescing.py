@@ -122,6 +122,24 @@ async def test_lookups_arriving_while_a_batch_is_in_flight_are_collected(
     assert client.stats().coalesced == 100
 
 
+async def test_ids_collected_meanwhile_go_out_when_the_batch_in_flight_returns(
+    make_client, counter: CountingInterceptor, settings
+) -> None:
+    """The window bounds the wait; the answer of the batch in flight ends it: ids
+    that arrived during a round trip do not wait longer than that round trip."""
+    active, _ = await seed_users(settings.database_url, 200)
+    client: AuthClient = await make_client(batching=BatchConfig(window=30.0))
+
+    first = asyncio.create_task(client.users_exist(active[:100]))
+    await asyncio.sleep(0)  # the first batch is on its way
+    rest = [asyncio.create_task(client.user_exists(uid)) for uid in active[100:]]
+
+    assert await first == dict.fromkeys(active[:100], True)
+    # Well before the 30 s window: sent as soon as the first batch came back.
+    assert await asyncio.wait_for(asyncio.gather(*rest), 10) == [True] * 100
+    assert counter.batch_sizes == [100, 100]
+
+
 @pytest.mark.parametrize("window", [0.0, 0.001])
 async def test_a_lone_lookup_is_sent_without_waiting_for_the_window(
     make_client, counter: CountingInterceptor, settings, window: float
