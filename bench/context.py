@@ -17,7 +17,7 @@ class Options:
     users: int = 1_000_000
     duration: float = 10.0  # seconds per measured run
     rounds: int = 3  # alternating runs of a figure and its reference; medians reported
-    processes: int = 4  # load-generator processes (one distinct request each)
+    processes: int = 4  # load-generator processes
     connections: int = 2  # HTTP/2 connections per generator process
     streams: int = 16  # calls in flight per connection
 

@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--processes",
         type=int,
-        help="load-generator processes, one distinct request body each (default 4)",
+        help="load-generator processes (default 4)",
     )
     parser.add_argument(
         "--connections", type=int, help="HTTP/2 connections per generator process (default 2)"
