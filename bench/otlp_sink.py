@@ -55,22 +55,22 @@ def decode(body: bytes) -> list[ReceivedSpan]:
     for resource_spans in request.resource_spans:
         resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
         service = str(resource.get("service.name", ""))
-        for scope_spans in resource_spans.scope_spans:
-            for span in scope_spans.spans:
-                out.append(
-                    ReceivedSpan(
-                        service=service,
-                        name=span.name,
-                        kind=span.kind,
-                        trace_id=span.trace_id.hex(),
-                        span_id=span.span_id.hex(),
-                        parent_span_id=span.parent_span_id.hex(),
-                        attributes={a.key: _value(a.value) for a in span.attributes},
-                        links=tuple((lk.trace_id.hex(), lk.span_id.hex()) for lk in span.links),
-                        events=tuple(e.name for e in span.events),
-                        status=span.status.code,
-                    )
-                )
+        out.extend(
+            ReceivedSpan(
+                service=service,
+                name=span.name,
+                kind=span.kind,
+                trace_id=span.trace_id.hex(),
+                span_id=span.span_id.hex(),
+                parent_span_id=span.parent_span_id.hex(),
+                attributes={a.key: _value(a.value) for a in span.attributes},
+                links=tuple((lk.trace_id.hex(), lk.span_id.hex()) for lk in span.links),
+                events=tuple(e.name for e in span.events),
+                status=span.status.code,
+            )
+            for scope_spans in resource_spans.scope_spans
+            for span in scope_spans.spans
+        )
     return out
 
 
