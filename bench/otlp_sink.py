@@ -51,7 +51,7 @@ def _value(value: common_pb2.AnyValue) -> Any:
 
 def decode(body: bytes) -> list[ReceivedSpan]:
     request = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
-    out = []
+    out: list[ReceivedSpan] = []
     for resource_spans in request.resource_spans:
         resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
         service = str(resource.get("service.name", ""))
