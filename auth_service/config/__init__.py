@@ -87,8 +87,8 @@ class Settings:
     relay_max_backoff_s: float = 30.0
     outbox_retention_s: float = 7 * 24 * 3600.0
     # Tracing (OpenTelemetry's variables; the SDK reads them itself): `tracing`.
-    otel_exporter_otlp_endpoint: str | None = None
-    otel_exporter_otlp_traces_endpoint: str | None = None
+    otel_exporter_otlp_endpoint: str | None = field(default=None, repr=False)
+    otel_exporter_otlp_traces_endpoint: str | None = field(default=None, repr=False)
     otel_exporter_otlp_protocol: str = "http/protobuf"
     otel_exporter_otlp_traces_protocol: str | None = None
     otel_traces_exporter: str = "otlp"
