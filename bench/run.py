@@ -27,8 +27,8 @@ from bench.load import Generator, H2Load, PythonLoad, ensure_h2load, h2load_vers
 from bench.server import Features, ServerProcess
 
 # Benchmarks in the order they run; those marked True need the dataset and server.
-NAMES = ("serving", "batch", "inserts", "workers", "client", "relay")
-_NEEDS_SERVER = {"serving", "batch", "inserts", "workers"}
+NAMES = ("serving", "batch", "inserts", "workers", "tracing", "client", "relay")
+_NEEDS_SERVER = {"serving", "batch", "inserts", "workers", "tracing"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

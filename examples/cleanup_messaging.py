@@ -28,7 +28,9 @@ Run it against `auth-service dev` (from the repository root):
     AUTH_SERVICE_TOKEN=<admin token> .venv/bin/auth-service users delete <alice's id>
 
 Add `--auth-target 127.0.0.1:50051` to also drop the user from an AuthClient cache
-(`invalidate_cache`), as a service that validates ids with auth_client would.
+(`invalidate_cache`), as a service that validates ids with auth_client would. With
+OTEL_EXPORTER_OTLP_ENDPOINT set, each event is handled in a span that continues the
+deletion's trace (otel_setup.py, docs/tracing.md).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from otel_setup import start_tracing
 
 from auth_client import AuthClient
 from auth_client.events import (
@@ -160,7 +163,11 @@ def main() -> None:
     parser.add_argument("--auth-target", help="auth-service host:port (cache invalidation)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
-    asyncio.run(run(parser.parse_args()))
+    stop_tracing = start_tracing("messaging-cleanup")
+    try:
+        asyncio.run(run(parser.parse_args()))
+    finally:
+        stop_tracing()  # export the spans before the process exits
 
 
 if __name__ == "__main__":

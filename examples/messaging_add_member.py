@@ -23,6 +23,9 @@ Run it against `auth-service dev` (from the repository root):
         --database-url postgresql://postgres@127.0.0.1:<PGPORT>/messaging \
         --group general <alice's id>
 
+With OTEL_EXPORTER_OTLP_ENDPOINT set it traces: "add group member" with
+auth_client's lookup spans and the insert beneath it (otel_setup.py, docs/tracing.md).
+
 Exit status: 0 added (or already a member; prints JSON), 1 no such user,
 2 malformed id, 3 auth-service unavailable, 4 the database cannot be reached (bad
 --database-url or server down); 1 to 4 insert nothing and print one line on stderr.
@@ -36,6 +39,7 @@ import json
 import sys
 from pathlib import Path
 
+from otel_setup import span, start_tracing
 from service_db import EXIT_DATABASE_UNAVAILABLE, DatabaseUnavailableError, connect_creating
 
 from auth_client import (
@@ -61,6 +65,11 @@ RETURNING group_id
 
 
 async def add_member(args: argparse.Namespace) -> dict[str, object]:
+    with span("add group member"):
+        return await _add_member(args)
+
+
+async def _add_member(args: argparse.Namespace) -> dict[str, object]:
     db = await connect_creating(args.database_url)
     try:
         await db.execute(SCHEMA.read_text())
@@ -71,15 +80,16 @@ async def add_member(args: argparse.Namespace) -> dict[str, object]:
             user = await auth.get_user(args.user_id)  # the profile, for the message
             if user is None:  # deleted in between
                 raise UserNotFoundError([args.user_id])
-        async with db.transaction():
-            group_id = await db.fetchval(ADD_MEMBER, args.group, user.id)
-            added = group_id is not None
-            if added:
-                await db.execute(
-                    "INSERT INTO group_messages (group_id, body) VALUES ($1, $2)",
-                    group_id,
-                    f"{user.display_name} (@{user.username}) joined",
-                )
+        with span("INSERT group_members"):  # the service's own database
+            async with db.transaction():
+                group_id = await db.fetchval(ADD_MEMBER, args.group, user.id)
+                added = group_id is not None
+                if added:
+                    await db.execute(
+                        "INSERT INTO group_messages (group_id, body) VALUES ($1, $2)",
+                        group_id,
+                        f"{user.display_name} (@{user.username}) joined",
+                    )
         return {
             "group": args.group,
             "user_id": str(user.id),
@@ -99,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=2.0, help="auth-service deadline (s)")
     parser.add_argument("user_id", help="id of the user to add")
     args = parser.parse_args(argv)
+    stop_tracing = start_tracing("messaging")
     try:
         result = asyncio.run(add_member(args))
     except UserNotFoundError as exc:
@@ -113,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     except DatabaseUnavailableError as exc:
         print(f"not added: {exc}", file=sys.stderr)
         return EXIT_DATABASE_UNAVAILABLE
+    finally:
+        stop_tracing()  # export the spans before the process exits
     print(json.dumps(result))
     return 0
 

@@ -24,6 +24,8 @@ MODULES = [
     "bench.batch",
     "bench.inserts",
     "bench.workers",
+    "bench.tracing",
+    "bench.otlp_sink",
     "bench.external",
     "bench.pyload",
     "bench.bench_client",

@@ -70,3 +70,42 @@ def test_readme_documents_every_variable() -> None:
     table = readme.split("<!-- config-table:start -->")[1].split("<!-- config-table:end -->")[0]
     documented = set(re.findall(r"^\| `([A-Z0-9_]+)`", table, re.MULTILINE))
     assert documented == {v.name for v in ENV_VARS}, "run: python scripts/config_table.py"
+
+
+def test_tracing_is_off_unless_an_otlp_endpoint_is_set() -> None:
+    assert not Settings.from_env(GOOD).tracing
+    endpoint = {**GOOD, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}
+    assert Settings.from_env(endpoint).tracing
+    traces = {**GOOD, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://otel.example/v1/traces"}
+    assert Settings.from_env(traces).tracing
+    assert not Settings.from_env({**endpoint, "OTEL_SDK_DISABLED": "true"}).tracing
+    assert not Settings.from_env({**endpoint, "OTEL_TRACES_EXPORTER": "none"}).tracing
+    assert Settings.from_env(
+        {
+            **endpoint,
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": "0.1",
+        }
+    ).tracing
+
+
+def test_bad_tracing_variables_are_named_at_start_up() -> None:
+    env = {
+        **GOOD,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_TRACES_SAMPLER": "sometimes",
+        "OTEL_TRACES_EXPORTER": "jaeger",
+        "OTEL_SDK_DISABLED": "maybe",
+    }
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert set(info.value.problems) == set(env) - set(GOOD)
+    ratio = {**GOOD, "OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "2"}
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(ratio)
+    assert set(info.value.problems) == {"OTEL_TRACES_SAMPLER_ARG"}
+    pointless = {**GOOD, "OTEL_TRACES_SAMPLER_ARG": "0.5"}  # the default sampler takes none
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(pointless)
+    assert set(info.value.problems) == {"OTEL_TRACES_SAMPLER_ARG"}

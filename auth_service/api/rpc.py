@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from auth_service import errors
+from auth_service import errors, tracing
 from auth_service.api.callers import ANONYMOUS, MissingScopeError, TokenRegistry, bearer_token
 from auth_service.api.limits import Limits
 from auth_service.api.metrics import MethodMetrics, method_metrics
@@ -179,6 +179,7 @@ def handler(
             started = time.perf_counter()
             code = grpc.StatusCode.CANCELLED  # unless the call ends below
             rid: str | None = None
+            message = ""
             access = self.access
             refused: errors.ServiceError | None = None
             try:
@@ -193,6 +194,11 @@ def handler(
                 if site is None:
                     site = sites[type(self)] = method_metrics(service_name(self), method)
                 site.start(caller.name)
+            tracer = tracing.TRACER
+            if tracer is not None:  # the SERVER span, current until the call ends
+                span, token = tracing.start_server_span(
+                    tracer, service_name(self), method, context.invocation_metadata()
+                )
             try:
                 if refused is not None:
                     raise refused  # noqa: TRY301 - answered and counted below like the rest
@@ -222,6 +228,8 @@ def handler(
             finally:
                 if site is not None:
                     site.done(caller.name, code, time.perf_counter() - started)
+                if tracer is not None:
+                    tracing.end_server_span(span, token, caller.name, code.value[0], message)
                 if log.isEnabledFor(logging.DEBUG):
                     _log_call(
                         self, method, caller, code, started=started, rid=rid or request_id(context)

@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from auth_client.contract import admin_pb2, auth_pb2
+from auth_service import tracing
 from auth_service.addresses import bind_problem, format_host_port, local_address, parse_host_port
 from auth_service.api.callers import ANONYMOUS, TokenFile, TokenRegistry
 from auth_service.api.health import AuthHealthServicer, HealthMonitor
@@ -367,8 +368,13 @@ class AuthServer:
 
 async def serve(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT, then shut down gracefully. Returns the exit code."""
-    async with AuthServer(settings):
-        sig = await wait_for_shutdown_signal()
-        log.info("received %s: draining for up to %.1fs", sig.name, settings.shutdown_grace_s)
+    provider = tracing.start() if settings.tracing else None
+    try:
+        async with AuthServer(settings):
+            sig = await wait_for_shutdown_signal()
+            log.info("received %s: draining for up to %.1fs", sig.name, settings.shutdown_grace_s)
+    finally:
+        if provider is not None:  # export the spans still buffered
+            await asyncio.to_thread(tracing.stop, provider)
     log.info("auth-service stopped")
     return 0

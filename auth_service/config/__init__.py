@@ -86,6 +86,16 @@ class Settings:
     relay_batch_size: int = 100
     relay_max_backoff_s: float = 30.0
     outbox_retention_s: float = 7 * 24 * 3600.0
+    # Tracing (OpenTelemetry's variables; the SDK reads them itself): `tracing`.
+    otel_exporter_otlp_endpoint: str | None = field(default=None, repr=False)
+    otel_exporter_otlp_traces_endpoint: str | None = field(default=None, repr=False)
+    otel_exporter_otlp_protocol: str = "http/protobuf"
+    otel_exporter_otlp_traces_protocol: str | None = None
+    otel_traces_exporter: str = "otlp"
+    otel_sdk_disabled: bool = False
+    otel_service_name: str | None = None
+    otel_traces_sampler: str = "parentbased_always_on"
+    otel_traces_sampler_arg: float | None = None
     # Not from the environment: only `auth-service dev` (and test fixtures) turn it
     # on; AuthService then answers callers without a known token as `anonymous`.
     allow_unauthenticated_reads: bool = False
@@ -119,7 +129,23 @@ class Settings:
             problems["MAX_CONCURRENT_RPCS_PER_CALLER"] = "must not exceed MAX_CONCURRENT_RPCS"
         if self.rate_limit_burst and not self.rate_limit_rps:
             problems["RATE_LIMIT_BURST"] = "has no effect without RATE_LIMIT_RPS"
+        if self.otel_traces_sampler_arg is not None and not self.otel_traces_sampler.endswith(
+            "traceidratio"
+        ):
+            problems["OTEL_TRACES_SAMPLER_ARG"] = (
+                "has no effect without OTEL_TRACES_SAMPLER=traceidratio or parentbased_traceidratio"
+            )
         return problems
+
+    @property
+    def tracing(self) -> bool:
+        """Whether this process exports traces: an OTLP endpoint is set, and neither
+        OTEL_SDK_DISABLED nor OTEL_TRACES_EXPORTER=none turns it off."""
+        return (
+            not self.otel_sdk_disabled
+            and self.otel_traces_exporter == "otlp"
+            and bool(self.otel_exporter_otlp_endpoint or self.otel_exporter_otlp_traces_endpoint)
+        )
 
     @property
     def per_caller_concurrency(self) -> int:

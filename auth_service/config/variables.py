@@ -152,6 +152,55 @@ def _readable_file(raw: str) -> str | None:
     return path
 
 
+def _url(raw: str) -> str | None:
+    value = raw.strip()
+    if not value:
+        return None
+    if not value.startswith(("http://", "https://")) or len(value) <= len("https://"):
+        raise ValueError("must be an http:// or https:// URL (OTLP/HTTP)")
+    return value
+
+
+def _otlp_protocol(raw: str) -> str:
+    value = raw.strip()
+    if value != "http/protobuf":
+        raise ValueError("only http/protobuf: the image exports traces over OTLP/HTTP")
+    return value
+
+
+def _traces_exporter(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in {"otlp", "none"}:
+        raise ValueError("one of otlp, none")
+    return value
+
+
+SAMPLERS = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+)
+
+
+def _sampler(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in SAMPLERS:
+        raise ValueError(f"one of {', '.join(SAMPLERS)}")
+    return value
+
+
+def _ratio(raw: str) -> float | None:
+    if not raw.strip():
+        return None
+    value = float(raw)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("a sampling ratio from 0 to 1")
+    return value
+
+
 # A BatchUserExists request with the most ids allowed, in canonical form, is
 # 38 bytes per id (1 tag + 1 length + 36 characters): the size limit must admit it.
 MIN_REQUEST_BYTES = 38 * MAX_BATCH_IDS
@@ -379,5 +428,61 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "outbox_retention_s",
         _positive_float,
         "published outbox rows are deleted after this many seconds (unpublished rows never)",
+    ),
+    # Tracing: OpenTelemetry's standard variables (docs/tracing.md). Validated here;
+    # the SDK reads them itself, with the rest of its OTEL_* variables.
+    EnvVar(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "otel_exporter_otlp_endpoint",
+        _url,
+        "base URL of an OTLP/HTTP receiver (spans go to its /v1/traces); setting it, or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, turns tracing on (docs/tracing.md)",
+    ),
+    EnvVar(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "otel_exporter_otlp_traces_endpoint",
+        _url,
+        "full URL spans are posted to (instead of OTEL_EXPORTER_OTLP_ENDPOINT/v1/traces)",
+    ),
+    EnvVar(
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "otel_exporter_otlp_protocol",
+        _otlp_protocol,
+        "http/protobuf, the only protocol the image exports with",
+    ),
+    EnvVar(
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "otel_exporter_otlp_traces_protocol",
+        _otlp_protocol,
+        "as OTEL_EXPORTER_OTLP_PROTOCOL, for spans",
+    ),
+    EnvVar(
+        "OTEL_TRACES_EXPORTER",
+        "otel_traces_exporter",
+        _traces_exporter,
+        "otlp, or none to turn tracing off while an endpoint is set",
+    ),
+    EnvVar(
+        "OTEL_SDK_DISABLED",
+        "otel_sdk_disabled",
+        _bool,
+        "true turns tracing off whatever else is set",
+    ),
+    EnvVar(
+        "OTEL_SERVICE_NAME",
+        "otel_service_name",
+        _non_empty,
+        "service.name of the spans (default auth-service, unless OTEL_RESOURCE_ATTRIBUTES names one)",
+    ),
+    EnvVar(
+        "OTEL_TRACES_SAMPLER",
+        "otel_traces_sampler",
+        _sampler,
+        f"which calls are traced: {', '.join(SAMPLERS)}; parentbased_* follow the caller's decision (its traceparent)",
+    ),
+    EnvVar(
+        "OTEL_TRACES_SAMPLER_ARG",
+        "otel_traces_sampler_arg",
+        _ratio,
+        "the ratio of traceidratio and parentbased_traceidratio, 0 to 1 (default 1)",
     ),
 )

@@ -4,6 +4,9 @@
 A publish that fails or times out is ambiguous (the broker may have stored the
 message before the answer was lost): the relay keeps the row and sends it again,
 so consumers see a duplicate with the same `event-id` and deduplicate.
+
+Each record carries the `traceparent` of its outbox row: while tracing, that of
+its publish span (a child of the stored one), else the stored one as it is.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Self
 
 from aiokafka import AIOKafkaProducer
 
-from auth_client.contract import event_headers
+from auth_client.contract import HEADER_TRACEPARENT, event_headers
+from auth_service import tracing
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -86,20 +90,32 @@ class Publisher:
         # Records of one key are never in one batch (see OutboxStore), and aiokafka
         # sends one partition's batches in order, so per-key order holds.
         futures: list[asyncio.Future[Any] | BaseException] = []
+        spans = [
+            tracing.start_publish_span(
+                c.topics.get(r.event_type, ""), r.traceparent, str(r.event_id)
+            )
+            if tracing.TRACER is not None
+            else None
+            for r in records
+        ]
         try:
             async with asyncio.timeout(c.request_timeout_s * 2 + 5):
-                for record in records:
+                for record, span in zip(records, spans, strict=True):
                     topic = c.topics.get(record.event_type)
                     if topic is None:
                         futures.append(PublishError(f"no topic for {record.event_type}"))
                         continue
+                    parent = record.traceparent if span is None else tracing.traceparent(span)
+                    extra = {HEADER_TRACEPARENT: parent} if parent else {}
                     try:
                         futures.append(
                             await self._producer.send(
                                 topic,
                                 value=record.payload,
                                 key=record.key.encode(),
-                                headers=event_headers(str(record.event_id), record.event_type),
+                                headers=event_headers(
+                                    str(record.event_id), record.event_type, **extra
+                                ),
                             )
                         )
                     except Exception as exc:  # e.g. no metadata: broker unreachable
@@ -121,6 +137,9 @@ class Publisher:
                 out.append(PublishError("publish cancelled"))
             else:
                 out.append(f.exception())
+        for span, error in zip(spans, out, strict=True):
+            if span is not None:
+                tracing.end_publish_span(span, error)
         return out
 
     async def _stop(self, producer: Any) -> None:

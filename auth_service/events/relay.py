@@ -29,6 +29,7 @@ from prometheus_client import Counter, Gauge
 
 from auth_client.backoff import Backoff
 from auth_client.contract import USER_DELETED_TYPE
+from auth_service import tracing
 from auth_service.events.publisher import ProducerConfig, Publisher, PublishError
 from auth_service.notices import RepeatingNotice
 from auth_service.signals import wait_for_shutdown_signal
@@ -341,7 +342,12 @@ def _describe(exc: BaseException) -> str:
 
 async def run_relay(settings: Settings) -> int:
     """`auth-service relay`: run until SIGTERM/SIGINT."""
-    async with Relay(RelayConfig.from_settings(settings)):
-        sig = await wait_for_shutdown_signal()
-        log.info("received %s: stopping the relay", sig.name)
+    provider = tracing.start() if settings.tracing else None
+    try:
+        async with Relay(RelayConfig.from_settings(settings)):
+            sig = await wait_for_shutdown_signal()
+            log.info("received %s: stopping the relay", sig.name)
+    finally:
+        if provider is not None:  # export the spans still buffered
+            await asyncio.to_thread(tracing.stop, provider)
     return 0

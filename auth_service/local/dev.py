@@ -186,8 +186,12 @@ async def run_dev(options: DevOptions) -> int:
         async with AuthServer(settings) as server:
             if server.metrics is not None:
                 kafka.append(f"  metrics       {server.metrics.url}")
+            # Handlers first, then the banner: a Ctrl-C right after the banner (a
+            # script that waits for it) must stop dev cleanly, not interrupt it.
+            stop = asyncio.create_task(wait_for_shutdown_signal())
+            await asyncio.sleep(0)
             print(banner(server, token, users, kafka), flush=True)  # noqa: T201
-            await wait_for_shutdown_signal()
+            await stop
             print("stopping...", file=sys.stderr, flush=True)  # noqa: T201
     return 0
 

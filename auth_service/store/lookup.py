@@ -21,6 +21,10 @@ the calls in flight (`backlog()`, the API calls admitted and not yet answered):
 
 Each caller has its own future: a caller that is cancelled (deadline, disconnect)
 takes nothing down with it.
+
+While tracing, each queued lookup remembers its call's span (`_callers`): the
+query's span is a child of the first call it answers and links every one; a call
+answered by the state cache gets `auth.state_cache.hit` instead of a query span.
 """
 
 from __future__ import annotations
@@ -28,11 +32,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
+from auth_service import tracing
 from auth_service.errors import DeadlineExceededError, ServiceError, UnavailableError
 from auth_service.store.pool import Budget
 from auth_service.store.state_cache import StateCache
 from auth_service.store.users import BY_NUMBER, UserRepository, UserState
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +75,7 @@ class StateLookup:
         self._max_window = max_window
         self._target_batch = target_batch
         self._queue: list[_Waiter] = []
+        self._callers: dict[asyncio.Future[UserState], SpanContext | None] = {}  # tracing
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -83,6 +93,8 @@ class StateLookup:
         cached = self.cache.get(user_id)
         if cached is not None:
             self.hits += 1
+            if tracing.TRACER is not None:
+                tracing.note("auth.state_cache.hit", value=True)
             return cached
         if not self._merge:
             return await self._users.state(user_id, budget)
@@ -93,6 +105,8 @@ class StateLookup:
         fut: asyncio.Future[UserState] = loop.create_future()
         queue = self._queue
         queue.append((user_id, fut, budget))
+        if tracing.TRACER is not None:
+            self._callers[fut] = tracing.current_span_context()
         if self._in_flight < self._max_in_flight and self._timer is None:
             if (
                 len(queue) >= self._max_batch
@@ -129,6 +143,7 @@ class StateLookup:
                 self._dispatch()
 
     async def _query(self, batch: list[_Waiter]) -> None:
+        callers = {w[1]: self._callers.pop(w[1], None) for w in batch} if self._callers else {}
         live = [w for w in batch if not w[1].done()]
         if not live:
             return
@@ -140,7 +155,8 @@ class StateLookup:
         keys = [w[0] for w in live]
         since = self.cache.generation()
         try:
-            found = await self._users.states(",".join(keys), budget)
+            served = [callers.get(w[1]) for w in live] if callers else ()
+            found = await self._users.states(",".join(keys), budget, served)
         except ServiceError as exc:
             _fail(live, exc)
             return
@@ -167,6 +183,8 @@ class StateLookup:
         out: list[int] = [get(key) or 0 for key in keys]
         missing = [key for key, state in zip(keys, out, strict=True) if not state]
         self.hits += len(keys) - len(missing)
+        if tracing.TRACER is not None:
+            tracing.note("auth.state_cache.hits", value=len(keys) - len(missing))
         if missing:
             self.batches += 1
             self.lookups += len(missing)
@@ -187,6 +205,7 @@ class StateLookup:
             self._timer.cancel()
             self._timer = None
         queued, self._queue = self._queue, []
+        self._callers.clear()
         _fail(queued, UnavailableError("the server is shutting down"))
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from auth_client.contract import USER_DELETED_TYPE, UserDeletedEvent, encode_user_deleted
+from auth_service import tracing
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -30,12 +31,13 @@ if TYPE_CHECKING:
 NOTIFY_CHANNEL = "auth_outbox"
 
 _INSERT = """
-INSERT INTO outbox (event_id, event_type, partition_key, payload)
-VALUES ($1, $2, $3, $4)
+INSERT INTO outbox (event_id, event_type, partition_key, payload, traceparent)
+VALUES ($1, $2, $3, $4, $5)
 """
 _NOTIFY = "SELECT pg_notify($1, '')"
 _CLAIM = """
-SELECT o.id, o.event_id, o.event_type, o.partition_key, o.payload, o.created_at
+SELECT o.id, o.event_id, o.event_type, o.partition_key, o.payload, o.created_at,
+       o.traceparent
 FROM outbox AS o
 WHERE o.published_at IS NULL
   AND o.event_type = ANY($2::text[])
@@ -75,6 +77,8 @@ class OutboxRecord:
     key: str
     payload: bytes
     created_at: datetime
+    # W3C trace context of the transaction that wrote the event, when it was traced.
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +97,14 @@ async def write_event(
     payload: bytes,
     event_id: uuid.UUID | None = None,
     notify: bool = True,
+    traceparent: str | None = None,
 ) -> uuid.UUID:
-    """Insert an event in the caller's transaction; NOTIFY wakes the relay on commit."""
+    """Insert an event in the caller's transaction; NOTIFY wakes the relay on commit.
+    `traceparent`: the trace the event continues (default: the current span's)."""
     event_id = event_id or uuid.uuid4()
-    await conn.execute(_INSERT, event_id, event_type, key, payload)
+    if traceparent is None:
+        traceparent = tracing.current_traceparent()
+    await conn.execute(_INSERT, event_id, event_type, key, payload, traceparent)
     if notify:
         await conn.execute(_NOTIFY, NOTIFY_CHANNEL)
     return event_id
@@ -145,6 +153,7 @@ class OutboxStore:
                 key=row["partition_key"],
                 payload=bytes(row["payload"]),
                 created_at=row["created_at"],
+                traceparent=row["traceparent"],
             )
             for row in rows
         ]

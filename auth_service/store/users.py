@@ -11,14 +11,20 @@ from __future__ import annotations
 import contextlib
 import enum
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import asyncpg
 
+from auth_service import tracing
 from auth_service.errors import AlreadyExistsError
 from auth_service.store.pool import Budget, Conn, connection, translate_errors
 from auth_service.store.status import DatabaseStatus
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
 
 
 class UserState(enum.IntEnum):
@@ -142,31 +148,48 @@ class UserRepository:
         """The state of one canonical (lower-case) id."""
         return BY_NUMBER[(await self.states(key, budget))[0]]  # type: ignore[return-value]
 
-    async def states(self, joined: str, budget: Budget) -> list[int]:
+    async def states(
+        self, joined: str, budget: Budget, served: Sequence[SpanContext | None] = ()
+    ) -> list[int]:
         """The UserState number of each id of `joined` (canonical, lower-case ids
-        separated by commas), in order."""
+        separated by commas), in order. `served`: when tracing, the calls this one
+        query answers (default: the current one)."""
         if not joined:
             return []
+        if tracing.TRACER is not None:
+            return await self._traced_states(joined, budget, served)
         async with self.connection(budget) as conn:
             found: list[int] = await conn.fetchval(_STATES, joined, timeout=budget.seconds)
         return found
 
+    async def _traced_states(
+        self, joined: str, budget: Budget, served: Sequence[SpanContext | None]
+    ) -> list[int]:
+        with tracing.query("SELECT", "users", served=served) as span:
+            if span is not None:
+                span.set_attribute("auth.ids", joined.count(",") + 1)
+            async with self.connection(budget) as conn:
+                found: list[int] = await conn.fetchval(_STATES, joined, timeout=budget.seconds)
+        return found
+
     async def get(self, user_id: uuid.UUID, budget: Budget) -> User | None:
         """The user, deleted or not; None when the id was never created."""
-        async with self.connection(budget) as conn:
-            row = await conn.fetchrow(_GET, user_id, timeout=budget.seconds)
+        with tracing.query("SELECT", "users"):
+            async with self.connection(budget) as conn:
+                row = await conn.fetchrow(_GET, user_id, timeout=budget.seconds)
         return None if row is None else _user(row)
 
     async def create(
         self, username: str, display_name: str, email: str | None, budget: Budget
     ) -> User:
-        async with self.connection(budget) as conn:
-            try:
-                row = await conn.fetchrow(
-                    _INSERT, uuid.uuid4(), username, display_name, email, timeout=budget.seconds
-                )
-            except asyncpg.UniqueViolationError as exc:
-                raise AlreadyExistsError("an active user already has this username") from exc
+        with tracing.query("INSERT", "users"):
+            async with self.connection(budget) as conn:
+                try:
+                    row = await conn.fetchrow(
+                        _INSERT, uuid.uuid4(), username, display_name, email, timeout=budget.seconds
+                    )
+                except asyncpg.UniqueViolationError as exc:
+                    raise AlreadyExistsError("an active user already has this username") from exc
         assert row is not None
         return _user(row)
 

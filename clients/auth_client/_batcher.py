@@ -13,6 +13,9 @@
   the other callers.
 - An RPC's answer goes into the cache only if its id was not invalidated or
   marked deleted while the RPC was in flight.
+- While the application traces, a batch remembers the lookup spans that put ids
+  in it: its RPC's span is a child of the first and links every one, and each gets
+  the batch size (`auth_client.batch.size`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
+from auth_client import _tracing
 from auth_client._errors import AuthClientError
 from auth_client._models import ACTIVE, NOT_FOUND, User
 
@@ -32,6 +36,8 @@ R = TypeVar("R")
 if TYPE_CHECKING:
     import uuid
 
+    from opentelemetry.trace import Span
+
     from auth_client._breaker import Breaker
     from auth_client._cache import ExistsCache
     from auth_client._config import BatchConfig
@@ -40,11 +46,12 @@ if TYPE_CHECKING:
 
 
 class _Batch:
-    __slots__ = ("deadline", "futures")
+    __slots__ = ("deadline", "futures", "spans")
 
     def __init__(self) -> None:
         self.futures: dict[uuid.UUID, asyncio.Future[int]] = {}
         self.deadline = 0.0  # time.monotonic() by which the slowest member gives up
+        self.spans: list[Span] = []  # the lookups it answers, when tracing
 
 
 def _fail(future: asyncio.Future[object], error: BaseException) -> None:
@@ -78,17 +85,22 @@ class Batcher:
 
     # -- existence ---------------------------------------------------------
 
-    def future(self, key: uuid.UUID, deadline: float) -> asyncio.Future[int]:
+    def future(
+        self, key: uuid.UUID, deadline: float, span: Span | None = None
+    ) -> asyncio.Future[int]:
         """The future state (ACTIVE / DELETED / NOT_FOUND) of `key`, shared with
-        every other concurrent lookup of it. `deadline` is a time.monotonic()."""
+        every other concurrent lookup of it. `deadline` is a time.monotonic();
+        `span` the lookup's span, when tracing."""
         if self._closed:
             raise RuntimeError("AuthClient is closed")
         found = self._inflight.get(key)
         batch = self._pending
         if found is None:
             found = batch.futures.get(key)
-            if found is not None and deadline > batch.deadline:
-                batch.deadline = deadline
+            if found is not None:
+                batch.deadline = max(batch.deadline, deadline)
+                if span is not None and (not batch.spans or batch.spans[-1] is not span):
+                    batch.spans.append(span)
         if found is not None:
             self._counters.coalesced += 1
             return found
@@ -96,6 +108,8 @@ class Batcher:
         future: asyncio.Future[int] = loop.create_future()
         batch.futures[key] = future
         batch.deadline = max(batch.deadline, deadline)
+        if span is not None and (not batch.spans or batch.spans[-1] is not span):
+            batch.spans.append(span)
         if len(batch.futures) >= self._max_ids:
             self._flush()
         elif self._timer is None:
@@ -121,7 +135,10 @@ class Batcher:
         ids = list(batch.futures)
         timeout = max(batch.deadline - time.monotonic(), 0.001)
         try:
-            states = await self._guarded(self._transport.states, ids, timeout)
+            if batch.spans:
+                states = await self._send_traced(batch, ids, timeout)
+            else:
+                states = await self._guarded(self._transport.states, ids, timeout)
         except asyncio.CancelledError:
             self._settle_failed(batch, AuthClientError("AuthClient closed during the call"))
             raise
@@ -149,6 +166,18 @@ class Batcher:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer = asyncio.get_running_loop().call_soon(self._flush)
+
+    async def _send_traced(self, batch: _Batch, ids: list[uuid.UUID], timeout: float) -> list[int]:
+        spans = batch.spans
+        for span in spans:
+            span.set_attribute("auth_client.batch.size", len(ids))
+        rpc = functools.partial(self._transport.states, links=spans)
+        assert _tracing.trace is not None
+        # The first lookup is the parent; its outcome is recorded by its own span.
+        with _tracing.trace.use_span(
+            spans[0], record_exception=False, set_status_on_exception=False
+        ):
+            return await self._guarded(rpc, ids, timeout)
 
     async def states_uncached(self, ids: list[uuid.UUID], timeout: float) -> list[int]:
         """Ask auth-service directly (through the breaker), bypassing the cache and

@@ -3,7 +3,8 @@
 The cache-hit path of `user_exists` is kept deliberately bare (one dict lookup,
 one clock read, one counter): no allocation, no logging, no I/O. Everything
 else — coalescing, batching, the breaker, fallbacks and rollout modes — starts
-in `Lookup.exist` (`_lookup.py`) on a miss.
+in `Lookup.exist` (`_lookup.py`) on a miss. While the application traces, cache
+hits go there too, so that each lookup has its span (`_fast` is off).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Self
 
+from auth_client import _tracing
 from auth_client._batcher import Batcher
 from auth_client._breaker import Breaker, StateListener
 from auth_client._cache import ExistsCache, TextIds
@@ -97,6 +99,8 @@ class AuthClient:
         self._fallback = fallback
         self._rollout = rollout
         self._enforce = rollout is RolloutMode.ENFORCE
+        # The bare cache-hit path: in ENFORCE mode while the process does not trace.
+        self._fast = self._enforce
         self._on_unverified = on_unverified
         self._name = name
         self._counters = Counters()
@@ -117,8 +121,12 @@ class AuthClient:
             fallback=fallback,
             rollout=rollout,
             on_unverified=on_unverified,
+            on_tracing=self._set_traced,
         )
         self._state = _State.NEW
+
+    def _set_traced(self, on: bool) -> None:
+        self._fast = self._enforce and not on
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -200,7 +208,7 @@ class AuthClient:
         """Whether the user exists and is not deleted."""
         key = user_id if isinstance(user_id, _UUID) else self._text_ids.get(user_id)
         entry = self._entries.get(key)
-        if entry is not None and self._enforce and entry[1] > _monotonic():
+        if entry is not None and self._fast and entry[1] > _monotonic():
             self._counters.cache_hits += 1
             self._entries.move_to_end(key)
             return entry[0]
@@ -277,6 +285,17 @@ class AuthClient:
         keys = list(dict.fromkeys(self._text_ids.get(value) for value in user_ids))
         budget = self._lookup._budget(timeout)
         batcher = self._open()
+        tracer = _tracing.tracer()
+        if tracer is None:
+            return await self._states(batcher, keys, budget)
+        with tracer.start_as_current_span("auth_client.user_states") as span:
+            span.set_attribute("auth_client.client", self._name)
+            span.set_attribute("auth_client.ids", len(keys))
+            return await self._states(batcher, keys, budget)
+
+    async def _states(
+        self, batcher: Batcher, keys: list[uuid.UUID], budget: float
+    ) -> dict[uuid.UUID, UserState]:
         out: dict[uuid.UUID, UserState] = {}
         for start in range(0, len(keys), MAX_BATCH_IDS):
             chunk = keys[start : start + MAX_BATCH_IDS]

@@ -10,6 +10,10 @@
 - On a rebalance, the offsets handled so far are committed before the partitions
   are given up, and no message of a revoked partition is started afterwards.
 - `stop()` lets the message in progress finish, commits, leaves the group.
+- While the application traces, each message is processed in a CONSUMER span that
+  continues the trace of its `traceparent` header (the deletion's trace); every
+  handler attempt is a child span, a retry an event, the dead-letter write a
+  PRODUCER span whose `traceparent` the dead-lettered message carries.
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
+from auth_client import _tracing
 from auth_client.backoff import backoff_delay
 from auth_client.contract import (
     DEFAULT_DLQ_TOPIC,
     DEFAULT_TOPIC,
     HEADER_EVENT_TYPE,
+    HEADER_TRACEPARENT,
     USER_DELETED_TYPE,
     EventDecodeError,
     Origin,
@@ -41,6 +47,8 @@ from auth_client.contract import (
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
     from types import TracebackType
+
+    from opentelemetry.trace import Span, Tracer
 
 log = logging.getLogger("auth_client.events")
 
@@ -234,17 +242,40 @@ class UserDeletedConsumer:
         if event_type is not None and event_type != USER_DELETED_TYPE:
             self.stats.skipped += 1  # another event type on this topic: not ours
             return True
+        tracer = _tracing.tracer()
+        if tracer is None:
+            return await self._handle(record, None, None)
+        with _tracing.kafka_span(
+            tracer,
+            "process",
+            record.topic,
+            parent=header(record.headers, HEADER_TRACEPARENT),
+            partition=record.partition,
+            offset=record.offset,
+            group=self.group_id,
+        ) as span:
+            return await self._handle(record, tracer, span)
+
+    async def _handle(self, record: Any, tracer: Tracer | None, span: Span | None) -> bool:
         key = record.key.decode("utf-8", errors="replace") if record.key else None
         origin = Origin(record.topic, record.partition, record.offset, key)
         try:
             event = decode_user_deleted(record.value, origin)
         except EventDecodeError as exc:
-            return await self._dead_letter(record, exc, attempts=0)
+            return await self._dead_letter(record, exc, attempts=0, tracer=tracer)
+        if span is not None:
+            span.set_attribute("messaging.message.id", event.event_id)
         attempt = 0
         while True:
             attempt += 1
             try:
-                await self._handler(event)
+                if tracer is None:
+                    await self._handler(event)
+                else:
+                    with tracer.start_as_current_span(
+                        "handle user_deleted", attributes={"auth_client.attempt": attempt}
+                    ):
+                        await self._handler(event)
             except Exception as exc:
                 if attempt >= self.retry.max_attempts:
                     log.warning(
@@ -252,19 +283,38 @@ class UserDeletedConsumer:
                         attempt,
                         event.event_id,
                     )
-                    return await self._dead_letter(record, exc, attempts=attempt)
+                    return await self._dead_letter(record, exc, attempts=attempt, tracer=tracer)
                 self.stats.retries += 1
                 log.info("user_deleted handler failed (attempt %d): %r", attempt, exc)
-                if await self._sleep_unless_stopped(self.retry.delay(attempt)):
+                delay = self.retry.delay(attempt)
+                if span is not None:
+                    span.add_event(
+                        "retry", {"auth_client.attempt": attempt, "auth_client.delay_s": delay}
+                    )
+                if await self._sleep_unless_stopped(delay):
                     return False
             else:
                 self.stats.handled += 1
                 return True
 
-    async def _dead_letter(self, record: Any, error: BaseException, *, attempts: int) -> bool:
+    async def _dead_letter(
+        self, record: Any, error: BaseException, *, attempts: int, tracer: Tracer | None = None
+    ) -> bool:
         """Write the message to the DLQ (retrying until it is acknowledged)."""
+        if tracer is None:
+            return await self._send_dead_letter(record, error, attempts, record.headers)
+        with _tracing.kafka_span(tracer, "send", self.dlq_topic) as span:
+            span.set_attribute("auth_client.attempts", attempts)
+            span.set_attribute("error.type", type(error).__name__)
+            # The dead-lettered message continues the trace from this span.
+            headers = _tracing.with_traceparent(record.headers, span)
+            return await self._send_dead_letter(record, error, attempts, headers)
+
+    async def _send_dead_letter(
+        self, record: Any, error: BaseException, attempts: int, original: Any
+    ) -> bool:
         headers = [
-            *(record.headers or ()),
+            *(original or ()),
             ("dlq-error", f"{type(error).__name__}: {error}"[:1000].encode()),
             ("dlq-error-type", type(error).__name__.encode()),
             ("dlq-attempts", str(attempts).encode()),

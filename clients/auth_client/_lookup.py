@@ -4,6 +4,10 @@ the caller's deadline, and the fallback policy.
 A caller waits on the batcher's futures with `asyncio.wait`, which never
 cancels what it waits for: a caller that is cancelled or runs out of time
 leaves the shared RPC, and every other caller of it, untouched.
+
+When the application traces (`_tracing.tracer()`), every lookup that reaches this
+module runs in an `auth_client.lookup` span, and `on_tracing` tells the client to
+send its cache hits here too (its fast path records no span).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
+from auth_client import _tracing
 from auth_client._config import FallbackPolicy, RolloutMode
 from auth_client._errors import CircuitOpenError, DeadlineExceededError, ServiceUnavailableError
 from auth_client._models import ACTIVE
@@ -20,6 +25,8 @@ from auth_client._rollout import Shadow, report_unverified
 if TYPE_CHECKING:
     import uuid
     from collections.abc import Callable
+
+    from opentelemetry.trace import Span
 
     from auth_client._batcher import Batcher
     from auth_client._breaker import Breaker
@@ -45,8 +52,11 @@ class Lookup:
         fallback: FallbackPolicy,
         rollout: RolloutMode,
         on_unverified: Callable[[tuple[uuid.UUID, ...]], object] | None,
+        on_tracing: Callable[[bool], None] = lambda _on: None,
     ) -> None:
         self._name = name
+        self._on_tracing = on_tracing
+        self._traced = False
         self._cache = cache
         self._breaker = breaker
         self._counters = counters
@@ -73,9 +83,30 @@ class Lookup:
         fallback: FallbackPolicy | None,
     ) -> dict[uuid.UUID, bool]:
         """Answers for distinct `keys`, under the rollout mode and fallback policy."""
+        tracer = _tracing.tracer()
+        if (tracer is not None) != self._traced:
+            self._traced = tracer is not None
+            self._on_tracing(self._traced)
+        if tracer is None:
+            return await self._exist(batcher, keys, timeout, fallback, None)
+        with tracer.start_as_current_span("auth_client.lookup") as span:
+            span.set_attribute("auth_client.client", self._name)
+            span.set_attribute("auth_client.ids", len(keys))
+            return await self._exist(batcher, keys, timeout, fallback, span)
+
+    async def _exist(
+        self,
+        batcher: Batcher,
+        keys: list[uuid.UUID],
+        timeout: float | None,
+        fallback: FallbackPolicy | None,
+        span: Span | None,
+    ) -> dict[uuid.UUID, bool]:
         counters = self._counters
         if self._rollout is RolloutMode.OFF:
             counters.unchecked += len(keys)
+            if span is not None:
+                span.set_attribute("auth_client.rollout", "off")
             return dict.fromkeys(keys, True)
         wait = self._budget(timeout)
         now = time.monotonic()
@@ -90,15 +121,28 @@ class Lookup:
                 answers[key] = cached
         counters.cache_hits += len(answers)
         counters.cache_misses += len(missing)
+        if span is not None:
+            span.set_attribute("auth_client.cache.hit", not missing)
+            span.set_attribute("auth_client.cache.misses", len(missing))
+            span.set_attribute("auth_client.breaker.state", self._breaker.state)
         if self._rollout is RolloutMode.SHADOW:
+            if span is not None:
+                span.set_attribute("auth_client.rollout", "shadow")
             self._shadow.check(batcher, self._breaker, answers, missing, now + wait)
             return dict.fromkeys(keys, True)
         if not missing:
             return answers
         if self._breaker.rejects(now):
-            return await self._fall_back(keys, answers, missing, self._circuit_open(), fallback)
+            return await self._fall_back(
+                keys, answers, missing, self._circuit_open(), fallback, span=span
+            )
         deadline = now + wait
-        futures = [batcher.future(key, deadline) for key in missing]
+        if span is None:
+            futures = [batcher.future(key, deadline) for key in missing]
+        else:
+            joined = counters.coalesced
+            futures = [batcher.future(key, deadline, span) for key in missing]
+            span.set_attribute("auth_client.coalesced", counters.coalesced - joined)
         await asyncio.wait(futures, timeout=wait + GRACE)
         failed: list[uuid.UUID] = []
         failure: ServiceUnavailableError | None = None
@@ -119,7 +163,7 @@ class Lookup:
                 raise error
         if failure is None:
             return answers
-        return await self._fall_back(keys, answers, failed, failure, fallback)
+        return await self._fall_back(keys, answers, failed, failure, fallback, span=span)
 
     async def _fall_back(
         self,
@@ -128,9 +172,17 @@ class Lookup:
         failed: list[uuid.UUID],
         error: ServiceUnavailableError,
         fallback: FallbackPolicy | None,
+        *,
+        span: Span | None = None,
     ) -> dict[uuid.UUID, bool]:
         policy = self._fallback if fallback is None else fallback
         counters = self._counters
+        if span is not None:
+            # What the caller gets instead of an answer; raised errors end the span.
+            span.set_attribute("auth_client.unanswered", len(failed))
+            span.set_attribute("auth_client.unanswered.reason", type(error).__name__)
+            if policy is not FallbackPolicy.FAIL_CLOSED:
+                span.set_attribute("auth_client.fallback", policy.value)
         if policy is FallbackPolicy.SERVE_STALE:
             now = time.monotonic()
             stale: dict[uuid.UUID, bool] = {}
@@ -158,6 +210,20 @@ class Lookup:
         timeout: float | None,
     ) -> User | None:
         """GetUser, coalesced per id; no fallback (a profile cannot be made up)."""
+        tracer = _tracing.tracer()
+        if tracer is None:
+            return await self._user(batcher, key, timeout)
+        with tracer.start_as_current_span("auth_client.get_user") as span:
+            span.set_attribute("auth_client.client", self._name)
+            span.set_attribute("auth_client.breaker.state", self._breaker.state)
+            return await self._user(batcher, key, timeout)
+
+    async def _user(
+        self,
+        batcher: Batcher,
+        key: uuid.UUID,
+        timeout: float | None,
+    ) -> User | None:
         wait = self._budget(timeout)
         if self._breaker.rejects(time.monotonic()):
             self._counters.unavailable += 1

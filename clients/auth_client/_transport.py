@@ -5,6 +5,9 @@ Every RPC error passes through `raise_for_rpc_error` here, inside the caller's
 circuit-breaker guard, so the breaker sees library errors with their status. A
 call first takes one of `max_rpcs_in_flight` slots (`slot()`, outside the breaker:
 waiting for a slot says nothing about the server).
+
+While the application traces, each RPC runs in a CLIENT span (`rpc_span`) whose W3C
+`traceparent` goes in the call's metadata; a batched RPC links the lookups it answers.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from auth_client import _tracing
 from auth_client._config import ChannelConfig
 from auth_client._errors import (
     AuthClientError,
@@ -25,13 +29,23 @@ from auth_client._errors import (
     raise_for_rpc_error,
 )
 from auth_client._models import ACTIVE, DELETED, NOT_FOUND, User
-from auth_client.contract import auth_pb2, auth_pb2_grpc, bearer_metadata, to_datetime
+from auth_client.contract import (
+    HEADER_TRACEPARENT,
+    auth_pb2,
+    auth_pb2_grpc,
+    bearer_metadata,
+    to_datetime,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Iterator, Sequence
+
+    from opentelemetry.trace import Span, Tracer
 
     from auth_client._config import TLSConfig
     from auth_client._metrics import Counters
+
+Metadata = tuple[tuple[str, str], ...] | None
 
 USER_AGENT = "auth-client-python"
 _KNOWN_STATES = frozenset({ACTIVE, DELETED, NOT_FOUND})
@@ -115,9 +129,48 @@ class Transport:
     def __repr__(self) -> str:  # never show the token
         return f"Transport(authenticated={self._metadata is not None})"
 
-    async def states(self, ids: Sequence[uuid.UUID], budget: float) -> list[int]:
+    @contextlib.contextmanager
+    def rpc_span(self, tracer: Tracer, method: str, links: Sequence[Span]) -> Iterator[Metadata]:
+        """A CLIENT span around one RPC (child of the current span, linked to
+        `links`); yields the call metadata with its `traceparent`."""
+        with tracer.start_as_current_span(
+            f"auth.v1.AuthService/{method}",
+            kind=_tracing.trace.SpanKind.CLIENT,
+            links=[_tracing.link(span) for span in links],
+            attributes={
+                "rpc.system": "grpc",
+                "rpc.service": "auth.v1.AuthService",
+                "rpc.method": method,
+            },
+        ) as span:
+            parent = _tracing.traceparent(span)
+            metadata = self._metadata
+            if parent is not None:
+                metadata = (*(metadata or ()), (HEADER_TRACEPARENT, parent))
+            try:
+                yield metadata
+            except AuthClientError as exc:
+                if exc.code is not None:
+                    span.set_attribute("rpc.grpc.status_code", exc.code.value[0])
+                raise
+            span.set_attribute("rpc.grpc.status_code", 0)
+
+    async def states(
+        self, ids: Sequence[uuid.UUID], budget: float, links: Sequence[Span] = ()
+    ) -> list[int]:
         """The state of each id, in order: UserExists for one id, else
-        BatchUserExists (the caller keeps batches within the server's cap)."""
+        BatchUserExists (the caller keeps batches within the server's cap).
+        `links`: the lookup spans this RPC answers (when tracing)."""
+        tracer = _tracing.tracer()
+        if tracer is None:
+            return await self._states(ids, budget, self._metadata)
+        method = "UserExists" if len(ids) == 1 else "BatchUserExists"
+        with self.rpc_span(tracer, method, links) as metadata:
+            return await self._states(ids, budget, metadata)
+
+    async def _states(
+        self, ids: Sequence[uuid.UUID], budget: float, metadata: Metadata
+    ) -> list[int]:
         counters = self._counters
         counters.rpcs += 1
         counters.ids_sent += len(ids)
@@ -127,7 +180,7 @@ class Transport:
                 reply = await self._stub.UserExists(
                     auth_pb2.UserExistsRequest(user_id=str(ids[0])),
                     timeout=budget,
-                    metadata=self._metadata,
+                    metadata=metadata,
                 )
             except Exception as exc:
                 raise_for_rpc_error(exc, method, ids)
@@ -138,7 +191,7 @@ class Transport:
             batch = await self._stub.BatchUserExists(
                 auth_pb2.BatchUserExistsRequest(user_ids=texts, states_only=True),
                 timeout=budget,
-                metadata=self._metadata,
+                metadata=metadata,
             )
         except Exception as exc:
             raise_for_rpc_error(exc, method, ids)
@@ -157,6 +210,13 @@ class Transport:
 
     async def get_user(self, user_id: uuid.UUID, budget: float) -> User | None:
         """The active user's profile, or None (never created, or deleted)."""
+        tracer = _tracing.tracer()
+        if tracer is None:
+            return await self._get_user(user_id, budget, self._metadata)
+        with self.rpc_span(tracer, "GetUser", ()) as metadata:
+            return await self._get_user(user_id, budget, metadata)
+
+    async def _get_user(self, user_id: uuid.UUID, budget: float, metadata: Metadata) -> User | None:
         self._counters.rpcs += 1
         self._counters.ids_sent += 1
         try:
@@ -164,7 +224,7 @@ class Transport:
                 reply = await self._stub.GetUser(
                     auth_pb2.GetUserRequest(user_id=str(user_id)),
                     timeout=budget,
-                    metadata=self._metadata,
+                    metadata=metadata,
                 )
             except Exception as exc:
                 raise_for_rpc_error(exc, "GetUser", (user_id,))

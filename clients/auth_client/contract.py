@@ -9,6 +9,9 @@ the server's code:
   `events_pb2` (the `UserDeleted` event);
 - the limits the server enforces (`MAX_BATCH_IDS`);
 - request metadata (`bearer_metadata`) and timestamps (`timestamp`, `to_datetime`);
+- W3C trace context: the `traceparent` gRPC metadata key and Kafka header
+  (`HEADER_TRACEPARENT`), written and read by `format_traceparent` and
+  `parse_traceparent` (no OpenTelemetry needed to use them);
 - the `user_deleted` Kafka contract: key = the user id as text, value = a serialized
   `auth.v1.UserDeleted`, headers `event-id`, `event-type` (`auth.v1.UserDeleted`) and
   `content-type` (`application/x-protobuf`); `encode_user_deleted`,
@@ -44,6 +47,7 @@ __all__ = [
     "HEADER_CONTENT_TYPE",
     "HEADER_EVENT_ID",
     "HEADER_EVENT_TYPE",
+    "HEADER_TRACEPARENT",
     "MAX_BATCH_IDS",
     "SCHEMA_VERSION",
     "USER_DELETED_TYPE",
@@ -60,7 +64,9 @@ __all__ = [
     "encode_user_deleted",
     "event_headers",
     "events_pb2",
+    "format_traceparent",
     "header",
+    "parse_traceparent",
     "timestamp",
     "to_datetime",
     "user_deleted_headers",
@@ -78,6 +84,9 @@ SCHEMA_VERSION = 1
 HEADER_EVENT_ID = "event-id"
 HEADER_EVENT_TYPE = "event-type"
 HEADER_CONTENT_TYPE = "content-type"
+HEADER_TRACEPARENT = "traceparent"
+"""W3C trace context: the gRPC metadata key of a traced call and the Kafka header
+of a traced event (https://www.w3.org/TR/trace-context/)."""
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -85,6 +94,39 @@ Headers = Sequence[tuple[str, bytes]]
 def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     """The call metadata that presents `token` (empty without a token)."""
     return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def format_traceparent(trace_id: int, span_id: int, sampled: bool) -> str:
+    """The W3C `traceparent` value (version 00) naming span `span_id` of trace
+    `trace_id` as the parent of what the receiver does."""
+    return f"00-{trace_id:032x}-{span_id:016x}-{'01' if sampled else '00'}"
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def parse_traceparent(value: str | bytes | None) -> tuple[int, int, int] | None:
+    """(trace id, parent span id, trace flags) of a W3C `traceparent` value, or None
+    when it is missing or malformed (the receiver then starts a new trace). Future
+    versions are read as version 00, as the specification asks."""
+    if isinstance(value, bytes):
+        value = value.decode("ascii", errors="replace")
+    if not value or len(value) < 55:
+        return None
+    version, trace, span, flags = value[:2], value[3:35], value[36:52], value[53:55]
+    if (
+        value[2] != "-"
+        or value[35] != "-"
+        or value[52] != "-"
+        or not _HEX.issuperset(version + trace + span + flags)
+        or version == "ff"
+        or (len(value) > 55 and (version == "00" or value[55] != "-"))
+    ):
+        return None
+    trace_id, span_id = int(trace, 16), int(span, 16)
+    if not trace_id or not span_id:
+        return None
+    return trace_id, span_id, int(flags, 16)
 
 
 def timestamp(value: datetime) -> Timestamp:

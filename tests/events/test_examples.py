@@ -5,6 +5,7 @@ processes."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 import uuid
 from datetime import UTC, datetime
 from types import ModuleType
@@ -24,11 +25,17 @@ if TYPE_CHECKING:
 
 
 def load(name: str) -> ModuleType:
+    """examples/NAME.py as a module, its helpers (otel_setup) importable as when it
+    runs as a script."""
     spec = importlib.util.spec_from_file_location(name, REPO / "examples" / f"{name}.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(REPO / "examples"))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(REPO / "examples"))
     return module
 
 
