@@ -21,16 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Self
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
-from aiokafka.structs import OffsetAndMetadata
 
 from auth_client import _tracing
-from auth_client.backoff import backoff_delay
+from auth_client._dead_letter import RetryPolicy, dead_letter_headers
+from auth_client._offsets import ConsumerStats, Offsets
 from auth_client.contract import (
     DEFAULT_DLQ_TOPIC,
     DEFAULT_TOPIC,
@@ -51,40 +49,6 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
 
 log = logging.getLogger("auth_client.events")
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often a failing handler is tried before the event is dead-lettered."""
-
-    max_attempts: int = 5
-    initial_backoff_s: float = 0.2
-    max_backoff_s: float = 5.0
-
-    def delay(self, attempt: int) -> float:
-        """Delay after failed attempt `attempt` (1-based): between d/2 and d, where
-        d = min(max_backoff_s, initial_backoff_s * 2**(attempt-1))."""
-        return backoff_delay(attempt - 1, self.initial_backoff_s, self.max_backoff_s)
-
-
-@dataclass
-class ConsumerStats:
-    handled: int = 0
-    retries: int = 0
-    dead_lettered: int = 0
-    skipped: int = 0
-    commit_failures: int = 0
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base
-    def __init__(self, owner: UserDeletedConsumer) -> None:
-        self._owner = owner
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._owner._on_revoked(set(revoked))
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._owner._on_assigned(set(assigned))
 
 
 class UserDeletedConsumer:
@@ -147,9 +111,7 @@ class UserDeletedConsumer:
             enable_idempotence=enable_idempotence,
             **dict(producer_options or {}),
         )
-        self._lock = asyncio.Lock()
-        self._owned: set[TopicPartition] = set()
-        self._pending: dict[TopicPartition, int] = {}
+        self._offsets = Offsets(self._consumer, self.stats)
         self._stopping = asyncio.Event()
         self._run_done = asyncio.Event()
         self._run_done.set()
@@ -163,7 +125,7 @@ class UserDeletedConsumer:
         self._state = "starting"
         try:
             await self._producer.start()
-            self._consumer.subscribe([self.topic], listener=_Rebalance(self))
+            self._consumer.subscribe([self.topic], listener=self._offsets)
             await self._consumer.start()
         except BaseException:
             self._state = "running"
@@ -183,8 +145,7 @@ class UserDeletedConsumer:
         self._state = "closing"
         self._stopping.set()
         await self._run_done.wait()
-        async with self._lock:
-            await self._commit_pending(set(self._pending))
+        await self._offsets.commit_all()
         for part in (self._consumer, self._producer):
             try:
                 await part.stop()
@@ -227,14 +188,14 @@ class UserDeletedConsumer:
         for record in records:
             if self._stopping.is_set():
                 break
-            async with self._lock:
-                if tp not in self._owned:
+            async with self._offsets.lock:
+                if tp not in self._offsets.owned:
                     break  # revoked: the new owner gets these from the committed offset
                 if not await self._process(record):
                     break  # stopped: not committed, redelivered later
-                self._pending[tp] = record.offset + 1
-        async with self._lock:
-            await self._commit_pending({tp})
+                self._offsets.handled(record)
+        async with self._offsets.lock:
+            await self._offsets.commit({tp})
 
     async def _process(self, record: Any) -> bool:
         """Handle one message; True when it may be committed."""
@@ -313,17 +274,7 @@ class UserDeletedConsumer:
     async def _send_dead_letter(
         self, record: Any, error: BaseException, attempts: int, original: Any
     ) -> bool:
-        headers = [
-            *(original or ()),
-            ("dlq-error", f"{type(error).__name__}: {error}"[:1000].encode()),
-            ("dlq-error-type", type(error).__name__.encode()),
-            ("dlq-attempts", str(attempts).encode()),
-            ("dlq-source-topic", record.topic.encode()),
-            ("dlq-source-partition", str(record.partition).encode()),
-            ("dlq-source-offset", str(record.offset).encode()),
-            ("dlq-consumer-group", self.group_id.encode()),
-            ("dlq-failed-at", datetime.now(UTC).isoformat().encode()),
-        ]
+        headers = dead_letter_headers(record, error, attempts, self.group_id, original)
         failures = 0
         while True:
             try:
@@ -345,33 +296,3 @@ class UserDeletedConsumer:
             async with asyncio.timeout(seconds):
                 await self._stopping.wait()
         return self._stopping.is_set()
-
-    # -- offsets and rebalances (callers hold self._lock) ----------------------------
-
-    async def _commit_pending(self, tps: set[TopicPartition]) -> None:
-        offsets = {
-            tp: OffsetAndMetadata(self._pending[tp], "") for tp in tps if tp in self._pending
-        }
-        if not offsets:
-            return
-        try:
-            await self._consumer.commit(offsets)
-        except KafkaError as exc:
-            # Rebalanced meanwhile, or the broker is unreachable: these messages
-            # will be delivered again (at least once), the handlers are idempotent.
-            self.stats.commit_failures += 1
-            log.warning("offset commit failed (messages will be redelivered): %r", exc)
-        else:
-            for tp, meta in offsets.items():
-                if self._pending.get(tp) == meta.offset:
-                    del self._pending[tp]
-
-    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        async with self._lock:
-            await self._commit_pending(revoked & set(self._pending))
-            self._owned -= revoked
-            for tp in revoked:
-                self._pending.pop(tp, None)
-
-    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._owned |= assigned

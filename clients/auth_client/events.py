@@ -16,8 +16,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from auth_client._consumer import ConsumerStats, RetryPolicy, UserDeletedConsumer
+from auth_client._consumer import UserDeletedConsumer
+from auth_client._dead_letter import RetryPolicy
 from auth_client._dedupe import ProcessedEvents, deduplicated
+from auth_client._offsets import ConsumerStats
 from auth_client.contract import (
     CONTENT_TYPE,
     DEFAULT_DLQ_TOPIC,
