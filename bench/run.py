@@ -206,6 +206,8 @@ async def run(
 ) -> tuple[list[report.Section], dict[str, str], machine.Busy, str]:
     names = _selected(args.only)
     options = _options(args)
+    if machine.autogroup_enabled():
+        print(f"  warning: {machine.AUTOGROUP_CAVEAT}", flush=True)
     busy = machine.Busy()
     started = datetime.now(UTC)
     generator = _generator(args.load_generator)
@@ -230,7 +232,8 @@ async def run(
             sections.append(await _self_contained(name))
     busy.finish()
     extra["started"] = started.strftime("%Y-%m-%d %H:%M UTC")
-    return sections, extra, busy, generator.caveat
+    caveats = [generator.caveat, machine.AUTOGROUP_CAVEAT if machine.autogroup_enabled() else ""]
+    return sections, extra, busy, " ".join(c for c in caveats if c)
 
 
 def _interpreter() -> str:

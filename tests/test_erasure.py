@@ -5,15 +5,17 @@ DELETED is still told from NOT_FOUND. Against a real PostgreSQL and real servers
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 
 import asyncpg
 import grpc
+import pytest
 
 from auth_client.contract import admin_pb2_grpc, auth_pb2
 from auth_service.api.server import AuthServer
 from auth_service.local.embedded import free_port
-from auth_service.store.erasure import erase_due
+from auth_service.store.erasure import ErasureJob, erase_due
 from tests.conftest import eventually, make_settings
 from tests.helpers import ADMIN_TOKEN, create_user, delete_user, expect_status
 from tests.ops.support import Service, clean_env, run_cli, samples, value
@@ -193,3 +195,32 @@ async def test_no_event_payload_or_log_line_carries_personal_data(database_url: 
         assert personal.encode() not in payloads[0]
         assert personal not in logs
     assert stored == 0
+
+
+class _PoolThatTimesOut:
+    """A pool whose every acquire times out (a pure unit: the job's reporting)."""
+
+    def acquire(self) -> _PoolThatTimesOut:
+        return self
+
+    async def __aenter__(self) -> None:
+        raise TimeoutError
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+async def test_a_failing_erasure_pass_says_why(caplog: pytest.LogCaptureFixture) -> None:
+    """An exception without a message (a timeout) used to log "did not run: " and
+    nothing more."""
+    job = ErasureJob(_PoolThatTimesOut(), retention_s=0, interval_s=3600)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="auth_service.store.erasure"):
+        async with job:
+
+            async def logged() -> bool:
+                return bool(caplog.records)
+
+            await eventually(logged)
+    assert caplog.records[0].getMessage() == (
+        "personal-data erasure did not run: no answer (timed out)"
+    )

@@ -21,6 +21,7 @@ import asyncpg
 from prometheus_client import Counter, Gauge
 
 from auth_service.notices import RepeatingNotice
+from auth_service.store.connection import reason
 from auth_service.store.pool import Conn
 from auth_service.store.users import ERASE
 
@@ -116,7 +117,7 @@ class ErasureJob:
             try:
                 await self.run_once()
             except Exception as exc:
-                self._failing.notice("personal-data erasure did not run: %s", exc)
+                self._failing.notice("personal-data erasure did not run: %s", reason(exc))
             else:
                 self._failing.clear()
             await asyncio.sleep(self._interval_s)
