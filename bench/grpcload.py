@@ -3,9 +3,9 @@ changes from call to call (h2load sends one body per process). Compiled on first
 use with the machine's C compiler into bench/.build/; each generator process walks
 its own part of the body sequence.
 
-Its ceiling, measured against Health/Check on the 2-core machine, is reported with
-the figures (`ceiling_note`): it uses a fraction of the CPU per call that the
-server does, so it is not what limits the figures.
+Its ceiling is reported with the serving figures: its CPU per Health/Check call
+against the server's, and Health/Check driven by h2load in the same shape and the
+same rounds (bench/serving.py).
 """
 
 from __future__ import annotations

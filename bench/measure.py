@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 from dataclasses import dataclass
 
 import grpc
@@ -23,6 +24,8 @@ class Measured:
     rss_max: int
     server_codes: dict[str, int] | None  # non-OK codes counted by the server; None = no metrics
     log_problems: int
+    # CPU of the load generator's processes (children reaped during the run).
+    generator_cpu_s: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -31,6 +34,10 @@ class Measured:
     def cpu_us(self, per: float = 1.0) -> float:
         """Server CPU µs per request (or per `per` units of work per request)."""
         return self.cpu_s * 1e6 / max(1, self.load.done) / per
+
+    def generator_cpu_us(self) -> float:
+        """Load-generator CPU µs per request."""
+        return self.generator_cpu_s * 1e6 / max(1, self.load.done)
 
     def pg_cpu_us(self) -> float | None:
         return None if self.pg_cpu_s is None else self.pg_cpu_s * 1e6 / max(1, self.load.done)
@@ -74,11 +81,13 @@ async def measure(
     peak = [server.rss_bytes()]
     stop = asyncio.Event()
     sampler = asyncio.create_task(_sample_rss(server, peak, stop))
+    children_before = _children_cpu_s()
     try:
         result = await generator.run(spec)
     finally:
         stop.set()
         await sampler
+    generator_cpu = _children_cpu_s() - children_before
     cpu = server.cpu_seconds() - cpu_before
     pg_cpu = (
         procstat.tree_cpu_seconds(pg_pid) - pg_before if pg_pid and pg_before is not None else None
@@ -91,7 +100,15 @@ async def measure(
         rss_max=peak[0],
         server_codes=codes,
         log_problems=server.log_problems() - problems_before,
+        generator_cpu_s=generator_cpu,
     )
+
+
+def _children_cpu_s() -> float:
+    """utime+stime of this process's reaped children: the generator processes run
+    and are reaped inside `generator.run`; the servers are reaped only at the end."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 async def call_raw(

@@ -18,7 +18,8 @@ from grpc_health.v1 import health_pb2
 from auth_client.contract import auth_pb2
 from bench import plot
 from bench.context import Context
-from bench.load import LoadSpec
+from bench.grpcload import GrpcLoad
+from bench.load import H2Load, LoadSpec, ensure_h2load
 from bench.measure import Measured, call_raw, error_note, measure
 from bench.report import Section, fmt_int, median, percentile
 from bench.server import ServerProcess
@@ -81,6 +82,15 @@ def spec(
     return LoadSpec(**values)  # type: ignore[arg-type]
 
 
+def _h2load_reference(ctx: Context) -> H2Load | None:
+    """h2load, to compare grpcload with, when this run uses grpcload and h2load is
+    on the machine (never installed for this)."""
+    if not isinstance(ctx.generator, GrpcLoad):
+        return None
+    binary = ensure_h2load(install=False)
+    return H2Load(binary) if binary else None
+
+
 def _ms(us: float) -> str:
     return f"{us / 1000:.2f}"
 
@@ -121,8 +131,14 @@ async def run(ctx: Context) -> Section:
     u_runs: list[Measured] = []
     d_runs: list[Measured] = []
     expected_rate = 10_000.0  # ids a distinct run may use per second, at most
+    # The generator's own ceiling: its CPU per call, and Health/Check driven by
+    # h2load (one body per process) in the same shape, when this run uses grpcload.
+    h2 = _h2load_reference(ctx)
+    h2_runs: list[Measured] = []
     for _ in range(o.rounds):
         h_runs.append(await measure(ctx.generator, spec(ctx, srv, HEALTH, health), srv, pg_pid))
+        if h2 is not None:
+            h2_runs.append(await measure(h2, spec(ctx, srv, HEALTH, health), srv, pg_pid))
         u_runs.append(
             await measure(ctx.generator, spec(ctx, srv, USER_EXISTS, skewed), srv, pg_pid)
         )
@@ -155,6 +171,24 @@ async def run(ctx: Context) -> Section:
         f"per Health/Check {h_cpu:.0f} µs",
         ue_cpu / h_cpu,
     )
+    gen_cpu = median([r.generator_cpu_us() for r in h_runs])
+    section.row(
+        f"load generator CPU per Health/Check, {ctx.generator.name.split()[0]}",
+        f"{gen_cpu:.0f} µs",
+        f"server {h_cpu:.0f} µs",
+        gen_cpu / h_cpu,
+    )
+    if h2_runs:
+        h2_rps = median([r.rps for r in h2_runs])
+        h2_cpu = median([r.generator_cpu_us() for r in h2_runs])
+        section.row(
+            "Health/Check, saturated, driven by h2load instead",
+            f"{fmt_int(h2_rps)} req/s ({h2_cpu:.0f} µs of h2load CPU per call)",
+            f"{ctx.generator.name.split()[0]} {fmt_int(h_rps)} req/s",
+            h_rps / h2_rps,
+        )
+        section.figures.update(health_rps_h2load=h2_rps, h2load_cpu_us_per_call=h2_cpu)
+    section.figures.update(generator_cpu_us_per_health=gen_cpu)
     pg_cpu = median([r.pg_cpu_us() or 0.0 for r in u_runs])
     pg_cpu_d = median([r.pg_cpu_us() or 0.0 for r in d_runs])
     section.row(
@@ -269,6 +303,11 @@ async def run(ctx: Context) -> Section:
                 if distinct.repeated
                 else "."
             )
+        ),
+        (
+            "Load generator: its CPU (utime+stime of its processes) per Health/Check call "
+            "against the server's; with grpcload, Health/Check is also driven by h2load in "
+            "the same shape (alternating rounds) to show grpcload is not the slower one."
         ),
         (
             "CPU: utime+stime of the server process tree (and of the PostgreSQL postmaster "
