@@ -15,11 +15,11 @@ import uuid
 import asyncpg
 
 from auth_client.contract import auth_pb2
+from bench.calls import spec
 from bench.context import Context
 from bench.measure import Measured, call_raw, error_note, measure
 from bench.report import Section, fmt_int, median
 from bench.server import ServerProcess
-from bench.serving import spec
 
 BATCH = "/auth.v1.AuthService/BatchUserExists"
 SIZE = 1000

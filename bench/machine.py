@@ -87,8 +87,10 @@ class Busy:
     load_before: tuple[float, float, float] = field(default_factory=procstat.load_average)
     _machine: tuple[float, float] = field(default_factory=procstat.machine_busy)
     _own: float = field(default_factory=procstat.own_cpu_seconds)
+    _steal: float = field(default_factory=procstat.machine_steal)
     load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
     others_share: float = 0.0  # of all cores, 0..1
+    steal_share: float = 0.0  # of all cores, 0..1: taken by the hypervisor (inside others)
     seconds: float = 0.0
 
     def finish(self) -> None:
@@ -98,6 +100,8 @@ class Busy:
         wall_all_cores = total - self._machine[1]
         others = (busy - self._machine[0]) - own
         self.others_share = max(0.0, others / wall_all_cores) if wall_all_cores > 0 else 0.0
+        steal = procstat.machine_steal() - self._steal
+        self.steal_share = max(0.0, steal / wall_all_cores) if wall_all_cores > 0 else 0.0
         self.seconds = wall_all_cores / max(1, os.cpu_count() or 1)
 
     def describe(self) -> str:
@@ -107,5 +111,6 @@ class Busy:
         return (
             f"load average {fmt(self.load_before)} before, {fmt(self.load_after)} after; "
             f"processes other than this benchmark and what it started used "
-            f"{self.others_share:.0%} of all cores during the {self.seconds:.0f} s run"
+            f"{self.others_share:.0%} of all cores during the {self.seconds:.0f} s run "
+            f"(of which the hypervisor's steal time {self.steal_share:.0%})"
         )

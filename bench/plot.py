@@ -29,7 +29,7 @@ def latency_curve(curve: Curve, saturation: float, path: Path = PICTURE) -> Path
         color = styles.get(name, "tab:red")
         ax.plot(x, [p50 for _, p50, _ in points], "-o", color=color, label=f"{name} p50")
         ax.plot(x, [p99 for _, _, p99 in points], "--^", color=color, label=f"{name} p99")
-    ax.set_xlabel(f"offered load, % of UserExists saturation ({saturation:,.0f} req/s)")
+    ax.set_xlabel(f"offered load, % of the lower saturated rate ({saturation:,.0f} req/s)")
     ax.set_ylabel("latency, ms (log scale)")
     ax.set_yscale("log")
     ax.grid(visible=True, which="both", alpha=0.3)

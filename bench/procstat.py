@@ -92,6 +92,12 @@ def machine_busy() -> tuple[float, float]:
     return (total - idle) / _TICK, total / _TICK
 
 
+def machine_steal() -> float:
+    """CPU seconds the hypervisor gave to other guests since boot (steal), all cores."""
+    first = (_PROC / "stat").read_text().split("\n", 1)[0].split()
+    return int(first[8]) / _TICK
+
+
 def own_cpu_seconds() -> float:
     """CPU of this process plus every child it has waited for (h2load runs, servers,
     PostgreSQL once stopped)."""

@@ -14,12 +14,12 @@ import subprocess
 import sys
 import textwrap
 
+from bench.calls import USER_EXISTS, check_active, spec, user_exists_bodies, zipf_sequence
 from bench.context import Context
 from bench.measure import Measured, error_note, measure
 from bench.otlp_sink import OtlpSink
 from bench.report import Section, fmt_int, median
 from bench.server import ServerProcess
-from bench.serving import USER_EXISTS, check_active, spec, user_exists_bodies, zipf_sequence
 
 # name -> the server's environment
 VARIANTS: dict[str, dict[str, str]] = {

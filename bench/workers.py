@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 
+from bench.calls import USER_EXISTS, check_active, spec, user_exists_bodies, zipf_sequence
 from bench.context import Context
 from bench.load import LoadSpec
 from bench.measure import Measured, error_note, measure
 from bench.report import Section, fmt_int, median
 from bench.server import ServerProcess
-from bench.serving import USER_EXISTS, check_active, spec, user_exists_bodies, zipf_sequence
 
 MIB = 1024 * 1024
 # More connections than usual: the kernel spreads connections, not calls, across

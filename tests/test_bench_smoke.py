@@ -21,6 +21,7 @@ from tests.helpers import create_user
 MODULES = [
     "bench.run",
     "bench.serving",
+    "bench.calls",
     "bench.batch",
     "bench.inserts",
     "bench.workers",
