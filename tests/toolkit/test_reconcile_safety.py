@@ -13,7 +13,7 @@ import signal
 
 from auth_service.api.server import AuthServer
 from tests.conftest import ADMIN_TOKEN, make_settings
-from tests.toolkit.support import TOOLKIT, Platform, fetch, row_snapshot, run_cli
+from tests.toolkit.support import TOOLKIT, Platform, execute, fetch, row_snapshot, run_cli
 
 
 async def reconcile(p: Platform, table: str, column: str, *args: str, target: str | None = None):
@@ -99,6 +99,42 @@ async def test_cascades_are_reported_refused_and_counted_when_allowed(platform: 
         platform.url, "SELECT count(*) FROM messaging.messages WHERE conversation_id = 1"
     )
     assert gone[0][0] == 0
+
+
+async def test_rows_that_reference_an_orphan_through_restrict_block_the_delete(
+    platform: Platform,
+) -> None:
+    """Item 2: a row that references an orphan through NO ACTION / RESTRICT would make
+    the DELETE fail half-way. The dry run counts it as `blocked`, and the action
+    refuses before changing anything (exit 3, the table named), even with
+    --allow-cascade. Post 31 is the orphan (its author never existed); one report
+    points at it, one at a live post."""
+    await execute(
+        platform.url,
+        "CREATE TABLE content.post_reports ("
+        " id bigint PRIMARY KEY,"
+        " post_id bigint NOT NULL REFERENCES content.posts ON DELETE RESTRICT);"
+        " INSERT INTO content.post_reports VALUES (1, 31), (2, 1)",
+    )
+    code, report, err = await reconcile(platform, "content.posts", "author_id")
+    assert code == 0, err
+    assert report["cascades"]["delete"]["blocked"] == {"content.post_reports": 1}
+    before = await row_snapshot(platform.url)
+    code, report, err = await reconcile(
+        platform, "content.posts", "author_id", "--action", "delete", "--allow-cascade"
+    )
+    assert code == 3, err
+    assert "content.post_reports (1)" in err
+    assert "NO ACTION / RESTRICT" in err
+    assert report["rows_fixed"] == 0
+    assert await row_snapshot(platform.url) == before  # row for row
+    # With the report gone, the delete goes ahead (and takes its comments along).
+    await execute(platform.url, "DELETE FROM content.post_reports WHERE post_id = 31")
+    code, report, err = await reconcile(
+        platform, "content.posts", "author_id", "--action", "delete", "--allow-cascade"
+    )
+    assert code == 0, err
+    assert report["rows_fixed_by_table"]["content.posts"] == 1
 
 
 async def test_what_an_action_may_do_and_soft_deleted_rows_apart(platform: Platform) -> None:
