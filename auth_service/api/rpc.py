@@ -21,16 +21,14 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 from auth_service import errors, tracing
+from auth_service.api.call_log import log, log_call, log_failure
 from auth_service.api.callers import ANONYMOUS, MissingScopeError, TokenRegistry, bearer_token
 from auth_service.api.limits import Limits
 from auth_service.api.metrics import MethodMetrics, method_metrics
 from auth_service.api.parsing import MALFORMED, TOO_LARGE, max_request_bytes, service_name
 from auth_service.config.tokens import Caller
-from auth_service.notices import RepeatingNotice
 from auth_service.store.pool import Budget
 from auth_service.store.status import DatabaseStatus
-
-log = logging.getLogger("auth_service.rpc")
 
 _STATUS: dict[type[errors.ServiceError], grpc.StatusCode] = {
     errors.InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -42,13 +40,6 @@ _STATUS: dict[type[errors.ServiceError], grpc.StatusCode] = {
     errors.DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.UnavailableError: grpc.StatusCode.UNAVAILABLE,
 }
-_DENIED = frozenset(
-    {
-        grpc.StatusCode.UNAUTHENTICATED,
-        grpc.StatusCode.PERMISSION_DENIED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-    }
-)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -221,7 +212,7 @@ def handler(
                 rid = request_id(context)
                 if code is grpc.StatusCode.INTERNAL:
                     message = f"internal error (request id {rid})"
-                _log_failure(self, method, exc, caller=caller, code=code, message=message, rid=rid)
+                log_failure(self, method, exc, caller=caller, code=code, message=message, rid=rid)
                 context.set_trailing_metadata((("x-request-id", rid),))
                 await context.abort(code, message)
                 raise  # pragma: no cover - abort() always raises
@@ -231,83 +222,13 @@ def handler(
                 if tracer is not None:
                     tracing.end_server_span(span, token, caller.name, code.value[0], message)
                 if log.isEnabledFor(logging.DEBUG):
-                    _log_call(
+                    log_call(
                         self, method, caller, code, started=started, rid=rid or request_id(context)
                     )
 
         return wrapper
 
     return wrap
-
-
-# Outages and overload repeat on every call: said at once, then at most every 10 s
-# with a count, so a dead database or a flood cannot flood the log.
-_notices = {
-    grpc.StatusCode.UNAVAILABLE: RepeatingNotice(log, interval=10.0),
-    grpc.StatusCode.DEADLINE_EXCEEDED: RepeatingNotice(log, interval=10.0),
-    grpc.StatusCode.RESOURCE_EXHAUSTED: RepeatingNotice(log, interval=10.0),
-}
-
-
-def _log_failure(
-    servicer: object,
-    method: str,
-    exc: Exception,
-    *,
-    caller: Caller,
-    code: grpc.StatusCode,
-    message: str,
-    rid: str,
-) -> None:
-    """The log line of a call that did not succeed. Names the caller and the
-    request id: never tokens, request bodies or user data (messages never echo
-    input). An unauthenticated caller's mistakes are DEBUG: strangers must not be
-    able to fill the log."""
-    extra = {"caller": caller.name, "request_id": rid, "method": method}
-    notice = _notices.get(code)
-    if code is grpc.StatusCode.INTERNAL:
-        log.error("%s failed (request id %s)", method, rid, exc_info=exc, extra=extra)
-    elif notice is not None:
-        notice.notice(
-            "%s %s: %s (caller %s, request id %s)",
-            service_name(servicer),
-            code.name,
-            message,
-            caller.name,
-            rid,
-            **extra,
-        )
-    elif code in _DENIED and log.isEnabledFor(logging.DEBUG):
-        log.debug("%s denied: %s (caller %s)", method, message, caller.name, extra=extra)
-
-
-def _log_call(
-    servicer: object,
-    method: str,
-    caller: Caller,
-    code: grpc.StatusCode,
-    *,
-    started: float,
-    rid: str,
-) -> None:
-    """The one DEBUG line per call: names and outcome only, never request data."""
-    ms = (time.perf_counter() - started) * 1000
-    log.debug(
-        "%s %s in %.2f ms (caller %s, request id %s)",
-        method,
-        code.name,
-        ms,
-        caller.name,
-        rid,
-        extra={
-            "request_id": rid,
-            "caller": caller.name,
-            "service": service_name(servicer),
-            "method": method,
-            "code": code.name,
-            "duration_ms": round(ms, 3),
-        },
-    )
 
 
 __all__ = ["Access", "Call", "handler", "status_for"]
