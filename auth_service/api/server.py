@@ -23,11 +23,13 @@ from auth_service.addresses import bind_problem, format_host_port, local_address
 from auth_service.api.callers import ANONYMOUS, TokenFile, TokenRegistry
 from auth_service.api.health import AuthHealthServicer, HealthMonitor
 from auth_service.api.limits import Limits
-from auth_service.api.metrics import MetricsServer, declare_callers, track_lookup, track_pool
+from auth_service.api.metrics import declare_callers
+from auth_service.api.metrics_endpoint import MetricsServer
 from auth_service.api.parsing import CORE_LIMIT_FACTOR, add_service
 from auth_service.api.reflection import enable_reflection
 from auth_service.api.rpc import Access
 from auth_service.api.servicers import AuthServicer, UserAdminServicer
+from auth_service.api.store_metrics import track_lookup, track_pool
 from auth_service.api.tls import server_tls
 from auth_service.config import ConfigError, Settings
 from auth_service.config.tokens import TokenFormatError, admin_entries

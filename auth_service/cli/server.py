@@ -33,7 +33,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if problem:
         return fail(problem, code=2)
     if args.worker_index and settings.metrics_listen:
-        from auth_service.api.metrics import worker_listen  # noqa: PLC0415
+        from auth_service.api.metrics_endpoint import worker_listen  # noqa: PLC0415
 
         settings = settings.replace(
             metrics_listen=worker_listen(settings.metrics_listen, args.worker_index)
@@ -106,7 +106,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 def cmd_relay(args: argparse.Namespace) -> int:
     from auth_service.api import logs  # noqa: PLC0415
-    from auth_service.api.metrics import optional_server  # noqa: PLC0415
+    from auth_service.api.metrics_endpoint import optional_server  # noqa: PLC0415
     from auth_service.events.relay import run_relay  # noqa: PLC0415
 
     overrides: dict[str, Any] = {"relay_enabled": True}
