@@ -33,7 +33,8 @@ import grpc
 
 from auth_client.contract import admin_pb2, admin_pb2_grpc
 from auth_client.events import UserDeletedConsumer, UserDeletedEvent, encode_user_deleted
-from auth_service.local.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
+from auth_service.local.broker import EmbeddedKafka
+from auth_service.local.embedded import EmbeddedPostgres, free_port
 from auth_service.store.migrations import migrate
 from auth_service.store.outbox import write_event
 

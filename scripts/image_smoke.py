@@ -42,7 +42,8 @@ from auth_client.contract import (
     bearer_metadata,
     decode_user_deleted,
 )
-from auth_service.local.embedded import EmbeddedKafka, EmbeddedPostgres
+from auth_service.local.broker import EmbeddedKafka
+from auth_service.local.embedded import EmbeddedPostgres
 
 CALL_TIMEOUT_S = 10.0
 

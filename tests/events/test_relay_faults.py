@@ -21,7 +21,8 @@ from tests.helpers import create_user, delete_user
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from auth_service.local.embedded import EmbeddedKafka, EmbeddedPostgres
+    from auth_service.local.broker import EmbeddedKafka
+    from auth_service.local.embedded import EmbeddedPostgres
     from auth_service.store.outbox import OutboxRecord
 
 
