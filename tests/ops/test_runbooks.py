@@ -15,9 +15,9 @@ import pytest
 
 from auth_client.contract import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
 from auth_service.api.server import AuthServer
+from auth_service.local.broker import EmbeddedKafka
 from auth_service.local.embedded import (
     EmbeddedError,
-    EmbeddedKafka,
     EmbeddedPostgres,
     free_port,
     postgres_bin_dir,
