@@ -12,7 +12,8 @@ The server in wings, each subpackage's docstring says what it owns and may impor
 
 and a few modules every wing may use: `errors` (the domain errors), `addresses`
 (host:port), `signals` (waiting for SIGTERM), `notices` (repeating log lines),
-`tracing` (OpenTelemetry spans, off unless OTEL_* variables configure them). Dependencies point one way:
+`tasks` (stopping background tasks), `tracing` (OpenTelemetry spans, off unless
+OTEL_* variables configure them). Dependencies point one way:
 cli -> local -> api -> events -> store -> config; the server uses only public names
 of `auth_client` (`auth_client.contract` above all).
 """

@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
+from auth_service import tasks
 from auth_service.config.tokens import (
     Caller,
     TokenEntry,
@@ -186,10 +187,7 @@ class TokenFile:
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await tasks.cancel(task)
 
     async def __aenter__(self) -> Self:
         await self.start()

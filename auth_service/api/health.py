@@ -25,6 +25,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
+from auth_service import tasks
 from auth_service.notices import RepeatingNotice
 from auth_service.store.connection import describe
 from auth_service.store.migrations import check_schema
@@ -183,10 +184,7 @@ class HealthMonitor:
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await tasks.cancel(task)
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(Exception):

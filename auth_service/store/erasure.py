@@ -12,7 +12,6 @@ replica. It also erases rows deleted before erasure existed, which
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Self
@@ -20,6 +19,7 @@ from typing import Self
 import asyncpg
 from prometheus_client import Counter, Gauge
 
+from auth_service import tasks
 from auth_service.notices import RepeatingNotice
 from auth_service.store.connection import reason
 from auth_service.store.pool import Conn
@@ -124,10 +124,7 @@ class ErasureJob:
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await tasks.cancel(task)
 
     async def __aenter__(self) -> Self:
         await self.start()
