@@ -19,10 +19,10 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from auth_client.contract import admin_pb2_grpc
-from auth_client.events import decode_user_deleted
+from auth_client.events import UserDeletedConsumer, UserDeletedEvent, decode_user_deleted
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -196,3 +196,37 @@ async def outbox_rows(database_url: str) -> list[asyncpg.Record]:
         )
     finally:
         await conn.close()
+
+
+def group() -> str:
+    """A consumer group of its own (a test never shares offsets with another)."""
+    return f"g-{uuid.uuid4().hex[:8]}"
+
+
+@contextlib.asynccontextmanager
+async def consuming(
+    handler: Callable[[UserDeletedEvent], Awaitable[None]],
+    bootstrap: str,
+    topic: str,
+    group_id: str | None = None,
+    **kw: Any,
+) -> AsyncIterator[UserDeletedConsumer]:
+    """A real UserDeletedConsumer running `handler` on `topic` (dead letters to
+    `<topic>.dlq`) until the block ends."""
+    consumer = UserDeletedConsumer(
+        handler,
+        bootstrap_servers=bootstrap,
+        group_id=group_id or group(),
+        topic=topic,
+        dlq_topic=f"{topic}.dlq",
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+        **kw,
+    )
+    async with consumer:
+        task = asyncio.create_task(consumer.run())
+        try:
+            yield consumer
+        finally:
+            consumer.stop()
+            await asyncio.wait_for(task, 30)

@@ -23,10 +23,10 @@ from auth_client.events import (
     user_deleted_headers,
 )
 from tests.conftest import eventually
-from tests.events.support import Collector, create_topic, running
+from tests.events.support import Collector, consuming, create_topic, group, running
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import Awaitable, Callable
 
 
 def make_event(user_id: str | None = None) -> UserDeletedEvent:
@@ -55,37 +55,6 @@ async def produce(bootstrap: str, topic: str, *events: UserDeletedEvent | bytes)
                 )
     finally:
         await producer.stop()
-
-
-@contextlib.asynccontextmanager
-async def consuming(
-    handler: Callable[[UserDeletedEvent], Awaitable[None]],
-    bootstrap: str,
-    topic: str,
-    group: str,
-    **kw: Any,
-) -> AsyncIterator[UserDeletedConsumer]:
-    consumer = UserDeletedConsumer(
-        handler,
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        topic=topic,
-        dlq_topic=f"{topic}.dlq",
-        session_timeout_ms=6000,
-        heartbeat_interval_ms=1000,
-        **kw,
-    )
-    async with consumer:
-        task = asyncio.create_task(consumer.run())
-        try:
-            yield consumer
-        finally:
-            consumer.stop()
-            await asyncio.wait_for(task, 30)
-
-
-def group() -> str:
-    return f"g-{uuid.uuid4().hex[:8]}"
 
 
 async def test_failing_handler_is_retried_then_dead_lettered_and_the_partition_moves_on(

@@ -8,10 +8,7 @@ letter carries. While tracing is off, records carry no traceparent."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -19,11 +16,11 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 from auth_client.contract import admin_pb2, parse_traceparent
-from auth_client.events import RetryPolicy, UserDeletedConsumer, UserDeletedEvent
+from auth_client.events import RetryPolicy, UserDeletedEvent
 from auth_service.api.server import AuthServer
 from tests.conftest import eventually
 from tests.events.conftest import event_settings
-from tests.events.support import admin_stub, create_topic
+from tests.events.support import admin_stub, consuming, create_topic
 from tests.helpers import ADMIN_MD, create_user
 from tests.tracing.conftest import Spans, new_traceparent
 
@@ -54,29 +51,6 @@ def headers(record: Any) -> dict[str, str]:
 
 def ids(span: ReadableSpan) -> tuple[int, int]:
     return span.context.trace_id, span.context.span_id
-
-
-@contextlib.asynccontextmanager
-async def consuming(
-    handler: Any, bootstrap: str, topic: str, **kw: Any
-) -> AsyncIterator[UserDeletedConsumer]:
-    consumer = UserDeletedConsumer(
-        handler,
-        bootstrap_servers=bootstrap,
-        group_id=f"g-{uuid.uuid4().hex[:8]}",
-        topic=topic,
-        dlq_topic=f"{topic}.dlq",
-        session_timeout_ms=6000,
-        heartbeat_interval_ms=1000,
-        **kw,
-    )
-    async with consumer:
-        task = asyncio.create_task(consumer.run())
-        try:
-            yield consumer
-        finally:
-            consumer.stop()
-            await asyncio.wait_for(task, 30)
 
 
 async def _true(value: bool) -> bool:
