@@ -431,6 +431,28 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
     ),
 )
 
+
+def _query_variable(name: str, label: str, query: str, ref_id: str) -> dict[str, Any]:
+    """A multi-select dashboard variable over the values of one label (All = any)."""
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DATASOURCE,
+        "definition": query,
+        "query": {"query": query, "refId": ref_id},
+        "includeAll": True,
+        "allValue": ".*",
+        "multi": True,
+        "current": {},
+        "hide": 0,
+        "options": [],
+        "refresh": 2,
+        "regex": "",
+        "sort": 1,
+    }
+
+
 VARIABLES: tuple[dict[str, Any], ...] = (
     {
         "name": "datasource",
@@ -443,43 +465,12 @@ VARIABLES: tuple[dict[str, Any], ...] = (
         "refresh": 1,
         "regex": "",
     },
-    {
-        "name": "caller",
-        "label": "Caller",
-        "type": "query",
-        "datasource": DATASOURCE,
-        "definition": f"label_values(grpc_server_handled_total{{{API}}}, caller)",
-        "query": {
-            "query": f"label_values(grpc_server_handled_total{{{API}}}, caller)",
-            "refId": "callers",
-        },
-        "includeAll": True,
-        "allValue": ".*",
-        "multi": True,
-        "current": {},
-        "hide": 0,
-        "options": [],
-        "refresh": 2,
-        "regex": "",
-        "sort": 1,
-    },
-    {
-        "name": "client_job",
-        "label": "Calling service",
-        "type": "query",
-        "datasource": DATASOURCE,
-        "definition": "label_values(auth_client_rpcs_total, job)",
-        "query": {"query": "label_values(auth_client_rpcs_total, job)", "refId": "client_jobs"},
-        "includeAll": True,
-        "allValue": ".*",
-        "multi": True,
-        "current": {},
-        "hide": 0,
-        "options": [],
-        "refresh": 2,
-        "regex": "",
-        "sort": 1,
-    },
+    _query_variable(
+        "caller", "Caller", f"label_values(grpc_server_handled_total{{{API}}}, caller)", "callers"
+    ),
+    _query_variable(
+        "client_job", "Calling service", "label_values(auth_client_rpcs_total, job)", "client_jobs"
+    ),
 )
 
 
