@@ -22,7 +22,7 @@ from prometheus_client import Counter, Gauge
 from auth_service import tasks
 from auth_service.notices import RepeatingNotice
 from auth_service.store.connection import reason
-from auth_service.store.pool import Conn
+from auth_service.store.pool import Conn, execute_in_chunks
 from auth_service.store.users import ERASE
 
 log = logging.getLogger(__name__)
@@ -75,13 +75,7 @@ async def erase_due(conn: Conn, retention_s: float, batch: int = 500) -> int:
     """Erase every deleted user whose retention period is over, `batch` rows per
     transaction (short row locks; rows another replica holds are left to it).
     Returns how many this call erased; 0 when there was nothing (left) to do."""
-    total = 0
-    while True:
-        status = await conn.execute(_ERASE_DUE, retention_s, batch)
-        erased = int(status.rsplit(" ", 1)[-1])
-        total += erased
-        if erased < batch:
-            return total
+    return await execute_in_chunks(conn, _ERASE_DUE, retention_s, chunk=batch)
 
 
 class ErasureJob:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from auth_client.contract import USER_DELETED_TYPE, UserDeletedEvent, encode_user_deleted
 from auth_service import tracing
+from auth_service.store.pool import execute_in_chunks
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -178,10 +179,4 @@ class OutboxStore:
     async def prune(conn: Conn, retention_s: float, chunk: int = 1000) -> int:
         """Delete rows published more than `retention_s` ago, in chunks; unpublished
         rows are never deleted. Returns how many were deleted."""
-        total = 0
-        while True:
-            status = await conn.execute(_PRUNE, retention_s, chunk)
-            deleted = int(status.rsplit(" ", 1)[-1])
-            total += deleted
-            if deleted < chunk:
-                return total
+        return await execute_in_chunks(conn, _PRUNE, retention_s, chunk=chunk)

@@ -47,6 +47,19 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 Conn = asyncpg.Connection | PoolConnectionProxy
 
 
+async def execute_in_chunks(conn: Conn, sql: str, *args: Any, chunk: int) -> int:
+    """Run `sql` (an UPDATE or DELETE of at most `chunk` rows, `chunk` its last
+    parameter) until it changes fewer than `chunk` rows; each run is its own short
+    transaction. Returns how many rows changed in all."""
+    total = 0
+    while True:
+        status = await conn.execute(sql, *args, chunk)
+        changed = int(status.rsplit(" ", 1)[-1])
+        total += changed
+        if changed < chunk:
+            return total
+
+
 @dataclass(frozen=True, slots=True)
 class Budget:
     """How long one database operation may take, and where that limit came from."""
