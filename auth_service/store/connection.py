@@ -32,7 +32,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def reason(exc: BaseException) -> str:
-    """Why a connection attempt failed, in a few words."""
+    """Why talking to the database failed (connecting, or a query), in a few words:
+    never empty, even for exceptions without a message (a timeout)."""
     if isinstance(exc, TimeoutError):
         text = "no answer (timed out)"
     elif isinstance(exc, socket.gaierror):
