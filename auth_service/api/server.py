@@ -1,6 +1,8 @@
 """The composition root of a server process: start the parts in order, stop them in
 reverse.
 
+The gRPC server itself is built in `grpc_server`.
+
 AuthServer.start():  pool -> extra components (relay, ...) -> gRPC server + health
 AuthServer.stop():   health NOT_SERVING -> server.stop(grace) -> components -> pool
 """
@@ -15,25 +17,29 @@ from typing import Self
 
 import asyncpg
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from auth_client.contract import admin_pb2, auth_pb2
 from auth_service import tracing
-from auth_service.addresses import bind_problem, format_host_port, local_address, parse_host_port
+from auth_service.addresses import format_host_port, local_address, parse_host_port
 from auth_service.api.callers import ANONYMOUS, TokenFile, TokenRegistry
-from auth_service.api.health import AuthHealthServicer, HealthMonitor
+from auth_service.api.grpc_server import (
+    ServerStartError,
+    add_services,
+    bind,
+    check_can_bind,
+    new_grpc_server,
+)
+from auth_service.api.health import HealthMonitor
 from auth_service.api.limits import Limits
 from auth_service.api.metrics import declare_callers
 from auth_service.api.metrics_endpoint import MetricsServer
-from auth_service.api.parsing import CORE_LIMIT_FACTOR, add_service
-from auth_service.api.reflection import enable_reflection
 from auth_service.api.rpc import Access
 from auth_service.api.servicers import AuthServicer, UserAdminServicer
 from auth_service.api.store_metrics import track_lookup, track_pool
 from auth_service.api.tls import server_tls
 from auth_service.config import ConfigError, Settings
 from auth_service.config.tokens import TokenFormatError, admin_entries
-from auth_service.events.relay import Relay, RelayConfig
+from auth_service.events.relay import Relay
+from auth_service.events.relay_config import RelayConfig
 from auth_service.signals import wait_for_shutdown_signal
 from auth_service.store import pool as db
 from auth_service.store.deletion import OnDeleted
@@ -56,29 +62,6 @@ def token_registry(settings: Settings) -> TokenRegistry:
         )
     except TokenFormatError as exc:
         raise ConfigError({"AUTH_TOKENS": str(exc)}) from exc
-
-
-def _connection_age(seconds: float) -> list[tuple[str, int]]:
-    if seconds <= 0:
-        return []
-    return [
-        ("grpc.max_connection_age_ms", int(seconds * 1000)),
-        ("grpc.max_connection_age_grace_ms", 30_000),
-    ]
-
-
-class ServerStartError(RuntimeError):
-    """The server could not start (e.g. the listen address is taken)."""
-
-
-def _check_can_bind(listen: str, doing: str, setting: str, *, reuse_port: bool = False) -> None:
-    """One clear line when the address is taken, instead of gRPC core's log lines."""
-    host, port = parse_host_port(listen)
-    problem = bind_problem(host, port, reuse_port=reuse_port)
-    if problem:
-        raise ServerStartError(
-            f"cannot {doing} {listen}: {problem} (choose another address with {setting})"
-        )
 
 
 class AuthServer:
@@ -149,7 +132,7 @@ class AuthServer:
         await db.warm_up(self._pool, s.pool_min_size)
         if s.metrics_listen:
             # Up before the rest (and closed after it), so scrapes see start-up and drain.
-            _check_can_bind(
+            check_can_bind(
                 s.metrics_listen, "serve metrics on", "METRICS_LISTEN or --metrics-listen"
             )
             self.metrics = MetricsServer(s.metrics_listen)
@@ -217,37 +200,11 @@ class AuthServer:
         tls = server_tls(s)
         budget = s.statement_timeout_ms / 1000
 
-        server = grpc.aio.server(
-            options=[
-                # A second server on a used port must fail, not silently share it.
-                # `serve --workers N` shares the port on purpose (reuse_port).
-                ("grpc.so_reuseport", 1 if s.reuse_port else 0),
-                # Requests over MAX_REQUEST_BYTES are answered RESOURCE_EXHAUSTED (and
-                # counted) before parsing; gRPC core refuses what is far beyond it.
-                ("grpc.max_receive_message_length", CORE_LIMIT_FACTOR * s.max_request_bytes),
-                ("grpc.max_send_message_length", 4 * 1024 * 1024),
-                # HTTP/2 streams one connection may hold open (gRPC's default is
-                # unlimited): bounds what one peer's half-sent requests can pin. Set
-                # well above MAX_CONCURRENT_RPCS, so a burst meets our own admission
-                # (RESOURCE_EXHAUSTED, counted and logged) rather than HTTP/2's
-                # REFUSED_STREAM, which the server never sees.
-                ("grpc.max_concurrent_streams", max(1024, 4 * s.max_concurrent_rpcs)),
-                ("grpc.keepalive_permit_without_calls", 1),
-                # Clients reconnect (and re-resolve) now and then, so new replicas
-                # get a share of long-lived channels.
-                *_connection_age(s.max_connection_age_s),
-                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-            ],
-        )
-        add_service(
+        server = new_grpc_server(s)
+        health_servicer = add_services(
             server,
-            auth_pb2.DESCRIPTOR.services_by_name["AuthService"],
+            s,
             AuthServicer(users, access, budget, self._lookup),
-            max_request_bytes=s.max_request_bytes,
-        )
-        add_service(
-            server,
-            admin_pb2.DESCRIPTOR.services_by_name["UserAdminService"],
             UserAdminServicer(
                 users,
                 access,
@@ -256,28 +213,8 @@ class AuthServer:
                 erase_at_once=s.pii_retention_s == 0,
                 lookup=self._lookup,
             ),
-            max_request_bytes=s.max_request_bytes,
         )
-        health_servicer = AuthHealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        enable_reflection(
-            server,
-            (
-                auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
-                admin_pb2.DESCRIPTOR.services_by_name["UserAdminService"].full_name,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            ),
-        )
-        _check_can_bind(s.listen, "listen on", "GRPC_LISTEN or --listen", reuse_port=s.reuse_port)
-        try:
-            if tls is None:
-                self._port = server.add_insecure_port(s.listen)
-            else:
-                self._port = server.add_secure_port(s.listen, tls.credentials())
-        except RuntimeError as exc:
-            raise ServerStartError(f"cannot listen on {s.listen}: {exc}") from exc
-        if self._port == 0:
-            raise ServerStartError(f"cannot listen on {s.listen} (address in use?)")
+        self._port = bind(server, s.listen, tls, reuse_port=s.reuse_port)
         self._server = server
         self._health = HealthMonitor(
             health_servicer,

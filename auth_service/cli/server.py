@@ -13,7 +13,8 @@ from auth_service.config import ConfigError, Settings, cli_default
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from auth_service.api import logs  # noqa: PLC0415
-    from auth_service.api.server import ServerStartError, serve  # noqa: PLC0415
+    from auth_service.api.grpc_server import ServerStartError  # noqa: PLC0415
+    from auth_service.api.server import serve  # noqa: PLC0415
     from auth_service.api.tls import insecure_listen_problem  # noqa: PLC0415
 
     overrides: dict[str, Any] = {}
@@ -83,7 +84,7 @@ def cmd_erase_deleted(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from auth_service.api.server import ServerStartError  # noqa: PLC0415
+    from auth_service.api.grpc_server import ServerStartError  # noqa: PLC0415
     from auth_service.local.dev import DevError, DevOptions, run_dev  # noqa: PLC0415
     from auth_service.local.embedded import EmbeddedError  # noqa: PLC0415
     from auth_service.store.migrations import MigrationError  # noqa: PLC0415

@@ -1,6 +1,6 @@
 """config: the settings of a server process, read from the environment in this one
 module and validated at start-up. `variables` lists the variables (names, parsers,
-help), `tokens` parses caller tokens.
+help), `parsers` turns their text into values, `tokens` parses caller tokens.
 
 `Settings.from_env()` collects every problem and raises one `ConfigError` that names
 each bad variable, so an operator fixes a deployment in one round. Nothing else in

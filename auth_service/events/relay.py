@@ -21,16 +21,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Self
 
 import asyncpg
 from prometheus_client import Counter, Gauge
 
 from auth_client.backoff import Backoff
-from auth_client.contract import USER_DELETED_TYPE
 from auth_service import tracing
-from auth_service.events.publisher import ProducerConfig, Publisher, PublishError
+from auth_service.events.publisher import Publisher, PublishError
+from auth_service.events.relay_config import RelayConfig
 from auth_service.notices import RepeatingNotice
 from auth_service.signals import wait_for_shutdown_signal
 from auth_service.store.connection import describe
@@ -59,42 +58,6 @@ EVENTS_FAILED = Counter(
 ROWS_PRUNED = Counter("outbox_rows_pruned", "Published outbox rows deleted after the retention")
 
 OnPublished = Callable[[Sequence[OutboxRecord]], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class RelayConfig:
-    database_url: str = field(repr=False)
-    producer: ProducerConfig
-    batch_size: int = 100
-    poll_interval_s: float = 1.0
-    max_backoff_s: float = 30.0
-    retention_s: float = 7 * 24 * 3600.0
-    prune_interval_s: float = 600.0
-    lag_interval_s: float = 5.0
-    lag_warn_s: float = 60.0
-    listen_check_interval_s: float = 10.0
-    connect_timeout_s: float = 5.0
-    close_timeout_s: float = 5.0
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> RelayConfig:
-        if not settings.kafka_bootstrap_servers:
-            raise ValueError("the relay needs KAFKA_BOOTSTRAP_SERVERS")
-        config = cls(
-            database_url=settings.database_url,
-            producer=ProducerConfig(
-                bootstrap_servers=settings.kafka_bootstrap_servers,
-                topics={USER_DELETED_TYPE: settings.kafka_topic},
-                enable_idempotence=settings.kafka_enable_idempotence,
-                request_timeout_s=settings.kafka_request_timeout_s,
-            ),
-            batch_size=settings.relay_batch_size,
-            poll_interval_s=settings.relay_poll_interval_s,
-            max_backoff_s=settings.relay_max_backoff_s,
-            retention_s=settings.outbox_retention_s,
-            connect_timeout_s=settings.connect_timeout_s,
-        )
-        return replace(config, **overrides)
 
 
 class Relay:

@@ -11,7 +11,8 @@ import sys
 from typing import TYPE_CHECKING
 
 from auth_service.config import Settings
-from auth_service.events.relay import Relay, RelayConfig
+from auth_service.events.relay import Relay
+from auth_service.events.relay_config import RelayConfig
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -7,7 +7,7 @@ import pytest
 import auth_client.events
 from auth_client.backoff import Backoff
 from auth_service.config import ConfigError, Settings
-from auth_service.events.relay import RelayConfig
+from auth_service.events.relay_config import RelayConfig
 
 BASE = {"DATABASE_URL": "postgresql://u@db:5432/auth"}
 

@@ -13,7 +13,8 @@ import asyncpg
 
 from auth_client.events import UserDeletedEvent, decode_user_deleted, encode_user_deleted
 from auth_service.api.server import AuthServer
-from auth_service.events.relay import LISTEN_APPLICATION_NAME, Relay, RelayConfig
+from auth_service.events.relay import LISTEN_APPLICATION_NAME, Relay
+from auth_service.events.relay_config import RelayConfig
 from auth_service.store.outbox import OutboxStore, write_event
 from tests.conftest import eventually, make_settings
 from tests.events.conftest import event_settings

@@ -11,7 +11,8 @@ import asyncpg
 from prometheus_client import REGISTRY
 
 from auth_service.api.server import AuthServer
-from auth_service.events.relay import Relay, RelayConfig
+from auth_service.events.relay import Relay
+from auth_service.events.relay_config import RelayConfig
 from auth_service.store.outbox import write_event
 from tests.conftest import eventually, make_settings
 from tests.events.conftest import event_settings

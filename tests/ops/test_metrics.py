@@ -17,8 +17,9 @@ import pytest
 from prometheus_client import REGISTRY, generate_latest
 
 from auth_client.contract import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
+from auth_service.api.grpc_server import ServerStartError
 from auth_service.api.metrics import LATENCY_BUCKETS, method_metrics
-from auth_service.api.server import AuthServer, ServerStartError
+from auth_service.api.server import AuthServer
 from auth_service.config.tokens import parse_tokens
 from auth_service.local.embedded import free_port
 from tests.conftest import make_settings

@@ -1,0 +1,195 @@
+"""The parsers of auth-service's environment variables: each takes the raw text and
+returns the value `Settings` holds, or raises ValueError with a message that says
+what is expected (never the value of a secret). `variables` pairs them with names.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from auth_service.addresses import parse_host_port
+from auth_service.config.tokens import (
+    TokenEntry,
+    TokenFormatError,
+    parse_tokens,
+    read_token_file,
+)
+
+
+def boolean(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected true/false")
+
+
+def positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if value < 0 or value != value:  # noqa: PLR0124 - NaN check
+        raise ValueError("must be a non-negative number")
+    return value
+
+
+def positive_float(raw: str) -> float:
+    value = non_negative_float(raw)
+    if value == 0:
+        raise ValueError("must be greater than zero")
+    return value
+
+
+def address(raw: str) -> str:
+    parse_host_port(raw)
+    return raw.strip()
+
+
+def optional_address(raw: str) -> str | None:
+    return address(raw) if raw.strip() else None
+
+
+def token_list(raw: str) -> tuple[str, ...]:
+    tokens = tuple(t.strip() for t in raw.split(",") if t.strip())
+    for token in tokens:
+        if len(token) < 16:
+            raise ValueError("every token must be at least 16 characters")
+    return tokens
+
+
+def database_url(raw: str) -> str:
+    value = raw.strip()
+    if not value.startswith(("postgres://", "postgresql://")):
+        raise ValueError("must start with postgres:// or postgresql://")
+    return value
+
+
+def log_level(raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError("one of DEBUG, INFO, WARNING, ERROR")
+    return value
+
+
+def log_format(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in {"json", "text"}:
+        raise ValueError("one of json, text")
+    return value
+
+
+def non_empty(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must not be empty")
+    return raw.strip()
+
+
+def bootstrap_servers(raw: str) -> str | None:
+    """Comma-separated host:port list; empty means "not configured"."""
+    servers = [s.strip() for s in raw.split(",") if s.strip()]
+    for server in servers:
+        parse_host_port(server)
+    return ",".join(servers) or None
+
+
+def topic(raw: str) -> str:
+    value = raw.strip()
+    if not value or len(value) > 249 or not all(c.isalnum() or c in "._-" for c in value):
+        raise ValueError("1-249 characters from a-z, A-Z, 0-9, '.', '_', '-'")
+    return value
+
+
+def non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be a non-negative integer")
+    return value
+
+
+def optional_non_negative_int(raw: str) -> int | None:
+    return non_negative_int(raw) if raw.strip() else None
+
+
+def token_entries(raw: str) -> tuple[TokenEntry, ...]:
+    try:
+        return tuple(parse_tokens(raw, source="entry"))
+    except TokenFormatError as exc:  # names entries, never token text
+        raise ValueError(str(exc)) from None
+
+
+def token_file(raw: str) -> str | None:
+    path = raw.strip()
+    if not path:
+        return None
+    try:
+        read_token_file(path)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except TokenFormatError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return path
+
+
+def readable_file(raw: str) -> str | None:
+    path = raw.strip()
+    if not path:
+        return None
+    if not Path(path).is_file() or not os.access(path, os.R_OK):
+        raise ValueError(f"{path} is not a readable file")
+    return path
+
+
+def url(raw: str) -> str | None:
+    value = raw.strip()
+    if not value:
+        return None
+    if not value.startswith(("http://", "https://")) or len(value) <= len("https://"):
+        raise ValueError("must be an http:// or https:// URL (OTLP/HTTP)")
+    return value
+
+
+def otlp_protocol(raw: str) -> str:
+    value = raw.strip()
+    if value != "http/protobuf":
+        raise ValueError("only http/protobuf: the image exports traces over OTLP/HTTP")
+    return value
+
+
+def traces_exporter(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in {"otlp", "none"}:
+        raise ValueError("one of otlp, none")
+    return value
+
+
+SAMPLERS = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+)
+
+
+def sampler(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in SAMPLERS:
+        raise ValueError(f"one of {', '.join(SAMPLERS)}")
+    return value
+
+
+def ratio(raw: str) -> float | None:
+    if not raw.strip():
+        return None
+    value = float(raw)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("a sampling ratio from 0 to 1")
+    return value
