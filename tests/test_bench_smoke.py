@@ -13,7 +13,7 @@ import pytest
 
 from auth_client.contract import auth_pb2
 from auth_service.api.server import AuthServer
-from bench import grpcload, report
+from bench import grpcload, latency, report
 from bench.load import H2Load, LoadSpec, grpc_frame, parse_h2load
 from bench.measure import call_raw
 from tests.helpers import create_user
@@ -22,6 +22,7 @@ MODULES = [
     "bench.run",
     "bench.serving",
     "bench.calls",
+    "bench.latency",
     "bench.batch",
     "bench.inserts",
     "bench.workers",
@@ -148,3 +149,26 @@ def test_results_rewrite_keeps_the_history(tmp_path: Path) -> None:
     assert "second table" in text
     assert "first table" not in text
     assert "- fast path: 2x" in text
+
+
+async def test_latency_loads_take_turns_and_pool_their_slices() -> None:
+    """The latency targets compare loads measured in alternating slices: each load runs
+    the same number of slices, no load always follows the same one, and each load's
+    figures come from all of its slices."""
+    order: list[str] = []
+
+    def load(name: str) -> latency.Slice:
+        async def run_slice(seconds: float) -> list[int]:
+            assert seconds == latency.SLICE_S
+            order.append(name)
+            return [len(order) * 1000]
+
+        return run_slice
+
+    pooled = await latency.alternate({n: load(n) for n in ("a", "b", "c")}, slices=3)
+    assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert pooled["a"].latencies_us == [1000, 6000, 8000]
+    assert pooled["a"].p(50) == 6.0  # ms, over the pooled slices
+    assert all(p.seconds > 0 and p.steal_s >= 0 for p in pooled.values())
+    assert latency.slices_for(15.0) == 8
+    assert latency.slices_for(0.5) == 1

@@ -1,0 +1,68 @@
+"""Latency of several loads at one offered rate, compared fairly on a machine whose
+hypervisor takes CPU away in bursts.
+
+On the 2-core virtual machines this bench runs on, steal time comes in bursts of a
+few seconds, and one 5-second run of Health/Check alone can have a p50 of 1.4 ms or
+23 ms (RESULTS.md, History 7). Runs of several seconds each, one load after the
+other, give a burst to whichever load happens to run then. So the loads here take
+turns in short slices (`SLICE_S`), in an order rotated every round, and each load's
+latencies are pooled over all its slices: a burst of a few seconds falls on several
+loads. The hypervisor's steal time is recorded per load, so the report can show
+whether one load was still hit harder than the others.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+from bench import procstat
+from bench.report import percentile
+
+SLICE_S = 2.0
+
+# A slice of one load: runs it for `seconds`, returns each call's latency in µs.
+Slice = Callable[[float], Awaitable[list[int]]]
+
+
+@dataclass
+class Pooled:
+    """One load's latencies over all its slices, and the steal time during them."""
+
+    latencies_us: list[int] = field(default_factory=list)
+    seconds: float = 0.0  # wall time of its slices
+    steal_s: float = 0.0  # CPU seconds the hypervisor took, all cores
+
+    def p(self, pct: float) -> float:
+        """A percentile in milliseconds."""
+        return percentile(self.latencies_us, pct) / 1000
+
+    @property
+    def steal_share(self) -> float:
+        """Steal during this load's slices, as a share of all cores (0..1)."""
+        cores = max(1, os.cpu_count() or 1)
+        return self.steal_s / (self.seconds * cores) if self.seconds > 0 else 0.0
+
+
+def slices_for(total_s: float) -> int:
+    """How many slices give each load about `total_s` seconds (at least one)."""
+    return max(1, round(total_s / SLICE_S))
+
+
+async def alternate(loads: Mapping[str, Slice], slices: int) -> dict[str, Pooled]:
+    """Run each load `slices` times for SLICE_S seconds, taking turns; the first load
+    of each round moves one place on, so no load always follows the same one."""
+    names = list(loads)
+    pooled = {name: Pooled() for name in names}
+    for round_ in range(slices):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            steal_before, started = procstat.machine_steal(), time.monotonic()
+            latencies = await loads[name](SLICE_S)
+            into = pooled[name]
+            into.seconds += time.monotonic() - started
+            into.steal_s += procstat.machine_steal() - steal_before
+            into.latencies_us += latencies
+    return pooled
