@@ -210,10 +210,13 @@ async def test_max_batches_exits_stopped_not_done(platform: Platform, tmp_path) 
 
 async def test_interrupt_exits_130_and_says_stopped(platform: Platform) -> None:
     """Item 8: SIGINT mid-run exits 130 and reports where it stopped."""
+    # One id per batch, one batch per 5 s: the signal lands while the run waits for
+    # its second batch. (At 2 batches/s the table's four ids took 1.5 s, and on a
+    # loaded machine the run could finish before the signal arrived.)
     proc = await asyncio.create_subprocess_exec(
         TOOLKIT, "reconcile", "--database-url", platform.url, "--table", "messaging.messages",
         "--column", "sender_id", "--target", platform.target, "--batch-size", "1",
-        "--rate", "2", "--format", "json",
+        "--rate", "0.2", "--format", "json",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stderr is not None
