@@ -4,6 +4,7 @@ the process's global tracer provider (what an application installs)."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Iterator
 
@@ -31,6 +32,17 @@ class Spans:
 
     def named(self, name: str, kind: SpanKind | None = None) -> list[ReadableSpan]:
         return [s for s in self.all() if s.name == name and kind in {None, s.kind}]
+
+    async def settled(self, name: str, count: int, timeout: float = 5.0) -> list[ReadableSpan]:
+        """The spans called `name` once there are `count` of them. A refused call's
+        server span ends just after its status went out (`context.abort` sends it,
+        then raises through the wrapper), so the caller can see the error first."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(found := self.named(name)) < count:
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.01)
+        return found
 
     def one(self, name: str, kind: SpanKind | None = None) -> ReadableSpan:
         found = self.named(name, kind)

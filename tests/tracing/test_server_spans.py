@@ -39,7 +39,7 @@ async def test_a_call_is_a_server_span_continuing_the_callers_trace(
     except grpc.aio.AioRpcError as exc:
         assert exc.code() is grpc.StatusCode.INVALID_ARGUMENT
 
-    call, refused = server_spans.named(USER_EXISTS)
+    call, refused = await server_spans.settled(USER_EXISTS, 2)
     assert call.kind is SpanKind.SERVER
     assert call.context.trace_id == trace_id
     assert call.parent is not None
