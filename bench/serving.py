@@ -143,7 +143,8 @@ async def run(ctx: Context) -> Section:
     points = CURVE if not o.quick else (0.1, 0.5, 1.0)
     curve: dict[str, list[tuple[float, float, float]]] = {"UserExists": [], "Health/Check": []}
     point_duration = max(o.duration / 2, 2.0)
-    slices = latency.slices_for(o.rounds * point_duration)
+    slices = latency.slices_for(o.rounds * point_duration)  # at 10% and 50%
+    curve_slices = latency.slices_for(point_duration)  # elsewhere on the curve
 
     def load(path: str, bodies: Callable[[float], list[bytes]], rate: float) -> latency.Slice:
         async def run_slice(seconds: float) -> list[int]:
@@ -167,8 +168,7 @@ async def run(ctx: Context) -> Section:
         }
         if targets:
             loads["cold"] = load(USER_EXISTS, fresh_bodies(rate), rate)
-        n = slices if targets else latency.slices_for(point_duration)
-        pooled = await latency.alternate(loads, n)
+        pooled = await latency.alternate(loads, slices if targets else curve_slices)
         for name, points_of in curve.items():
             points_of.append((rate, pooled[name].p(50), pooled[name].p(99)))
         if not targets:
@@ -266,7 +266,7 @@ async def run(ctx: Context) -> Section:
             f"(UserExists skewed, Health/Check), the same for both methods: {gen.rate_method}. "
             f"The loads take turns in {latency.SLICE_S:g} s slices, the order rotated every "
             f"round, and each load's latencies are pooled over its slices ({slices} slices "
-            f"each at 10% and 50%, {latency.slices_for(point_duration)} elsewhere): steal time "
+            f"each at 10% and 50%, {curve_slices} elsewhere): steal time "
             "on this kind of machine comes in bursts of seconds, which a longer run of one "
             "load would take alone (bench/latency.py). The steal share during each load's "
             "slices is shown beside the 10% and 50% figures."

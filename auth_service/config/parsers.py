@@ -6,6 +6,7 @@ what is expected (never the value of a secret). `variables` pairs them with name
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from auth_service.addresses import parse_host_port
@@ -71,18 +72,22 @@ def database_url(raw: str) -> str:
     return value
 
 
-def log_level(raw: str) -> str:
-    value = raw.strip().upper()
-    if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-        raise ValueError("one of DEBUG, INFO, WARNING, ERROR")
-    return value
+def one_of(*values: str, upper: bool = False) -> Callable[[str], str]:
+    """A parser that accepts one of `values` (case-insensitive; upper- or
+    lower-cased as they are written)."""
+
+    def parse(raw: str) -> str:
+        value = raw.strip().upper() if upper else raw.strip().lower()
+        if value not in values:
+            raise ValueError(f"one of {', '.join(values)}")
+        return value
+
+    return parse
 
 
-def log_format(raw: str) -> str:
-    value = raw.strip().lower()
-    if value not in {"json", "text"}:
-        raise ValueError("one of json, text")
-    return value
+log_level = one_of("DEBUG", "INFO", "WARNING", "ERROR", upper=True)
+log_format = one_of("json", "text")
+traces_exporter = one_of("otlp", "none")
 
 
 def non_empty(raw: str) -> str:
@@ -162,13 +167,6 @@ def otlp_protocol(raw: str) -> str:
     return value
 
 
-def traces_exporter(raw: str) -> str:
-    value = raw.strip().lower()
-    if value not in {"otlp", "none"}:
-        raise ValueError("one of otlp, none")
-    return value
-
-
 SAMPLERS = (
     "always_on",
     "always_off",
@@ -179,11 +177,7 @@ SAMPLERS = (
 )
 
 
-def sampler(raw: str) -> str:
-    value = raw.strip().lower()
-    if value not in SAMPLERS:
-        raise ValueError(f"one of {', '.join(SAMPLERS)}")
-    return value
+sampler = one_of(*SAMPLERS)
 
 
 def ratio(raw: str) -> float | None:

@@ -4,7 +4,6 @@ the process's global tracer provider (what an application installs)."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import Iterator
 
@@ -18,6 +17,7 @@ from opentelemetry.util._once import Once
 
 from auth_client.contract import format_traceparent
 from auth_service import tracing
+from tests.conftest import eventually
 
 
 class Spans:
@@ -37,12 +37,12 @@ class Spans:
         """The spans called `name` once there are `count` of them. A refused call's
         server span ends just after its status went out (`context.abort` sends it,
         then raises through the wrapper), so the caller can see the error first."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while len(found := self.named(name)) < count:
-            if asyncio.get_running_loop().time() > deadline:
-                break
-            await asyncio.sleep(0.01)
-        return found
+
+        async def enough() -> bool:
+            return len(self.named(name)) >= count
+
+        await eventually(enough, timeout=timeout, interval=0.01)
+        return self.named(name)
 
     def one(self, name: str, kind: SpanKind | None = None) -> ReadableSpan:
         found = self.named(name, kind)
