@@ -24,8 +24,8 @@ from tests.ops.support import REPO
 SCRIPT = REPO / "scripts" / "check_compose.py"
 
 
-def _module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("check_compose", SCRIPT)
+def _module(script: Path = SCRIPT) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(script.stem, script)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -34,6 +34,7 @@ def _module() -> ModuleType:
 
 
 check_compose = _module()
+compose_files = _module(REPO / "scripts" / "compose_files.py")
 
 
 def _problems(
@@ -313,7 +314,7 @@ def test_the_compose_binary_itself_fails_on_a_broken_file(tmp_path: Path) -> Non
     for name in ("docker-compose.yml", ".env.example"):
         shutil.copy(REPO / name, tmp_path / name)
     compose = tmp_path / "docker-compose.yml"
-    command = [str(check_compose.compose_binary()), "--file", str(compose), "--env-file",
+    command = [str(compose_files.compose_binary()), "--file", str(compose), "--env-file",
                str(tmp_path / ".env.example"), "config", "--quiet"]  # fmt: skip
     env = {"PATH": os.environ["PATH"]}
     ok = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
