@@ -15,6 +15,7 @@ import uuid
 import asyncpg
 
 from auth_client.contract import auth_pb2
+from bench import reasons
 from bench.calls import spec
 from bench.context import Context
 from bench.measure import Measured, call_raw, error_note, measure
@@ -103,6 +104,8 @@ async def run(ctx: Context) -> Section:
     server_ids = median([r.rps * SIZE for r in served])
     raw_ids = median(raw)
     ratio = server_ids / raw_ids
+    cpu = median([r.cpu_us() for r in served])
+    pg_cpu = median([r.pg_cpu_us() or 0.0 for r in served])
     section.row(
         f"BatchUserExists ({SIZE:,} ids), ids/s",
         f"{fmt_int(server_ids)} ids/s",
@@ -110,7 +113,7 @@ async def run(ctx: Context) -> Section:
         ratio,
         ">= 0.8",
         ratio >= 0.8,
-    )
+    ).why = reasons.batch(cpu, pg_cpu)
     section.row(
         "BatchUserExists ids/s, absolute",
         f"{fmt_int(server_ids)} ids/s",
@@ -119,8 +122,6 @@ async def run(ctx: Context) -> Section:
         ">= 200,000",
         server_ids >= 200_000,
     )
-    cpu = median([r.cpu_us() for r in served])
-    pg_cpu = median([r.pg_cpu_us() or 0.0 for r in served])
     section.row(
         f"server CPU per {SIZE:,}-id batch",
         f"{cpu:,.0f} µs",

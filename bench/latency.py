@@ -25,6 +25,9 @@ SLICE_S = 2.0
 
 # A slice of one load: runs it for `seconds`, returns each call's latency in µs.
 Slice = Callable[[float], Awaitable[list[int]]]
+# A cumulative count read before and after every slice (e.g. a server counter), or
+# None when it cannot be read.
+Probe = Callable[[], float | None]
 
 
 @dataclass
@@ -34,6 +37,7 @@ class Pooled:
     latencies_us: list[int] = field(default_factory=list)
     seconds: float = 0.0  # wall time of its slices
     steal_s: float = 0.0  # CPU seconds the hypervisor took, all cores
+    counted: float | None = None  # the probe's increase over its slices (None: no probe)
 
     def p(self, pct: float) -> float:
         """A percentile in milliseconds."""
@@ -51,18 +55,25 @@ def slices_for(total_s: float) -> int:
     return max(1, round(total_s / SLICE_S))
 
 
-async def alternate(loads: Mapping[str, Slice], slices: int) -> dict[str, Pooled]:
+async def alternate(
+    loads: Mapping[str, Slice], slices: int, probe: Probe | None = None
+) -> dict[str, Pooled]:
     """Run each load `slices` times for SLICE_S seconds, taking turns; the first load
-    of each round moves one place on, so no load always follows the same one."""
+    of each round moves one place on, so no load always follows the same one. With a
+    `probe`, each load also gets the probe's increase over its slices."""
     names = list(loads)
     pooled = {name: Pooled() for name in names}
     for round_ in range(slices):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
+            count_before = probe() if probe else None
             steal_before, started = procstat.machine_steal(), time.monotonic()
             latencies = await loads[name](SLICE_S)
             into = pooled[name]
             into.seconds += time.monotonic() - started
             into.steal_s += procstat.machine_steal() - steal_before
             into.latencies_us += latencies
+            count_after = probe() if probe else None
+            if count_before is not None and count_after is not None:
+                into.counted = (into.counted or 0.0) + count_after - count_before
     return pooled

@@ -38,6 +38,8 @@ class Row:
     ratio: float | None = None
     target: str = ""
     met: bool | None = None
+    # When a target is not met: the measured reason, from this run's own figures.
+    why: str = ""
 
     @property
     def verdict(self) -> str:
@@ -107,8 +109,21 @@ def notes(sections: list[Section]) -> str:
     )
 
 
+def reasons(sections: list[Section]) -> str:
+    """One item per target not met: the figure, and why, measured in the same run."""
+    return "\n".join(
+        f"- **{row.figure}**: {row.why}"
+        for section in sections
+        for row in section.rows
+        if row.met is False and row.why
+    )
+
+
 def generated_block(header: str, sections: list[Section]) -> str:
     parts = [header, "", table(sections)]
+    why = reasons(sections)
+    if why:
+        parts += ["", "Targets not met in this run, and the reason measured in it:", "", why]
     text = notes(sections)
     if text:
         parts += ["", "How each figure was measured:", "", text]

@@ -198,11 +198,12 @@ class ServerProcess:
             return 0
         return sum(1 for line in text.splitlines() if "WARNING" in line or "ERROR" in line)
 
-    def handled(self) -> dict[tuple[str, str], float] | None:
-        """grpc_server_handled_total by (method, code), or None without metrics."""
+    def _samples(self, name: str) -> list[tuple[dict[str, str], float]] | None:
+        """Every worker's samples called `name` (labels, value), or None without
+        metrics or when a worker does not answer."""
         if self.metrics_port is None:
             return None
-        out: dict[tuple[str, str], float] = {}
+        out: list[tuple[dict[str, str], float]] = []
         for index in range(self.workers or 1):
             url = f"http://127.0.0.1:{self.metrics_port + index}/metrics"
             try:
@@ -210,14 +211,30 @@ class ServerProcess:
                     text = response.read().decode()
             except OSError:
                 return None
-            for family in text_string_to_metric_families(text):
-                for sample in family.samples:
-                    if sample.name != "grpc_server_handled_total":
-                        continue
-                    labels = sample.labels
-                    key = (labels.get("grpc_method", "?"), labels.get("grpc_code", "?"))
-                    out[key] = out.get(key, 0.0) + sample.value
+            out += [
+                (sample.labels, sample.value)
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.name == name
+            ]
         return out
+
+    def handled(self) -> dict[tuple[str, str], float] | None:
+        """grpc_server_handled_total by (method, code), or None without metrics."""
+        samples = self._samples("grpc_server_handled_total")
+        if samples is None:
+            return None
+        out: dict[tuple[str, str], float] = {}
+        for labels, value in samples:
+            key = (labels.get("grpc_method", "?"), labels.get("grpc_code", "?"))
+            out[key] = out.get(key, 0.0) + value
+        return out
+
+    def total(self, name: str) -> float | None:
+        """One sample name summed over labels and workers (e.g.
+        "auth_lookup_lookups_total"), or None without metrics."""
+        samples = self._samples(name)
+        return None if samples is None else sum(value for _, value in samples)
 
     async def stop(self) -> None:
         proc, self._proc = self._proc, None

@@ -13,7 +13,7 @@ import pytest
 
 from auth_client.contract import auth_pb2
 from auth_service.api.server import AuthServer
-from bench import grpcload, latency, report
+from bench import grpcload, latency, reasons, report
 from bench.load import H2Load, LoadSpec, grpc_frame, parse_h2load
 from bench.measure import call_raw
 from tests.helpers import create_user
@@ -23,6 +23,7 @@ MODULES = [
     "bench.serving",
     "bench.calls",
     "bench.latency",
+    "bench.reasons",
     "bench.batch",
     "bench.inserts",
     "bench.workers",
@@ -166,9 +167,64 @@ async def test_latency_loads_take_turns_and_pool_their_slices() -> None:
         return run_slice
 
     pooled = await latency.alternate({n: load(n) for n in ("a", "b", "c")}, slices=3)
+    assert all(p.counted is None for p in pooled.values())  # no probe
     assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
     assert pooled["a"].latencies_us == [1000, 6000, 8000]
     assert pooled["a"].p(50) == 6.0  # ms, over the pooled slices
     assert all(p.seconds > 0 and p.steal_s >= 0 for p in pooled.values())
     assert latency.slices_for(15.0) == 8
     assert latency.slices_for(0.5) == 1
+
+
+async def test_latency_slices_count_what_the_probe_counts_during_each_load() -> None:
+    """A missed latency target's reason uses the server's database lookups during
+    each load's own slices: the probe is read before and after every slice."""
+    total = 0.0
+
+    def load(adds: float) -> latency.Slice:
+        async def run_slice(seconds: float) -> list[int]:
+            nonlocal total
+            total += adds
+            return [1000]
+
+        return run_slice
+
+    pooled = await latency.alternate(
+        {"skewed": load(5), "health": load(0)}, slices=3, probe=lambda: total
+    )
+    assert pooled["skewed"].counted == 15
+    assert pooled["health"].counted == 0
+    unreadable = await latency.alternate({"skewed": load(5)}, slices=1, probe=lambda: None)
+    assert unreadable["skewed"].counted is None
+
+
+def test_results_give_the_measured_reason_of_each_target_missed() -> None:
+    """`python -m bench` shows each goal met or, where not, the reason measured in the
+    same run: listed under the table for the rows that missed, and only for them."""
+    section = report.Section("inserts", "Inserts")
+    section.row("warm", "1 rows/s", "", 1.0, ">= 1.0", True).why = "not shown: met"
+    section.row("cold", "1 rows/s", "", 0.5, ">= 0.8", False).why = reasons.cold_inserts(
+        busy=0.97,
+        fk_us=400,
+        validated_us=700,
+        plain_us=390,
+        floor_us=(700, 430),
+        rpcs_per_row=0.15625,  # 6.4 ids per RPC
+    )
+    section.row("plain", "1 rows/s")
+    block = report.generated_block("header", [section])
+    table, _, listed = block.partition(
+        "Targets not met in this run, and the reason measured in it:"
+    )
+    assert "**not met**" in table
+    assert "not shown" not in block
+    (item,) = [line for line in listed.splitlines() if line.startswith("- ")]
+    assert item.startswith("- **cold**: the cold runs kept 97% of the cores busy")
+    # For 0.8 a row may cost 400 / 0.8 = 500 µs, 110 over an unchecked insert; it costs
+    # 310 more, of which (700 + 430) / 6.4 = 177 µs are the gRPC floor, 133 per-id work.
+    assert "may cost 500 µs, 110 µs more than an unchecked insert (390 µs)" in item
+    assert "it costs 310 µs more" in item
+    assert "The gRPC floor is 177 µs" in item
+    assert "6.4 ids per RPC" in item
+    assert "the other 133 µs are per-id work" in item
+    assert report.reasons([report.Section("x", "all met")]) == ""
