@@ -16,7 +16,6 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Self
 
-from auth_client import _tracing
 from auth_client._batcher import Batcher
 from auth_client._breaker import Breaker, StateListener
 from auth_client._cache import ExistsCache, TextIds
@@ -34,7 +33,6 @@ from auth_client._lookup import Lookup
 from auth_client._metrics import ClientStats, Counters, register, unregister
 from auth_client._models import DELETED, User, UserId, UserState
 from auth_client._transport import Transport, create_channel
-from auth_client.contract import MAX_BATCH_IDS
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -283,25 +281,7 @@ class AuthClient:
         if isinstance(user_ids, str | uuid.UUID):
             raise InvalidRequestError("user_states takes a collection of ids, not one id")
         keys = list(dict.fromkeys(self._text_ids.get(value) for value in user_ids))
-        budget = self._lookup._budget(timeout)
-        batcher = self._open()
-        tracer = _tracing.tracer()
-        if tracer is None:
-            return await self._states(batcher, keys, budget)
-        with tracer.start_as_current_span("auth_client.user_states") as span:
-            span.set_attribute("auth_client.client", self._name)
-            span.set_attribute("auth_client.ids", len(keys))
-            return await self._states(batcher, keys, budget)
-
-    async def _states(
-        self, batcher: Batcher, keys: list[uuid.UUID], budget: float
-    ) -> dict[uuid.UUID, UserState]:
-        out: dict[uuid.UUID, UserState] = {}
-        for start in range(0, len(keys), MAX_BATCH_IDS):
-            chunk = keys[start : start + MAX_BATCH_IDS]
-            states = await batcher.states_uncached(chunk, budget)
-            out.update(zip(chunk, map(UserState, states), strict=True))
-        return out
+        return await self._lookup.states(self._open(), keys, timeout)
 
     # -- cache control -----------------------------------------------------
 
@@ -321,20 +301,6 @@ class AuthClient:
         self._cache.put(key, DELETED)
 
     def stats(self) -> ClientStats:
-        c = self._counters
-        return ClientStats(
-            cache_hits=c.cache_hits,
-            cache_misses=c.cache_misses,
-            cache_size=len(self._cache),
-            rpcs=c.rpcs,
-            ids_sent=c.ids_sent,
-            coalesced=c.coalesced,
-            breaker_state=self._breaker.state,
-            breaker_opened=self._breaker.opened_count,
-            unavailable=c.unavailable,
-            fallback_stale=c.fallback_stale,
-            fallback_open=c.fallback_open,
-            shadow_disagreements=c.shadow_disagreements,
-            shadow_failures=c.shadow_failures,
-            unchecked=c.unchecked,
-        )
+        """A snapshot of this client's counters, cache size and breaker."""
+        breaker = self._breaker
+        return self._counters.snapshot(len(self._cache), breaker.state, breaker.opened_count)

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING
 from auth_client import _tracing
 from auth_client._config import FallbackPolicy, RolloutMode
 from auth_client._errors import CircuitOpenError, DeadlineExceededError, ServiceUnavailableError
-from auth_client._models import ACTIVE
+from auth_client._models import ACTIVE, UserState
 from auth_client._rollout import Shadow, report_unverified
+from auth_client.contract import MAX_BATCH_IDS
 
 if TYPE_CHECKING:
     import uuid
@@ -237,3 +238,28 @@ class Lookup:
         except ServiceUnavailableError:
             self._counters.unavailable += 1
             raise
+
+    async def states(
+        self, batcher: Batcher, keys: list[uuid.UUID], timeout: float | None
+    ) -> dict[uuid.UUID, UserState]:
+        """Each id's state as auth-service answers it now (`AuthClient.user_states`):
+        no cache, no coalescing, no rollout mode, no fallback; RPCs of at most
+        MAX_BATCH_IDS ids through the breaker."""
+        budget = self._budget(timeout)
+        tracer = _tracing.tracer()
+        if tracer is None:
+            return await self._states(batcher, keys, budget)
+        with tracer.start_as_current_span("auth_client.user_states") as span:
+            span.set_attribute("auth_client.client", self._name)
+            span.set_attribute("auth_client.ids", len(keys))
+            return await self._states(batcher, keys, budget)
+
+    async def _states(
+        self, batcher: Batcher, keys: list[uuid.UUID], budget: float
+    ) -> dict[uuid.UUID, UserState]:
+        out: dict[uuid.UUID, UserState] = {}
+        for start in range(0, len(keys), MAX_BATCH_IDS):
+            chunk = keys[start : start + MAX_BATCH_IDS]
+            states = await batcher.states_uncached(chunk, budget)
+            out.update(zip(chunk, map(UserState, states), strict=True))
+        return out

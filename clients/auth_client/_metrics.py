@@ -48,6 +48,24 @@ class Counters:
         self.unavailable = 0
         self.unchecked = 0
 
+    def snapshot(self, cache_size: int, breaker_state: str, breaker_opened: int) -> ClientStats:
+        return ClientStats(
+            cache_hits=self.cache_hits,
+            cache_misses=self.cache_misses,
+            cache_size=cache_size,
+            rpcs=self.rpcs,
+            ids_sent=self.ids_sent,
+            coalesced=self.coalesced,
+            breaker_state=breaker_state,
+            breaker_opened=breaker_opened,
+            unavailable=self.unavailable,
+            fallback_stale=self.fallback_stale,
+            fallback_open=self.fallback_open,
+            shadow_disagreements=self.shadow_disagreements,
+            shadow_failures=self.shadow_failures,
+            unchecked=self.unchecked,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ClientStats:
