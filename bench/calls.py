@@ -70,6 +70,31 @@ def spec(
     return LoadSpec(**values)  # type: ignore[arg-type]
 
 
+class Stream:
+    """The skewed sequence as one stream over all runs: each run is sent the next
+    `count` bodies, so no run replays the calls of an earlier one until the sequence
+    wraps. (Each grpcload connection starts at a fixed offset of the bodies it is
+    given: handing every run the same list replays its prefix, whose ids the server
+    has cached since the first run, and the load would be almost all cache hits.)"""
+
+    def __init__(self, bodies: list[bytes]) -> None:
+        self._bodies = bodies
+        self._next = 0
+        self.sent = 0  # bodies handed out, over all runs
+        self.wrapped = False
+
+    def take(self, count: int) -> list[bytes]:
+        n = len(self._bodies)
+        count = max(1, min(count, n))
+        start, end = self._next, self._next + count
+        self._next = end % n
+        self.sent += count
+        self.wrapped = self.wrapped or end > n
+        if end <= n:
+            return self._bodies[start:end]
+        return self._bodies[start:] + self._bodies[: end - n]
+
+
 class Distinct:
     """Fresh ids, never asked before, for each of `runs` distinct-id runs: a share of
     what the sample has left (the other benchmarks need theirs). A run that would

@@ -19,6 +19,7 @@ from bench.calls import (
     USER_EXISTS,
     ZIPF_EXPONENT,
     Distinct,
+    Stream,
     check_active,
     health_body,
     spec,
@@ -34,6 +35,8 @@ from bench.report import Section, fmt_int, median
 MIB = 1024 * 1024
 CURVE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 TARGET_POINTS = (0.1, 0.5)  # issue 14's latency goals
+SKEWED_CALLS = 1_000_000  # length of the skewed stream, sent in order over all runs
+MAX_RATE = 10_000.0  # calls/s a saturated run may send before its window cycles
 
 
 def _h2load_reference(ctx: Context) -> H2Load | None:
@@ -55,20 +58,20 @@ async def run(ctx: Context) -> Section:
     pg_pid = ctx.db.postmaster_pid()
     health = [await health_body(srv)]
     population = ctx.take("active", min(200_000, ctx.remaining("active") // 4))
-    skewed_ids = zipf_sequence(population, 300_000)
+    skewed_ids = zipf_sequence(population, SKEWED_CALLS)
     await check_active(srv, population[:20])
-    skewed = user_exists_bodies(skewed_ids)
+    skewed = Stream(user_exists_bodies(skewed_ids))
     distinct = Distinct(ctx, runs=o.rounds + 2)
     in_flight = o.processes * o.connections * o.streams
 
     # Warm-up: connections, prepared statements, the server's state cache.
-    for path, bodies in ((HEALTH, health), (USER_EXISTS, skewed)):
-        await ctx.generator.run(spec(ctx, srv, path, bodies, duration=o.warmup))
+    await ctx.generator.run(spec(ctx, srv, HEALTH, health, duration=o.warmup))
+    warm = skewed.take(int(MAX_RATE * o.warmup))
+    await ctx.generator.run(spec(ctx, srv, USER_EXISTS, warm, duration=o.warmup))
 
     h_runs: list[Measured] = []
     u_runs: list[Measured] = []
     d_runs: list[Measured] = []
-    expected_rate = 10_000.0  # ids a distinct run may use per second, at most
     # The generator's own ceiling: its CPU per call, and Health/Check driven by
     # h2load (one body per process) in the same shape, when this run uses grpcload.
     h2 = _h2load_reference(ctx)
@@ -77,10 +80,11 @@ async def run(ctx: Context) -> Section:
         h_runs.append(await measure(ctx.generator, spec(ctx, srv, HEALTH, health), srv, pg_pid))
         if h2 is not None:
             h2_runs.append(await measure(h2, spec(ctx, srv, HEALTH, health), srv, pg_pid))
+        window = skewed.take(int(MAX_RATE * o.duration))
         u_runs.append(
-            await measure(ctx.generator, spec(ctx, srv, USER_EXISTS, skewed), srv, pg_pid)
+            await measure(ctx.generator, spec(ctx, srv, USER_EXISTS, window), srv, pg_pid)
         )
-        fresh = distinct.bodies(int(expected_rate * o.duration))
+        fresh = distinct.bodies(int(MAX_RATE * o.duration))
         d_runs.append(await measure(ctx.generator, spec(ctx, srv, USER_EXISTS, fresh), srv, pg_pid))
     ue_rps = median([r.rps for r in u_runs])
     h_rps = median([r.rps for r in h_runs])
@@ -155,6 +159,10 @@ async def run(ctx: Context) -> Section:
 
         return run_slice
 
+    def stream_bodies(rate: float) -> Callable[[float], list[bytes]]:
+        # the next stretch of the skewed stream, enough for a slice at `rate`
+        return lambda seconds: skewed.take(int(rate * seconds * 1.2) + 100)
+
     def fresh_bodies(rate: float) -> Callable[[float], list[bytes]]:
         # ids never asked before, enough for a slice at `rate`
         return lambda seconds: distinct.bodies(int(rate * seconds * 1.2) + 100)
@@ -163,7 +171,7 @@ async def run(ctx: Context) -> Section:
         rate = basis * fraction
         targets = fraction in TARGET_POINTS
         loads = {
-            "UserExists": load(USER_EXISTS, lambda _s: skewed, rate),
+            "UserExists": load(USER_EXISTS, stream_bodies(rate), rate),
             "Health/Check": load(HEALTH, lambda _s: health, rate),
         }
         if targets:
@@ -247,10 +255,19 @@ async def run(ctx: Context) -> Section:
             f"(medians), after a {o.warmup:g} s warm-up. {gen.caveat}".strip()
         ),
         (
-            f"Skewed ids: {len(skewed_ids):,} calls cycled, drawn Zipf-like "
+            f"Skewed ids: a stream of {len(skewed_ids):,} calls drawn Zipf-like "
             f"(p ~ 1/rank^{ZIPF_EXPONENT:g}) from {len(population):,} active users sampled "
-            f"from {o.users:,}; {len(set(skewed_ids)):,} distinct ids in the sequence, the "
-            f"most frequent one {top:.1%} of the calls. Every id new: each call a different "
+            f"from {o.users:,} ({len(set(skewed_ids)):,} distinct ids, the most frequent one "
+            f"{top:.1%} of the calls), sent in order over all runs: each run, warm-up and "
+            "latency slice gets the next stretch of it (a saturated run "
+            f"{int(MAX_RATE * o.duration):,} calls, cycled if it sends more), so no run "
+            "replays an earlier one's ids"
+            + (
+                f" ({skewed.sent:,} handed out: the stream wrapped)."
+                if skewed.wrapped
+                else f" ({skewed.sent:,} handed out, no wrap)."
+            )
+            + " Every id new: each call a different "
             "active user no earlier call asked for (every lookup misses the server's cache)"
             + (
                 "; the sample held too few ids for every call to be new: some runs cycled "

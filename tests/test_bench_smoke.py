@@ -13,7 +13,7 @@ import pytest
 
 from auth_client.contract import auth_pb2
 from auth_service.api.server import AuthServer
-from bench import grpcload, latency, reasons, report
+from bench import calls, grpcload, latency, reasons, report
 from bench.load import H2Load, LoadSpec, grpc_frame, parse_h2load
 from bench.measure import call_raw
 from tests.helpers import create_user
@@ -228,3 +228,17 @@ def test_results_give_the_measured_reason_of_each_target_missed() -> None:
     assert "6.4 ids per RPC" in item
     assert "the other 133 µs are per-id work" in item
     assert report.reasons([report.Section("x", "all met")]) == ""
+
+
+def test_skewed_stream_hands_each_run_the_next_calls() -> None:
+    """Each skewed run gets the next stretch of the sequence: a run that replayed an
+    earlier run's calls would find their ids in the server's cache."""
+    stream = calls.Stream([bytes([i]) for i in range(10)])
+    first, second = stream.take(4), stream.take(4)
+    assert first == [bytes([i]) for i in range(4)]
+    assert second == [bytes([i]) for i in range(4, 8)]
+    assert not stream.wrapped
+    assert stream.take(4) == [bytes([8]), bytes([9]), bytes([0]), bytes([1])]
+    assert stream.wrapped
+    assert stream.sent == 12
+    assert len(stream.take(50)) == 10  # never more than the whole sequence
