@@ -38,6 +38,12 @@ class Pooled:
     seconds: float = 0.0  # wall time of its slices
     steal_s: float = 0.0  # CPU seconds the hypervisor took, all cores
     counted: float | None = None  # the probe's increase over its slices (None: no probe)
+    slices: list[tuple[float, float]] = field(default_factory=list)  # (steal share, p99 ms)
+
+    def stealiest(self) -> tuple[float, float]:
+        """(steal share, p99 in ms) of the slice during which the hypervisor took the
+        most: one such slice can set the pooled p99 (RESULTS.md, History 9)."""
+        return max(self.slices, default=(0.0, float("nan")))
 
     def p(self, pct: float) -> float:
         """A percentile in milliseconds."""
@@ -70,9 +76,14 @@ async def alternate(
             steal_before, started = procstat.machine_steal(), time.monotonic()
             latencies = await loads[name](SLICE_S)
             into = pooled[name]
-            into.seconds += time.monotonic() - started
-            into.steal_s += procstat.machine_steal() - steal_before
+            seconds = time.monotonic() - started
+            steal = procstat.machine_steal() - steal_before
+            into.seconds += seconds
+            into.steal_s += steal
             into.latencies_us += latencies
+            cores = max(1, os.cpu_count() or 1)
+            share = steal / (seconds * cores) if seconds > 0 else 0.0
+            into.slices.append((share, percentile(latencies, 99) / 1000))
             count_after = probe() if probe else None
             if count_before is not None and count_after is not None:
                 into.counted = (into.counted or 0.0) + count_after - count_before

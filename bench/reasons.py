@@ -51,6 +51,13 @@ def skewed_latency(skewed: Pooled, health: Pooled, cold: Pooled) -> str:
         f"slices and {health.steal_share:.0%} during Health/Check's; Health/Check's own p99 "
         "follows steal time (History 7: from 8 to 138 ms between 3% and 30% steal)"
     )
+    if skewed.slices and health.slices:
+        (s_steal, s_p99), (h_steal, h_p99) = skewed.stealiest(), health.stealiest()
+        parts.append(
+            f"the skewed slice with the most steal had {s_steal:.0%} and a p99 of "
+            f"{s_p99:.2f} ms, Health/Check's {h_steal:.0%} and {h_p99:.2f} ms (one such "
+            "slice can set a pooled p99: History 9)"
+        )
     return "; ".join(parts) + f". {_TRIED}"
 
 

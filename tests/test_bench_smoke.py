@@ -194,6 +194,9 @@ async def test_latency_slices_count_what_the_probe_counts_during_each_load() -> 
     )
     assert pooled["skewed"].counted == 15
     assert pooled["health"].counted == 0
+    # each slice's steal and p99 are kept, for the slice that can set the pooled p99
+    assert len(pooled["skewed"].slices) == 3
+    assert pooled["skewed"].stealiest()[1] == 1.0  # ms: every slice answered in 1,000 µs
     unreadable = await latency.alternate({"skewed": load(5)}, slices=1, probe=lambda: None)
     assert unreadable["skewed"].counted is None
 
@@ -242,3 +245,17 @@ def test_skewed_stream_hands_each_run_the_next_calls() -> None:
     assert stream.wrapped
     assert stream.sent == 12
     assert len(stream.take(50)) == 10  # never more than the whole sequence
+
+
+def test_a_missed_latency_target_names_the_slice_with_the_most_steal() -> None:
+    """One 2 s slice with a steal burst can set a load's pooled p99 (History 9), so
+    the reason names each load's stealiest slice beside the database share."""
+    skewed = latency.Pooled(latencies_us=[1000] * 99 + [50_000], counted=20.0)
+    skewed.slices = [(0.02, 4.0), (0.19, 118.0)]
+    health = latency.Pooled(latencies_us=[1000] * 100, slices=[(0.03, 7.7), (0.01, 4.6)])
+    cold = latency.Pooled(latencies_us=[2000] * 100)
+    why = reasons.skewed_latency(skewed, health, cold)
+    assert why.startswith("20.0% of the skewed calls went to the database")
+    assert "took +1.00 ms against Health/Check at the median" in why
+    assert "the skewed slice with the most steal had 19% and a p99 of 118.00 ms" in why
+    assert "Health/Check's 3% and 7.70 ms" in why
