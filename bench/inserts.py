@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import tempfile
 import time
@@ -74,7 +73,7 @@ class Outcome:
     def busy_share(self) -> float:
         """Writers, auth-service and PostgreSQL together, as a share of all cores."""
         cpu_s = self.writer_cpu_s + self.server_cpu_s + self.pg_cpu_s
-        return cpu_s / (self.seconds * max(1, os.cpu_count() or 1)) if self.seconds else 0.0
+        return procstat.share_of_cores(cpu_s, self.seconds)
 
     @property
     def per_s(self) -> float:

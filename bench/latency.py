@@ -13,7 +13,6 @@ whether one load was still hit harder than the others.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -52,8 +51,7 @@ class Pooled:
     @property
     def steal_share(self) -> float:
         """Steal during this load's slices, as a share of all cores (0..1)."""
-        cores = max(1, os.cpu_count() or 1)
-        return self.steal_s / (self.seconds * cores) if self.seconds > 0 else 0.0
+        return procstat.share_of_cores(self.steal_s, self.seconds)
 
 
 def slices_for(total_s: float) -> int:
@@ -81,8 +79,7 @@ async def alternate(
             into.seconds += seconds
             into.steal_s += steal
             into.latencies_us += latencies
-            cores = max(1, os.cpu_count() or 1)
-            share = steal / (seconds * cores) if seconds > 0 else 0.0
+            share = procstat.share_of_cores(steal, seconds)
             into.slices.append((share, percentile(latencies, 99) / 1000))
             count_after = probe() if probe else None
             if count_before is not None and count_after is not None:

@@ -98,6 +98,13 @@ def machine_steal() -> float:
     return int(first[8]) / _TICK
 
 
+def share_of_cores(cpu_s: float, seconds: float) -> float:
+    """`cpu_s` CPU seconds spent over `seconds` of wall time, as a share of all the
+    machine's cores (0..1; 0 when no time passed)."""
+    cores = max(1, os.cpu_count() or 1)
+    return cpu_s / (seconds * cores) if seconds > 0 else 0.0
+
+
 def own_cpu_seconds() -> float:
     """CPU of this process plus every child it has waited for (h2load runs, servers,
     PostgreSQL once stopped)."""

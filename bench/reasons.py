@@ -8,15 +8,10 @@ What was tried about each lives in RESULTS.md's hand-written History.
 
 from __future__ import annotations
 
-import os
-
+from bench import procstat
 from bench.latency import Pooled
 
 _TRIED = "What was tried: RESULTS.md, History 7 and 8."
-
-
-def _cores() -> int:
-    return max(1, os.cpu_count() or 1)
 
 
 def saturated(user_exists_cpu_us: float, health_cpu_us: float, pg_cpu_us: float) -> str:
@@ -74,8 +69,9 @@ def cold_latency(
     `health_cpu` (server µs, saturated req/s) per Health/Check, both saturated."""
     server_us, pg_us, cold_rps = cold_cpu
     health_us, health_rps = health_cpu
-    busy_cold = rate * (server_us + pg_us) / 1e6 / _cores()
-    busy_health = rate * health_us / 1e6 / _cores()
+    # CPU seconds per wall second, as a share of the cores
+    busy_cold = procstat.share_of_cores(rate * (server_us + pg_us) / 1e6, 1.0)
+    busy_health = procstat.share_of_cores(rate * health_us / 1e6, 1.0)
     return (
         f"every one of these calls waits for a query, and at {rate:,.0f} req/s they keep "
         f"the server and PostgreSQL busy for {busy_cold:.0%} of the cores (CPU per call "
