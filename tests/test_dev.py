@@ -188,3 +188,11 @@ def test_a_taken_port_is_one_clear_line() -> None:
             assert last.startswith("auth-service: ")
             assert f"127.0.0.1:{port}" in last
             assert "Traceback" not in result.stderr
+
+
+def test_free_ports_handed_out_in_one_process_are_distinct() -> None:
+    """Fixtures pick a gRPC, metrics and broker port with consecutive free_port()
+    calls; the kernel can return the same free port twice in a row (3-5 repeats in
+    300 calls here), and then two listeners of one test collide."""
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)

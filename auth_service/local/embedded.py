@@ -33,10 +33,23 @@ class EmbeddedError(RuntimeError):
     """An embedded server could not be found or started."""
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on now, and that this process has not handed out
+    before: the kernel may give the same free port to two binds in a row, and two
+    listeners chosen that way (`--listen` and `--metrics-listen`) would collide."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            break
+    if len(_HANDED_OUT) > 10_000:  # a long-lived process: forget the oldest choices
+        _HANDED_OUT.clear()
+    _HANDED_OUT.add(port)
+    return port
 
 
 def ensure_free(host: str, port: int, what: str) -> None:

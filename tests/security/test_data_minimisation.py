@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from auth_client.contract import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
+from auth_service.local.embedded import free_port
 from tests.security.conftest import ADMIN, READER, TOKEN_LINES, md
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,12 +27,6 @@ BAD_EMAIL = "not an address but private@example.org"
 WRONG_TOKEN = "stolen-or-wrong-token-4e6f7a8b9c"
 USERNAME = "marker_user_5d1c"
 DISPLAY = "Display Marker 8a2e"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def wait_serving(address: str, proc: subprocess.Popen[bytes]) -> None:
