@@ -1,8 +1,9 @@
 """BatchUserExists of 1000 ids through the server vs the same query sent straight
 to PostgreSQL with asyncpg (`= ANY($1::uuid[])`, prepared), on the same database.
 
-The server measured here has its state cache off (STATE_CACHE_SIZE=0): every id
-is looked up in PostgreSQL, the same work the raw reference does. Requests ask for
+The server measured here has its state cache and its index of every user off
+(STATE_CACHE_SIZE=0, STATE_INDEX_MAX_USERS=0): every id is looked up in
+PostgreSQL, the same work the raw reference does. Requests ask for
 the packed answer (`states_only`), as auth_client does."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from bench.calls import spec
 from bench.context import Context
 from bench.measure import Measured, call_raw, error_note, measure
 from bench.report import Section, fmt_int, median
-from bench.server import ServerProcess
+from bench.server import NO_INDEX, ServerProcess
 
 BATCH = "/auth.v1.AuthService/BatchUserExists"
 SIZE = 1000
@@ -88,7 +89,9 @@ async def run(ctx: Context) -> Section:
         batches.append(ids)
     uuids = [[uuid.UUID(i) for i in ids] for ids in batches]
     pg_pid = ctx.db.postmaster_pid()
-    async with ServerProcess(ctx.db.url, ctx.features, env={"STATE_CACHE_SIZE": "0"}) as srv:
+    async with ServerProcess(
+        ctx.db.url, ctx.features, env={**NO_INDEX, "STATE_CACHE_SIZE": "0"}
+    ) as srv:
         bodies = await _bodies(srv, batches, deleted)
         load = spec(ctx, srv, BATCH, bodies[0], connections=1, streams=2, workers=2)
         await ctx.generator.run(

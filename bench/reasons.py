@@ -31,8 +31,9 @@ def skewed_latency(skewed: Pooled, health: Pooled, cold: Pooled) -> str:
         share = skewed.counted / calls
         wait = cold.p(50) - health.p(50)
         text = (
-            f"{share:.1%} of the skewed calls went to the database (ids not in the "
-            "server's state cache yet; auth_lookup_lookups_total over these slices), and "
+            f"{share:.1%} of the skewed calls went to the database (ids the server could "
+            "not answer from memory: its state cache or index; auth_lookup_lookups_total "
+            "over these slices), and "
             f"a call that waits for a query took {wait:+.2f} ms against Health/Check at "
             "the median (every-id-new p50 minus Health/Check's)"
         )

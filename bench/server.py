@@ -70,6 +70,12 @@ def _free_ports(count: int) -> int:
     raise RuntimeError(f"no {count} consecutive free ports")
 
 
+# A server that answers every id with a query (or its state cache): no index of
+# every user. What the every-id-new loads and BatchUserExists against raw asyncpg
+# measure.
+NO_INDEX = {"STATE_INDEX_MAX_USERS": "0"}
+
+
 class Features:
     """What the installed `auth-service serve` offers (it is being extended)."""
 
@@ -79,6 +85,7 @@ class Features:
         self.workers = "--workers" in text
         self.metrics_flag = "--metrics-listen" in text
         self.metrics_env = "METRICS_LISTEN" in names
+        self.index = "STATE_INDEX_MAX_USERS" in names
 
     @property
     def metrics(self) -> bool:
@@ -159,8 +166,10 @@ class ServerProcess:
                     raise RuntimeError(f"auth-service serve exited:\n{self.log_tail()}")
                 with contextlib.suppress(grpc.aio.AioRpcError):
                     reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING and (
-                        await self._workers_ready()
+                    if (
+                        reply.status == health_pb2.HealthCheckResponse.SERVING
+                        and await self._workers_ready()
+                        and await asyncio.to_thread(self._index_ready)
                     ):
                         return
                 if time.monotonic() > deadline:
@@ -177,6 +186,14 @@ class ServerProcess:
             await asyncio.sleep(2)  # no way to ask each worker: give them time
             return True
         return await asyncio.to_thread(self.handled) is not None
+
+    def _index_ready(self) -> bool:
+        """The index of every user is loaded (in every worker), when the server
+        has one: a run that starts before would measure the query path."""
+        if not self._features.index or self._env.get("STATE_INDEX_MAX_USERS") == "0":
+            return True
+        loads = self.total("auth_state_index_loads_total")
+        return loads is None or loads >= (self.workers or 1)
 
     def cpu_seconds(self) -> float:
         return procstat.tree_cpu_seconds(self.pid)

@@ -4,8 +4,12 @@ realistic ids: saturated requests/s, server CPU per request, latency from 10% to
 
 Two kinds of UserExists load, each request body a different id (grpcload):
 - skewed: ids drawn Zipf-like (p ~ 1/rank) from a large sample of the dataset's
-  active users, as real traffic is (a few users are looked up often, most rarely);
-- distinct: every call a different id never asked before (every lookup cold).
+  active users, as real traffic is (a few users are looked up often, most rarely),
+  against a server as configured by default (its index of every user loaded);
+- distinct: every call a different id never asked before, against a second server
+  without that index (STATE_INDEX_MAX_USERS=0), so every lookup is a query: what a
+  server pays while its index is not loaded (start-up, the feed down, a bulk change,
+  a table over the limit). The first server answers these ids from memory too.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from bench.grpcload import GrpcLoad
 from bench.load import H2Load, ensure_h2load
 from bench.measure import Measured, error_note, measure
 from bench.report import Section, fmt_int, median
+from bench.server import NO_INDEX, ServerProcess
 
 MIB = 1024 * 1024
 CURVE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -53,6 +58,12 @@ def _ms(us: float) -> str:
 
 
 async def run(ctx: Context) -> Section:
+    async with ServerProcess(ctx.db.url, ctx.features, env=NO_INDEX) as query:
+        return await _run(ctx, query)
+
+
+async def _run(ctx: Context, query: ServerProcess) -> Section:
+    """`query`: the server without an index, for the every-id-new loads."""
     o, srv = ctx.options, ctx.srv
     section = Section("serving", "UserExists vs the gRPC floor (one server process)")
     pg_pid = ctx.db.postmaster_pid()
@@ -68,6 +79,7 @@ async def run(ctx: Context) -> Section:
     await ctx.generator.run(spec(ctx, srv, HEALTH, health, duration=o.warmup))
     warm = skewed.take(int(MAX_RATE * o.warmup))
     await ctx.generator.run(spec(ctx, srv, USER_EXISTS, warm, duration=o.warmup))
+    await ctx.generator.run(spec(ctx, query, USER_EXISTS, warm, duration=o.warmup))
 
     h_runs: list[Measured] = []
     u_runs: list[Measured] = []
@@ -85,7 +97,9 @@ async def run(ctx: Context) -> Section:
             await measure(ctx.generator, spec(ctx, srv, USER_EXISTS, window), srv, pg_pid)
         )
         fresh = distinct.bodies(int(MAX_RATE * o.duration))
-        d_runs.append(await measure(ctx.generator, spec(ctx, srv, USER_EXISTS, fresh), srv, pg_pid))
+        d_runs.append(
+            await measure(ctx.generator, spec(ctx, query, USER_EXISTS, fresh), query, pg_pid)
+        )
     ue_rps = median([r.rps for r in u_runs])
     h_rps = median([r.rps for r in h_runs])
     d_rps = median([r.rps for r in d_runs])
@@ -104,7 +118,7 @@ async def run(ctx: Context) -> Section:
         ratio >= 0.85,
     ).why = reasons.saturated(ue_cpu, h_cpu, pg_cpu)
     section.row(
-        "UserExists (every id new), saturated",
+        "UserExists (every id new, no index: a query each), saturated",
         f"{fmt_int(d_rps)} req/s",
         f"Health/Check {fmt_int(h_rps)} req/s",
         d_rps / h_rps,
@@ -150,12 +164,14 @@ async def run(ctx: Context) -> Section:
     slices = latency.slices_for(o.rounds * point_duration)  # at 10% and 50%
     curve_slices = latency.slices_for(point_duration)  # elsewhere on the curve
 
-    def load(path: str, bodies: Callable[[float], list[bytes]], rate: float) -> latency.Slice:
+    def load(
+        path: str, bodies: Callable[[float], list[bytes]], rate: float, to: ServerProcess = srv
+    ) -> latency.Slice:
         async def run_slice(seconds: float) -> list[int]:
             shape = spec(
-                ctx, srv, path, bodies(seconds), rate=rate, latencies=True, duration=seconds
+                ctx, to, path, bodies(seconds), rate=rate, latencies=True, duration=seconds
             )
-            return (await measure(ctx.generator, shape, srv)).load.latencies_us
+            return (await measure(ctx.generator, shape, to)).load.latencies_us
 
         return run_slice
 
@@ -175,12 +191,13 @@ async def run(ctx: Context) -> Section:
             "Health/Check": load(HEALTH, lambda _s: health, rate),
         }
         if targets:
-            loads["cold"] = load(USER_EXISTS, fresh_bodies(rate), rate)
+            loads["cold"] = load(USER_EXISTS, fresh_bodies(rate), rate, query)
         pooled = await latency.alternate(
             loads,
             slices if targets else curve_slices,
-            # UserExists lookups that went to the database (not the state cache)
-            (lambda: srv.total("auth_lookup_lookups_total")) if targets else None,
+            # UserExists lookups that went to the database (not answered from memory),
+            # on either server: one load runs at a time
+            _lookups(srv, query) if targets else None,
         )
         for name, points_of in curve.items():
             points_of.append((rate, pooled[name].p(50), pooled[name].p(99)))
@@ -202,7 +219,7 @@ async def run(ctx: Context) -> Section:
             u50 <= h50 + 0.3 and u99 <= h99 + 1.0,
         ).why = reasons.skewed_latency(u, h, c)
         section.row(
-            f"UserExists (every id new) p50 / p99 at {fraction:.0%} of saturation",
+            f"UserExists (every id new, no index) p50 / p99 at {fraction:.0%} of saturation",
             f"{c50:.2f} / {c99:.2f} ms",
             f"Health/Check at the same rate: {h50:.2f} / {h99:.2f} ms",
             None,
@@ -229,9 +246,15 @@ async def run(ctx: Context) -> Section:
     if picture is not None:
         section.row("latency against load (p50, p99)", f"[{picture.name}]({picture.name})", "")
 
-    section.row("server RSS idle", f"{ctx.idle_rss / MIB:.0f} MiB", "after start, before any call")
-    peak = max(r.rss_max for r in [*u_runs, *d_runs])
-    section.row("server RSS under load (peak)", f"{peak / MIB:.0f} MiB", "sampled every 0.25 s")
+    section.row(
+        "server RSS idle",
+        f"{ctx.idle_rss / MIB:.0f} MiB",
+        "after start (index of every user loaded), before any call",
+    )
+    peak = max(r.rss_max for r in u_runs)
+    section.row(
+        "server RSS under load (peak)", f"{peak / MIB:.0f} MiB", "skewed runs, sampled every 0.25 s"
+    )
     counts = Counter(skewed_ids[: in_flight * 50])
     top = counts.most_common(1)[0][1] / sum(counts.values())
     section.figures.update(
@@ -267,8 +290,9 @@ async def run(ctx: Context) -> Section:
                 if skewed.wrapped
                 else f" ({skewed.sent:,} handed out, no wrap)."
             )
-            + " Every id new: each call a different "
-            "active user no earlier call asked for (every lookup misses the server's cache)"
+            + " Every id new: each call a different active user no earlier call asked for, "
+            "sent to a second server without the index of every user (STATE_INDEX_MAX_USERS=0"
+            "), so every lookup is a query; the first server would answer them from memory"
             + (
                 "; the sample held too few ids for every call to be new: some runs cycled "
                 "theirs, so a few of their lookups hit the cache."
@@ -298,3 +322,13 @@ async def run(ctx: Context) -> Section:
         error_note([*h_runs, *u_runs, *d_runs], gen.error_method),
     ]
     return section
+
+
+def _lookups(*servers: ServerProcess) -> Callable[[], float | None]:
+    """auth_lookup_lookups_total summed over `servers` (None without metrics)."""
+
+    def total() -> float | None:
+        counts = [server.total("auth_lookup_lookups_total") for server in servers]
+        return None if None in counts else sum(c for c in counts if c is not None)
+
+    return total

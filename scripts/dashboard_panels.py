@@ -267,11 +267,16 @@ SERVER_ROWS: tuple[Row, ...] = (
                 width=6,
             ),
             Panel(
-                "State cache",
-                "Entries held per replica (STATE_CACHE_SIZE caps them) and replicas whose "
-                "cache is bypassed because its change feed is not listening.",
+                "State cache and index",
+                "Cache entries held per replica (STATE_CACHE_SIZE caps them), users in each "
+                "replica's index of every user (0 while not loaded) and its ids changed "
+                "since the load, index loads per second, and replicas whose cache and "
+                "index are bypassed because their change feed is not listening.",
                 (
-                    q(f"auth_state_cache_entries{{{API}}}", "{{instance}}"),
+                    q(f"auth_state_cache_entries{{{API}}}", "{{instance}} cache"),
+                    q(f"auth_state_index_users{{{API}}}", "{{instance}} index"),
+                    q(f"auth_state_index_stale{{{API}}}", "{{instance}} changed since load"),
+                    q(f"sum(rate(auth_state_index_loads_total{{{API}}}{RATE}))", "loads/s"),
                     q(
                         f"count(auth_state_cache_enabled{{{API}}} == 0) or vector(0)",
                         "bypassed replicas",

@@ -174,6 +174,9 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "shutdown_grace_s": 1.0,
         "connect_timeout_s": 2.0,
         "pool_min_size": 1,
+        # Off: most tests are about the query path, and the index loads in the
+        # background; tests/test_user_index.py turns it on.
+        "state_index_max_users": 0,
     }
     values.update(overrides)
     return Settings(**values)

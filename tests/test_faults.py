@@ -130,8 +130,10 @@ async def _start_serve(database_url: str, port: int, grace: float) -> asyncio.su
         # Connections opened up front: a new connection's first query would wait
         # behind the test's table lock before the test sees it inside the server.
         "DB_POOL_MIN_SIZE": "8",
-        # One query per call, so the test can see every call waiting in PostgreSQL.
+        # One query per call, so the test can see every call waiting in PostgreSQL
+        # (and no index of every user to answer them from memory).
         "DB_LOOKUP_CONCURRENCY": "0",
+        "STATE_INDEX_MAX_USERS": "0",
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -157,13 +157,15 @@ class AuthServer:
         )
         await self.erasure.start()
         self.add_closer(self.erasure.aclose)
-        # User states cached in this process, kept exact by the users table's
-        # change notifications (store/state_cache.py); off with STATE_CACHE_SIZE=0.
+        # User states cached in this process, and an index of every user, kept
+        # exact by the users table's change notifications (store/state_cache.py);
+        # off with STATE_CACHE_SIZE=0 and STATE_INDEX_MAX_USERS=0.
         cache = StateCache(max_size=s.state_cache_size)
-        if s.state_cache_size > 0:
+        if s.state_cache_size > 0 or s.state_index_max_users > 0:
             self.user_changes = UserChangeFeed(
                 s.database_url,
                 cache,
+                index_max_users=s.state_index_max_users,
                 connect_timeout_s=s.connect_timeout_s,
                 max_backoff_s=s.relay_max_backoff_s,
             )

@@ -65,6 +65,9 @@ class _LookupCollector(Collector):
         def total(attr: str) -> int:
             return sum(int(getattr(lookup, attr)) for lookup in live)
 
+        def total_cache(attr: str) -> int:
+            return sum(int(getattr(lookup.cache, attr)) for lookup in live)
+
         yield CounterMetricFamily(
             "auth_state_cache_hits",
             "UserExists lookups answered from the server's state cache (no query)",
@@ -92,6 +95,22 @@ class _LookupCollector(Collector):
             "auth_state_cache_enabled",
             "1 while the cache serves (its change feed listens), 0 while it is bypassed",
             sum(int(lookup.cache.enabled) for lookup in live),
+        )
+        indexes = [lookup.cache.index for lookup in live if lookup.cache.enabled]
+        yield GaugeMetricFamily(
+            "auth_state_index_users",
+            "Users in the server's index of every user (0 while none is loaded)",
+            sum(len(index) for index in indexes if index is not None),
+        )
+        yield GaugeMetricFamily(
+            "auth_state_index_stale",
+            "Ids changed since the index was loaded (answered by the cache or a query)",
+            sum(len(index.stale) for index in indexes if index is not None),
+        )
+        yield CounterMetricFamily(
+            "auth_state_index_loads",
+            "Indexes of every user loaded (at each LISTEN session, after bulk changes)",
+            total_cache("index_loads"),
         )
 
 

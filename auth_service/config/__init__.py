@@ -70,6 +70,7 @@ class Settings:
     lookup_concurrency: int = 2
     lookup_window_ms: float = 2.0
     state_cache_size: int = 200_000
+    state_index_max_users: int = 5_000_000
     # Not from the environment: set for the processes of `serve --workers N`.
     reuse_port: bool = False
     health_interval_s: float = 1.0
@@ -115,6 +116,8 @@ class Settings:
             problems["DB_LOOKUP_CONCURRENCY"] = "must be from 0 to DB_POOL_MAX_SIZE"
         if self.state_cache_size < 0:
             problems["STATE_CACHE_SIZE"] = "must not be negative"
+        if self.state_index_max_users < 0:
+            problems["STATE_INDEX_MAX_USERS"] = "must not be negative"
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             missing = "TLS_KEY_FILE" if self.tls_cert_file else "TLS_CERT_FILE"
             problems[missing] = "TLS_CERT_FILE and TLS_KEY_FILE must be set together"

@@ -154,6 +154,12 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "user states this process keeps to answer UserExists / BatchUserExists without a query; exact: every change to the users table is announced (LISTEN/NOTIFY) and drops its entry, and the cache is bypassed while that feed is down; 0 = off",
     ),
     EnvVar(
+        "STATE_INDEX_MAX_USERS",
+        "state_index_max_users",
+        p.non_negative_int,
+        "this process reads every user's state at start-up (17 bytes per user) and answers any id from memory, kept exact by the same change feed; not loaded if the table holds more users than this; 0 = off",
+    ),
+    EnvVar(
         "DB_STALL_TIMEOUT_MS",
         "stall_timeout_ms",
         p.non_negative_int,

@@ -18,24 +18,52 @@ every such change on `auth_users` at commit, whoever made it (migration
 Another replica's change is seen once its notification arrives (about a millisecond
 after commit on one network), which is no later than an uncached read that started
 at the same moment could have seen it.
+
+Behind the cache, the feed can hold a `UserIndex` of every user (store/user_index.py,
+up to `index_max_users`): loaded each time LISTEN comes up, it answers every id that
+was not announced since its snapshot, existing or not. Announced ids are `stale` in
+it and go the cache's way; a bulk change ('*') drops it, and it is loaded again
+(also when a tenth of it has gone stale).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
+from auth_client.backoff import Backoff
+from auth_service.notices import RepeatingNotice
+from auth_service.store.connection import describe
 from auth_service.store.listen import Listener
+from auth_service.store.user_index import UserIndex, load_index
 from auth_service.store.users import UserState
+
+log = logging.getLogger(__name__)
 
 CHANNEL = "auth_users"
 _FORGET_ALL = "*"
+# An index is loaded again once this many of its ids (or a tenth) have changed.
+_STALE_RELOAD = 10_000
 
 
 class StateCache:
     """id text -> UserState. One event loop; no locks."""
 
-    __slots__ = ("_cleared_at", "_generation", "_invalidated", "_max_size", "_states", "enabled")
+    __slots__ = (
+        "_cleared_at",
+        "_generation",
+        "_invalidated",
+        "_loading",
+        "_max_size",
+        "_states",
+        "enabled",
+        "index",
+        "index_loads",
+    )
 
     def __init__(self, max_size: int = 200_000) -> None:
         self._states: OrderedDict[str, UserState] = OrderedDict()
@@ -45,6 +73,9 @@ class StateCache:
         # id -> generation of its last announcement (bounded: cleared when large).
         self._invalidated: dict[str, int] = {}
         self.enabled = False  # set by the feed while its LISTEN is up
+        self.index: UserIndex | None = None  # every user, when the feed loaded one
+        self._loading: set[str] | None = None  # ids announced since `begin_load`
+        self.index_loads = 0  # indexes installed
 
     def __len__(self) -> int:
         return len(self._states)
@@ -52,7 +83,10 @@ class StateCache:
     def get(self, key: str) -> UserState | None:
         if not self.enabled:
             return None
-        return self._states.get(key)
+        state = self._states.get(key)
+        if state is None and (index := self.index) is not None:
+            return index.get(key)
+        return state
 
     def generation(self) -> int:
         """Take before a query whose answers will be `store`d."""
@@ -77,19 +111,54 @@ class StateCache:
         from queries already running."""
         self._generation += 1
         generation = self._generation
+        keys = list(keys)
+        if self.index is not None:
+            self.index.stale.update(keys)
+        if self._loading is not None:
+            self._loading.update(keys)
         if len(self._invalidated) > 10_000:
-            self.clear()
+            self._drop_answers()  # the index stays: its stale ids are exact
             return
         for key in keys:
             self._states.pop(key, None)
             self._invalidated[key] = generation
 
-    def clear(self) -> None:
-        """Forget everything, and every answer of a query already running."""
+    def _drop_answers(self) -> None:
         self._generation += 1
         self._cleared_at = self._generation
         self._states.clear()
         self._invalidated.clear()
+
+    def clear(self) -> None:
+        """Forget everything (the index too), and every answer of a query or a load
+        already running."""
+        self._drop_answers()
+        self.index = None
+        self._loading = None
+
+    def begin_load(self) -> None:
+        """Take before an index load starts (its snapshot must come after this)."""
+        self._loading = set()
+
+    def install(self, index: UserIndex) -> bool:
+        """Serve from `index`, loaded since the last `begin_load`, with the ids
+        announced meanwhile stale; False (not installed) if everything was cleared
+        since."""
+        announced, self._loading = self._loading, None
+        if announced is None or not self.enabled:
+            return False
+        index.stale = announced
+        self.index = index
+        self.index_loads += 1
+        return True
+
+    def abort_load(self) -> None:
+        self._loading = None
+
+    def index_outdated(self) -> bool:
+        """No index, or so much of it changed that a fresh load is worth it."""
+        index = self.index
+        return index is None or len(index.stale) > max(_STALE_RELOAD, len(index) // 10)
 
     def on_notify(self, payload: str) -> None:
         if payload == _FORGET_ALL:
@@ -100,21 +169,26 @@ class StateCache:
 
 class UserChangeFeed:
     """LISTEN `auth_users` for a StateCache: enable it while listening, empty it on
-    every (re)connect and disconnect. An async context manager."""
+    every (re)connect and disconnect, and (with `index_max_users`) load it an index
+    of every user each time LISTEN comes up. An async context manager."""
 
     def __init__(
         self,
         database_url: str,
         cache: StateCache,
         *,
+        index_max_users: int = 0,
         connect_timeout_s: float = 5.0,
         max_backoff_s: float = 30.0,
     ) -> None:
         self.cache = cache
+        self._url = database_url
+        self._index_max_users = index_max_users
+        self._connect_timeout_s = connect_timeout_s
         self._listener = Listener(
             database_url,
             CHANNEL,
-            cache.on_notify,
+            self._notified,
             application_name="auth-service-user-changes",
             on_up=self._up,
             on_down=self._down,
@@ -123,22 +197,89 @@ class UserChangeFeed:
             connect_timeout_s=connect_timeout_s,
             max_backoff_s=max_backoff_s,
         )
+        self._loader: asyncio.Task[None] | None = None
+        self._load_again = False
+        self._too_big = False  # until the next LISTEN session
+        self._closing = False
+        self._backoff = Backoff(1.0, max_backoff_s)
+        self._failing = RepeatingNotice(log)
 
     @property
     def listening(self) -> bool:
         return self._listener.listening
 
+    def _notified(self, payload: str) -> None:
+        self.cache.on_notify(payload)
+        if self.cache.index_outdated():
+            self._load_soon()
+
     def _up(self) -> None:
         self.cache.clear()
         self.cache.enabled = True
+        self._too_big = False
+        self._load_soon()
 
     def _down(self) -> None:
         self.cache.enabled = False
         self.cache.clear()
 
+    def _load_soon(self) -> None:
+        if self._index_max_users <= 0 or self._too_big or self._closing:
+            return
+        if self._loader is not None and not self._loader.done():
+            self._load_again = True
+            return
+        self._load_again = True
+        self._loader = asyncio.get_running_loop().create_task(self._load(), name="user-index")
+
+    async def _load(self) -> None:
+        while self._load_again and self.listening:
+            self._load_again = False
+            self.cache.begin_load()
+            started = time.monotonic()
+            try:
+                index = await load_index(
+                    self._url,
+                    max_users=self._index_max_users,
+                    connect_timeout_s=self._connect_timeout_s,
+                )
+            except Exception as exc:
+                self.cache.abort_load()
+                self._failing.notice(
+                    "user index: %s; ids are answered by the cache and queries meanwhile; retrying",
+                    describe(self._url, exc),
+                )
+                self._load_again = True
+                await asyncio.sleep(self._backoff.next())
+                continue
+            if index is None:
+                self.cache.abort_load()
+                self._too_big = True
+                log.warning(
+                    "user index: the users table holds more than STATE_INDEX_MAX_USERS=%d"
+                    " users; not loaded (ids are answered by the cache and queries)",
+                    self._index_max_users,
+                )
+                return
+            if self.cache.install(index):  # else cleared meanwhile: `_load_again` says
+                self._backoff.reset()
+                self._failing.clear("user index: loaded again")
+                log.info(
+                    "user index: %d users (%d deleted) loaded in %.1f s",
+                    len(index),
+                    index.deleted,
+                    time.monotonic() - started,
+                )
+
     async def start(self) -> None:
         await self._listener.start()
 
     async def aclose(self) -> None:
+        self._closing = True
+        loader, self._loader = self._loader, None
+        if loader is not None:
+            loader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loader
         await self._listener.aclose()
         self._down()

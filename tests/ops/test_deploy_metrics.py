@@ -40,6 +40,7 @@ OURS = (
     "outbox_",
     "auth_client_",
     "auth_state_cache_",
+    "auth_state_index_",
     "auth_lookup_",
     "users_eras",
 )
