@@ -44,6 +44,15 @@ class Pooled:
         most: one such slice can set the pooled p99 (RESULTS.md, History 9)."""
         return max(self.slices, default=(0.0, float("nan")))
 
+    def median_p99(self) -> float:
+        """The median of the slices' p99s in ms: what a typical slice had, which one
+        slice with a burst of steal does not move."""
+        p99s = sorted(p99 for _, p99 in self.slices)
+        if not p99s:
+            return float("nan")
+        mid = len(p99s) // 2
+        return p99s[mid] if len(p99s) % 2 else (p99s[mid - 1] + p99s[mid]) / 2
+
     def p(self, pct: float) -> float:
         """A percentile in milliseconds."""
         return percentile(self.latencies_us, pct) / 1000

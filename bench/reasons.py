@@ -52,7 +52,8 @@ def skewed_latency(skewed: Pooled, health: Pooled, cold: Pooled) -> str:
         parts.append(
             f"the skewed slice with the most steal had {s_steal:.0%} and a p99 of "
             f"{s_p99:.2f} ms, Health/Check's {h_steal:.0%} and {h_p99:.2f} ms (one such "
-            "slice can set a pooled p99: History 9)"
+            "slice can set a pooled p99: History 9); the median of the slices' p99s was "
+            f"{skewed.median_p99():.2f} ms against Health/Check's {health.median_p99():.2f} ms"
         )
     return "; ".join(parts) + f". {_TRIED}"
 

@@ -259,3 +259,5 @@ def test_a_missed_latency_target_names_the_slice_with_the_most_steal() -> None:
     assert "took +1.00 ms against Health/Check at the median" in why
     assert "the skewed slice with the most steal had 19% and a p99 of 118.00 ms" in why
     assert "Health/Check's 3% and 7.70 ms" in why
+    # the typical slice, which the burst does not move: (4 + 118) / 2 and (7.7 + 4.6) / 2
+    assert "median of the slices' p99s was 61.00 ms against Health/Check's 6.15 ms" in why
