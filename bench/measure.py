@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import resource
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -26,6 +27,13 @@ class Measured:
     log_problems: int
     # CPU of the load generator's processes (children reaped during the run).
     generator_cpu_s: float = 0.0
+    # Steal time during the run, as a share of all cores (0..1).
+    steal_share: float = 0.0
+
+    @property
+    def server_cores(self) -> float:
+        """How many cores the server used on average over the run."""
+        return self.cpu_s / self.load.seconds if self.load.seconds > 0 else 0.0
 
     @property
     def rps(self) -> float:
@@ -82,12 +90,16 @@ async def measure(
     stop = asyncio.Event()
     sampler = asyncio.create_task(_sample_rss(server, peak, stop))
     children_before = _children_cpu_s()
+    steal_before, started = procstat.machine_steal(), time.monotonic()
     try:
         result = await generator.run(spec)
     finally:
         stop.set()
         await sampler
     generator_cpu = _children_cpu_s() - children_before
+    steal = procstat.share_of_cores(
+        procstat.machine_steal() - steal_before, time.monotonic() - started
+    )
     cpu = server.cpu_seconds() - cpu_before
     pg_cpu = (
         procstat.tree_cpu_seconds(pg_pid) - pg_before if pg_pid and pg_before is not None else None
@@ -101,6 +113,7 @@ async def measure(
         server_codes=codes,
         log_problems=server.log_problems() - problems_before,
         generator_cpu_s=generator_cpu,
+        steal_share=steal,
     )
 
 

@@ -8,19 +8,45 @@ What was tried about each lives in RESULTS.md's hand-written History.
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from bench import procstat
 from bench.latency import Pooled
 
-_TRIED = "What was tried: RESULTS.md, History 7 and 8."
+if TYPE_CHECKING:
+    from bench.measure import Measured
+
+_TRIED = "What was tried: RESULTS.md, History 7 to 10."
 
 
-def saturated(user_exists_cpu_us: float, health_cpu_us: float, pg_cpu_us: float) -> str:
-    """UserExists saturated below 0.85 of Health/Check."""
-    return (
+def saturated(
+    user_exists_cpu_us: float,
+    health_cpu_us: float,
+    pg_cpu_us: float,
+    rounds: Sequence[tuple[Measured, Measured]] = (),
+) -> str:
+    """UserExists saturated below 0.85 of Health/Check. `rounds`: each round's
+    (UserExists, Health/Check) runs."""
+    text = (
         f"the server spent {user_exists_cpu_us:.0f} µs of CPU per UserExists against "
         f"{health_cpu_us:.0f} µs per Health/Check ({user_exists_cpu_us / health_cpu_us:.2f}x), "
-        f"and PostgreSQL {pg_cpu_us:.0f} µs more per UserExists on the same cores. {_TRIED}"
+        f"and PostgreSQL {pg_cpu_us:.0f} µs more per UserExists on the same cores"
     )
+    if rounds:
+        u_cores = statistics.median(u.server_cores for u, _ in rounds)
+        h_cores = statistics.median(h.server_cores for _, h in rounds)
+        each = ", ".join(
+            f"{u.rps / h.rps:.2f} ({u.steal_share:.0%} / {h.steal_share:.0%})" for u, h in rounds
+        )
+        text += (
+            f"; the server process used {u_cores:.2f} cores during the UserExists runs "
+            f"against {h_cores:.2f} during Health/Check's (its event-loop thread is the limit, "
+            "and a call's Python work adds to that thread alone); each round's ratio, with "
+            f"the steal during its UserExists / Health/Check runs: {each}"
+        )
+    return f"{text}. {_TRIED}"
 
 
 def skewed_latency(skewed: Pooled, health: Pooled, cold: Pooled) -> str:

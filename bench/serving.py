@@ -116,7 +116,7 @@ async def _run(ctx: Context, query: ServerProcess) -> Section:
         ratio,
         ">= 0.85",
         ratio >= 0.85,
-    ).why = reasons.saturated(ue_cpu, h_cpu, pg_cpu)
+    ).why = reasons.saturated(ue_cpu, h_cpu, pg_cpu, list(zip(u_runs, h_runs, strict=True)))
     section.row(
         "UserExists (every id new, no index: a query each), saturated",
         f"{fmt_int(d_rps)} req/s",

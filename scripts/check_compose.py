@@ -31,9 +31,7 @@ Exits 1 listing every problem, 0 with a one-line summary.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
-import io
 import json
 import re
 import shlex
@@ -58,10 +56,11 @@ from compose_files import (  # noqa: E402
     read_env_file,
     split_port,
 )
+from compose_graph import Graph  # noqa: E402
+from compose_probes import healthcheck_problems, parse_cli  # noqa: E402
 
 from auth_service.addresses import is_loopback, parse_host_port  # noqa: E402
 from auth_service.api.tls import insecure_listen_problem  # noqa: E402
-from auth_service.cli import build_parser  # noqa: E402
 from auth_service.config import CLI_ENV_VARS, ENV_VARS, ConfigError, Settings  # noqa: E402
 
 RUNTIME_ENV = {"PATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
@@ -77,6 +76,7 @@ class Checker:
         self.used: set[str] = set()
         self.stages = parse_dockerfile(dockerfile.read_text())
         self.services: dict[str, dict[str, Any]] = {}
+        self.graph = Graph({})
         self.commands: dict[str, list[str]] = {}  # our services: auth-service argv
 
     def fail(self, where: str, message: str) -> None:
@@ -124,6 +124,7 @@ class Checker:
         for name in sorted(set(self.env) - self.used):
             self.fail(".env.example", f"{name} is not used in {self.compose_path.name}")
         self.services = model["services"]
+        self.graph = Graph(self.services)
         for name, svc in self.services.items():
             self.check_service(name, svc)
         self.check_dependencies()
@@ -269,46 +270,10 @@ class Checker:
         command: str,
         settings: Settings | None,
     ) -> None:
-        check = svc.get("healthcheck")
-        if check is not None and check.get("disable"):
-            if self.is_health_target(name):
-                self.fail(name, "is a service_healthy dependency but its healthcheck is disabled")
-            return
-        test = as_argv(check["test"]) if check and "test" in check else stage["healthcheck"]
-        if not test or test == ["NONE"]:
-            if self.is_health_target(name):
-                self.fail(name, "is a service_healthy dependency but has no healthcheck")
-            return
-        probe = test[1:] if test[0] == "CMD" else []
-        if probe[:1] != ["auth-service"]:
-            self.fail(name, f"healthcheck {test} is not an `auth-service health` probe")
-            return
-        args, error = parse_cli(probe[1:])
-        if args is None or args.command != "health":
-            self.fail(
-                name, f"healthcheck `{shlex.join(probe)}` is not a valid health probe: {error}"
-            )
-            return
-        origin = "its healthcheck" if check and "test" in check else "the image's HEALTHCHECK"
-        if command == "serve" and args.http:
-            self.fail(name, f"{origin} probes HTTP; serve answers the gRPC health probe")
-        elif command == "serve" and settings is not None:
-            port = parse_host_port(args.target or settings.listen)[1]
-            if port != parse_host_port(settings.listen)[1]:
-                self.fail(name, f"{origin} asks port {port}; serve listens on {settings.listen}")
-        elif command != "serve" and not args.http:
-            self.fail(
-                name,
-                f"{origin} asks gRPC health, but `{command}` serves no gRPC (use --http or disable it)",
-            )
-        elif args.http and (
-            settings is None
-            or not settings.metrics_listen
-            or f":{parse_host_port(settings.metrics_listen)[1]}/" not in args.http
+        for message in healthcheck_problems(
+            svc, stage, command, settings, health_target=self.is_health_target(name)
         ):
-            self.fail(
-                name, f"{origin} fetches {args.http}, which is not this service's METRICS_LISTEN"
-            )
+            self.fail(name, message)
 
     def check_example(
         self, name: str, stage: dict[str, Any], path: str, argv: list[str], svc: dict[str, Any]
@@ -332,66 +297,18 @@ class Checker:
             self.fail(name, "the example is configured by flags; it reads no environment variables")
 
     # --- dependencies --------------------------------------------------------
-    def deps(self, name: str) -> dict[str, str]:
-        """Dependencies and their conditions (Compose writes the short form out long)."""
-        raw = self.services[name].get("depends_on") or {}
-        return {k: (v or {}).get("condition", "service_started") for k, v in raw.items()}
-
     def reachable(self, name: str) -> set[str]:
-        seen: set[str] = set()
-        todo = list(self.deps(name))
-        while todo:
-            dep = todo.pop()
-            if dep not in seen:
-                seen.add(dep)
-                todo.extend(self.deps(dep))
-        return seen
-
-    def restarts(self, name: str) -> bool:
-        return self.services[name].get("restart", "no") not in {"no", "on-failure"}
+        return self.graph.reachable(name)
 
     def is_health_target(self, name: str) -> bool:
-        return any(self.deps(s).get(name) == "service_healthy" for s in self.services)
+        return self.graph.is_health_target(name)
 
     def check_dependencies(self) -> None:
-        for name in self.services:
-            for dep, condition in self.deps(name).items():
-                if condition == "service_completed_successfully" and self.restarts(dep):
-                    self.fail(
-                        name, f'waits for {dep} to complete, but {dep} restarts (restart: "no")'
-                    )
-        kinds: dict[str, list[str]] = {}
-        for name, argv in self.commands.items():
-            kinds.setdefault(argv[0], []).append(name)
-        if not kinds.get("migrate"):
-            self.fail("stack", "no one-shot `migrate` service")
-        for name in kinds.get("migrate", []):
-            if "service_healthy" not in self.deps(name).values():
-                self.fail(name, "must wait for a healthy database (service_healthy)")
-        for name in kinds.get("serve", []) + kinds.get("relay", []):
-            waits = [d for d, c in self.deps(name).items() if c == "service_completed_successfully"]
-            if not set(waits) & set(kinds.get("migrate", [])):
-                self.fail(
-                    name, "must wait for `migrate` (condition: service_completed_successfully)"
-                )
-        if kinds.get("relay"):
-            for name in kinds.get("serve", []):
-                env = as_env(self.services[name].get("environment"))
-                if env.get("RELAY_ENABLED", "true").lower() not in {"false", "0", "no", "off"}:
-                    self.fail(name, "a separate relay service runs: set RELAY_ENABLED=false")
+        for where, message in self.graph.problems(self.commands):
+            self.fail(where, message)
 
 
 # --- small parsers -----------------------------------------------------------
-def parse_cli(argv: list[str]) -> tuple[argparse.Namespace | None, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            return build_parser().parse_args(argv), ""
-        except SystemExit:
-            lines = err.getvalue().strip().splitlines()
-            return None, lines[-1] if lines else "no such command"
-
-
 @functools.cache
 def example_flags(source: Path) -> frozenset[str]:
     """The --flags an example script's --help lists."""

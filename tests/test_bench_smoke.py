@@ -14,8 +14,8 @@ import pytest
 from auth_client.contract import auth_pb2
 from auth_service.api.server import AuthServer
 from bench import calls, grpcload, latency, reasons, report
-from bench.load import H2Load, LoadSpec, grpc_frame, parse_h2load
-from bench.measure import call_raw
+from bench.load import H2Load, LoadResult, LoadSpec, grpc_frame, parse_h2load
+from bench.measure import Measured, call_raw
 from tests.helpers import create_user
 
 MODULES = [
@@ -261,3 +261,32 @@ def test_a_missed_latency_target_names_the_slice_with_the_most_steal() -> None:
     assert "Health/Check's 3% and 7.70 ms" in why
     # the typical slice, which the burst does not move: (4 + 118) / 2 and (7.7 + 4.6) / 2
     assert "median of the slices' p99s was 61.00 ms against Health/Check's 6.15 ms" in why
+
+
+def _run(rps: float, cpu_us: float, steal: float, seconds: float = 10.0) -> Measured:
+    done = int(rps * seconds)
+    return Measured(
+        load=LoadResult(done=done, ok=done, seconds=seconds, rps=rps),
+        cpu_s=cpu_us * done / 1e6,
+        pg_cpu_s=0.0,
+        rss_max=0,
+        server_codes=None,
+        log_problems=0,
+        steal_share=steal,
+    )
+
+
+def test_a_missed_throughput_target_gives_the_cores_used_and_each_rounds_steal() -> None:
+    """The server's event-loop thread limits both loads; the reason says how many
+    cores the server got in each, and each round's ratio beside its steal, since a
+    burst of steal in one run moves a ratio of medians (History 10)."""
+    rounds = [
+        (_run(2_000, 500, 0.02), _run(2_500, 440, 0.03)),
+        (_run(1_800, 560, 0.22), _run(2_400, 450, 0.15)),
+    ]
+    why = reasons.saturated(530, 445, 0, rounds)
+    assert why.startswith("the server spent 530 µs of CPU per UserExists against 445 µs")
+    # cores: 2,000 x 500 µs = 1.00 and 1,800 x 560 µs = 1.008 (median 1.004);
+    # 2,500 x 440 µs = 1.10 and 2,400 x 450 µs = 1.08 (median 1.09)
+    assert "used 1.00 cores during the UserExists runs against 1.09 during" in why
+    assert "0.80 (2% / 3%), 0.75 (22% / 15%)" in why

@@ -43,6 +43,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self.default_budget_s = default_budget_s
         # The state cache, then queries shared by concurrent calls (store/lookup.py).
         self.lookup = lookup
+        self._cached = lookup.cached
         self._state = lookup.state
 
     @handler(SCOPE_READ, read=True)
@@ -50,7 +51,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.UserExistsRequest, call: Call
     ) -> auth_pb2.UserExistsResponse:
         key = validation.canonical_user_id(request.user_id)
-        state = await self._state(key, call.budget())
+        state = self._cached(key)
+        if state is None:  # a query: only now is the time budget needed
+            state = await self._state(key, call.budget())
         return auth_pb2.UserExistsResponse(
             exists=state is UserState.ACTIVE,
             state=state,  # type: ignore[arg-type]  # the numbers are the contract's

@@ -88,13 +88,20 @@ class StateLookup:
         self.lookups = 0  # lookups those queries answered
         self.windows = 0  # queries that waited for a collection window
 
-    async def state(self, user_id: str, budget: Budget) -> UserState:
-        """The state of one canonical (lower-case) id, sharing a query with others."""
+    def cached(self, user_id: str) -> UserState | None:
+        """The state of one canonical id if memory has it (state cache or index):
+        no coroutine, no budget, for the calls that need neither."""
         cached = self.cache.get(user_id)
         if cached is not None:
             self.hits += 1
             if tracing.TRACER is not None:
                 tracing.note("auth.state_cache.hit", value=True)
+        return cached
+
+    async def state(self, user_id: str, budget: Budget) -> UserState:
+        """The state of one canonical (lower-case) id, sharing a query with others."""
+        cached = self.cached(user_id)
+        if cached is not None:
             return cached
         if not self._merge:
             return await self._users.state(user_id, budget)

@@ -1,0 +1,71 @@
+"""The dependency rules scripts/check_compose.py applies to Compose's normalized
+model: who waits for whom, and on what condition."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from compose_files import as_env
+
+_ONE_SHOT_RESTARTS = {"no", "on-failure"}
+
+
+class Graph:
+    """The services of a normalized model and their `depends_on`."""
+
+    def __init__(self, services: dict[str, dict[str, Any]]) -> None:
+        self.services = services
+
+    def deps(self, name: str) -> dict[str, str]:
+        """Dependencies and their conditions (Compose writes the short form out long)."""
+        raw = self.services[name].get("depends_on") or {}
+        return {k: (v or {}).get("condition", "service_started") for k, v in raw.items()}
+
+    def reachable(self, name: str) -> set[str]:
+        seen: set[str] = set()
+        todo = list(self.deps(name))
+        while todo:
+            dep = todo.pop()
+            if dep not in seen:
+                seen.add(dep)
+                todo.extend(self.deps(dep))
+        return seen
+
+    def restarts(self, name: str) -> bool:
+        return self.services[name].get("restart", "no") not in _ONE_SHOT_RESTARTS
+
+    def is_health_target(self, name: str) -> bool:
+        return any(self.deps(s).get(name) == "service_healthy" for s in self.services)
+
+    def problems(self, commands: dict[str, list[str]]) -> list[tuple[str, str]]:
+        """(service, problem) for the start-up order; `commands`: our services'
+        `auth-service` argv."""
+        out: list[tuple[str, str]] = []
+        for name in self.services:
+            for dep, condition in self.deps(name).items():
+                if condition == "service_completed_successfully" and self.restarts(dep):
+                    out.append(
+                        (name, f'waits for {dep} to complete, but {dep} restarts (restart: "no")')
+                    )
+        kinds: dict[str, list[str]] = {}
+        for name, argv in commands.items():
+            kinds.setdefault(argv[0], []).append(name)
+        if not kinds.get("migrate"):
+            out.append(("stack", "no one-shot `migrate` service"))
+        out.extend(
+            (name, "must wait for a healthy database (service_healthy)")
+            for name in kinds.get("migrate", [])
+            if "service_healthy" not in self.deps(name).values()
+        )
+        for name in kinds.get("serve", []) + kinds.get("relay", []):
+            waits = [d for d, c in self.deps(name).items() if c == "service_completed_successfully"]
+            if not set(waits) & set(kinds.get("migrate", [])):
+                out.append(
+                    (name, "must wait for `migrate` (condition: service_completed_successfully)")
+                )
+        if kinds.get("relay"):
+            for name in kinds.get("serve", []):
+                env = as_env(self.services[name].get("environment"))
+                if env.get("RELAY_ENABLED", "true").lower() not in {"false", "0", "no", "off"}:
+                    out.append((name, "a separate relay service runs: set RELAY_ENABLED=false"))
+        return out
