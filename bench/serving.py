@@ -14,14 +14,12 @@ Two kinds of UserExists load, each request body a different id (grpcload):
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 
 from bench import latency, plot, reasons
 from bench.calls import (
     HEALTH,
     USER_EXISTS,
-    ZIPF_EXPONENT,
     Distinct,
     Stream,
     check_active,
@@ -33,9 +31,10 @@ from bench.calls import (
 from bench.context import Context
 from bench.grpcload import GrpcLoad
 from bench.load import H2Load, ensure_h2load
-from bench.measure import Measured, error_note, measure
+from bench.measure import Measured, measure
 from bench.report import Section, fmt_int, median
 from bench.server import NO_INDEX, ServerProcess
+from bench.serving_notes import notes
 
 MIB = 1024 * 1024
 CURVE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -73,7 +72,6 @@ async def _run(ctx: Context, query: ServerProcess) -> Section:
     await check_active(srv, population[:20])
     skewed = Stream(user_exists_bodies(skewed_ids))
     distinct = Distinct(ctx, runs=o.rounds + 2)
-    in_flight = o.processes * o.connections * o.streams
 
     # Warm-up: connections, prepared statements, the server's state cache.
     await ctx.generator.run(spec(ctx, srv, HEALTH, health, duration=o.warmup))
@@ -255,8 +253,6 @@ async def _run(ctx: Context, query: ServerProcess) -> Section:
     section.row(
         "server RSS under load (peak)", f"{peak / MIB:.0f} MiB", "skewed runs, sampled every 0.25 s"
     )
-    counts = Counter(skewed_ids[: in_flight * 50])
-    top = counts.most_common(1)[0][1] / sum(counts.values())
     section.figures.update(
         user_exists_rps=ue_rps,
         user_exists_distinct_rps=d_rps,
@@ -269,58 +265,16 @@ async def _run(ctx: Context, query: ServerProcess) -> Section:
         rss_idle_mib=ctx.idle_rss / MIB,
         rss_load_mib=peak / MIB,
     )
-    gen = ctx.generator
-    section.notes += [
-        (
-            f"Load: {gen.name}, {o.processes} processes x {o.connections} connections x "
-            f"{o.streams} streams = {in_flight} calls in flight; {o.rounds} alternating "
-            f"round(s) of {o.duration:g} s each for Health/Check and both UserExists loads "
-            f"(medians), after a {o.warmup:g} s warm-up. {gen.caveat}".strip()
-        ),
-        (
-            f"Skewed ids: a stream of {len(skewed_ids):,} calls drawn Zipf-like "
-            f"(p ~ 1/rank^{ZIPF_EXPONENT:g}) from {len(population):,} active users sampled "
-            f"from {o.users:,} ({len(set(skewed_ids)):,} distinct ids, the most frequent one "
-            f"{top:.1%} of the calls), sent in order over all runs: each run, warm-up and "
-            "latency slice gets the next stretch of it (a saturated run "
-            f"{int(MAX_RATE * o.duration):,} calls, cycled if it sends more), so no run "
-            "replays an earlier one's ids"
-            + (
-                f" ({skewed.sent:,} handed out: the stream wrapped)."
-                if skewed.wrapped
-                else f" ({skewed.sent:,} handed out, no wrap)."
-            )
-            + " Every id new: each call a different active user no earlier call asked for, "
-            "sent to a second server without the index of every user (STATE_INDEX_MAX_USERS=0"
-            "), so every lookup is a query; the first server would answer them from memory"
-            + (
-                "; the sample held too few ids for every call to be new: some runs cycled "
-                "theirs, so a few of their lookups hit the cache."
-                if distinct.repeated
-                else "."
-            )
-        ),
-        (
-            "Load generator: its CPU (utime+stime of its processes) per Health/Check call "
-            "against the server's; with grpcload, Health/Check is also driven by h2load in "
-            "the same shape (alternating rounds) to show grpcload is not the slower one."
-        ),
-        (
-            "CPU: utime+stime of the server process tree (and of the PostgreSQL postmaster "
-            "tree) over the run, divided by completed calls."
-        ),
-        (
-            f"Latency: fixed total rates, fractions of the lower of the two saturated rates "
-            f"(UserExists skewed, Health/Check), the same for both methods: {gen.rate_method}. "
-            f"The loads take turns in {latency.SLICE_S:g} s slices, the order rotated every "
-            f"round, and each load's latencies are pooled over its slices ({slices} slices "
-            f"each at 10% and 50%, {curve_slices} elsewhere): steal time "
-            "on this kind of machine comes in bursts of seconds, which a longer run of one "
-            "load would take alone (bench/latency.py). The steal share during each load's "
-            "slices is shown beside the 10% and 50% figures."
-        ),
-        error_note([*h_runs, *u_runs, *d_runs], gen.error_method),
-    ]
+    section.notes += notes(
+        ctx,
+        skewed_ids=skewed_ids,
+        population=len(population),
+        skewed=skewed,
+        distinct=distinct,
+        slices_at=(slices, curve_slices),
+        saturated_calls=int(MAX_RATE * o.duration),
+        runs=[*h_runs, *u_runs, *d_runs],
+    )
     return section
 
 
