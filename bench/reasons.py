@@ -37,9 +37,7 @@ def saturated(
     if rounds:
         u_cores = statistics.median(u.server_cores for u, _ in rounds)
         h_cores = statistics.median(h.server_cores for _, h in rounds)
-        each = ", ".join(
-            f"{u.rps / h.rps:.2f} ({u.steal_share:.0%} / {h.steal_share:.0%})" for u, h in rounds
-        )
+        each = per_round(rounds)
         text += (
             f"; the server process used {u_cores:.2f} cores during the UserExists runs "
             f"against {h_cores:.2f} during Health/Check's (its event-loop thread is the limit, "
@@ -47,6 +45,14 @@ def saturated(
             f"the steal during its UserExists / Health/Check runs: {each}"
         )
     return f"{text}. {_TRIED}"
+
+
+def per_round(rounds: Sequence[tuple[Measured, Measured]]) -> str:
+    """Each round's UserExists / Health/Check ratio, with the steal during its two
+    runs: `0.80 (2% / 3%), ...`."""
+    return ", ".join(
+        f"{u.rps / h.rps:.2f} ({u.steal_share:.0%} / {h.steal_share:.0%})" for u, h in rounds
+    )
 
 
 def skewed_latency(skewed: Pooled, health: Pooled, cold: Pooled) -> str:

@@ -115,6 +115,11 @@ async def _run(ctx: Context, query: ServerProcess) -> Section:
         ">= 0.85",
         ratio >= 0.85,
     ).why = reasons.saturated(ue_cpu, h_cpu, pg_cpu, list(zip(u_runs, h_runs, strict=True)))
+    section.row(  # how far one round lands from the ratio of medians (History 10)
+        "the same ratio in each round (steal during UserExists / Health/Check)",
+        reasons.per_round(list(zip(u_runs, h_runs, strict=True))),
+        "",
+    )
     section.row(
         "UserExists (every id new, no index: a query each), saturated",
         f"{fmt_int(d_rps)} req/s",
