@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from bench import procstat
-from bench.report import percentile
+from bench.report import median, percentile
 
 SLICE_S = 2.0
 
@@ -47,11 +47,7 @@ class Pooled:
     def median_p99(self) -> float:
         """The median of the slices' p99s in ms: what a typical slice had, which one
         slice with a burst of steal does not move."""
-        p99s = sorted(p99 for _, p99 in self.slices)
-        if not p99s:
-            return float("nan")
-        mid = len(p99s) // 2
-        return p99s[mid] if len(p99s) % 2 else (p99s[mid - 1] + p99s[mid]) / 2
+        return median([p99 for _, p99 in self.slices])
 
     def p(self, pct: float) -> float:
         """A percentile in milliseconds."""

@@ -8,12 +8,12 @@ What was tried about each lives in RESULTS.md's hand-written History.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from bench import procstat
 from bench.latency import Pooled
+from bench.report import median
 
 if TYPE_CHECKING:
     from bench.measure import Measured
@@ -35,8 +35,8 @@ def saturated(
         f"and PostgreSQL {pg_cpu_us:.0f} µs more per UserExists on the same cores"
     )
     if rounds:
-        u_cores = statistics.median(u.server_cores for u, _ in rounds)
-        h_cores = statistics.median(h.server_cores for _, h in rounds)
+        u_cores = median([u.server_cores for u, _ in rounds])
+        h_cores = median([h.server_cores for _, h in rounds])
         each = per_round(rounds)
         text += (
             f"; the server process used {u_cores:.2f} cores during the UserExists runs "

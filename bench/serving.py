@@ -102,6 +102,7 @@ async def _run(ctx: Context, query: ServerProcess) -> Section:
     h_rps = median([r.rps for r in h_runs])
     d_rps = median([r.rps for r in d_runs])
     ratio = ue_rps / h_rps
+    rounds = list(zip(u_runs, h_runs, strict=True))  # (UserExists, Health/Check) each
     ue_cpu = median([r.cpu_us() for r in u_runs])
     d_cpu = median([r.cpu_us() for r in d_runs])
     h_cpu = median([r.cpu_us() for r in h_runs])
@@ -114,10 +115,10 @@ async def _run(ctx: Context, query: ServerProcess) -> Section:
         ratio,
         ">= 0.85",
         ratio >= 0.85,
-    ).why = reasons.saturated(ue_cpu, h_cpu, pg_cpu, list(zip(u_runs, h_runs, strict=True)))
+    ).why = reasons.saturated(ue_cpu, h_cpu, pg_cpu, rounds)
     section.row(  # how far one round lands from the ratio of medians (History 10)
         "the same ratio in each round (steal during UserExists / Health/Check)",
-        reasons.per_round(list(zip(u_runs, h_runs, strict=True))),
+        reasons.per_round(rounds),
         "",
     )
     section.row(

@@ -65,9 +65,6 @@ class _LookupCollector(Collector):
         def total(attr: str) -> int:
             return sum(int(getattr(lookup, attr)) for lookup in live)
 
-        def total_cache(attr: str) -> int:
-            return sum(int(getattr(lookup.cache, attr)) for lookup in live)
-
         yield CounterMetricFamily(
             "auth_state_cache_hits",
             "UserExists lookups answered from the server's state cache (no query)",
@@ -110,7 +107,7 @@ class _LookupCollector(Collector):
         yield CounterMetricFamily(
             "auth_state_index_loads",
             "Indexes of every user loaded (at each LISTEN session, after bulk changes)",
-            total_cache("index_loads"),
+            sum(lookup.cache.index_loads for lookup in live),
         )
 
 
