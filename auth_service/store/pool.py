@@ -32,6 +32,10 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,  # includes ConnectionDoesNotExistError
+    # "cannot switch to state N; another operation is in progress": a connection
+    # that PostgreSQL cut (fast shutdown, failover) in the middle of an operation.
+    # Not an InterfaceError subclass.
+    asyncpg.InternalClientError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
