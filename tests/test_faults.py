@@ -10,6 +10,7 @@ import sys
 
 import asyncpg
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from auth_client.contract import auth_pb2, auth_pb2_grpc
@@ -213,17 +214,25 @@ async def test_sigterm_cuts_calls_that_outlive_the_grace_period(database_url: st
                     auth_pb2.UserExistsRequest(user_id=NEVER), metadata=ADMIN_MD, timeout=30
                 )
             )
-            await asyncio.sleep(0.3)
+
+            async def waiting() -> bool:
+                n = await blocker.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND application_name = 'auth-service'"
+                )
+                return n == 1  # the call is inside the server, its query behind the lock
+
+            await eventually(waiting)
             loop = asyncio.get_running_loop()
             started = loop.time()
             proc.send_signal(signal.SIGTERM)
             code = await asyncio.wait_for(proc.wait(), timeout=15)
             assert code == 0
             assert loop.time() - started < 8
-            try:
+            # The lock is still held: the call cannot have been answered, only cut.
+            with pytest.raises(grpc.aio.AioRpcError) as cut:
                 await call
-            except grpc.aio.AioRpcError as exc:
-                assert exc.code() in {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+            assert cut.value.code() in {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
             await tx.rollback()
     finally:
         await blocker.close()

@@ -11,7 +11,7 @@ import grpc
 
 from auth_client.contract import auth_pb2, auth_pb2_grpc
 from auth_service.api.server import AuthServer
-from tests.conftest import make_settings
+from tests.conftest import eventually, make_settings
 from tests.helpers import create_user, delete_user
 
 
@@ -75,13 +75,20 @@ async def test_a_quiet_server_never_waits_for_company(database_url: str) -> None
     async with AuthServer(settings) as srv, grpc.aio.insecure_channel(srv.address) as ch:
         stub = auth_pb2_grpc.AuthServiceStub(ch)
         loop = asyncio.get_running_loop()
+        lookup = srv._lookup
+        assert lookup is not None
+
+        async def quiet() -> bool:
+            """No lookup queued, in a query, or waiting for a collection window."""
+            return lookup._in_flight == 0 and not lookup._queue and lookup._timer is None
+
         for _ in range(5):
-            await asyncio.sleep(0.6)  # longer than the window: the server is quiet
+            await eventually(quiet)  # each lookup arrives alone at a quiet server
             # A new id each time: the state cache would answer a repeated one.
             request = auth_pb2.UserExistsRequest(user_id=str(uuid.uuid4()))
             started = loop.time()
             reply = await stub.UserExists(request, timeout=5)
             assert reply.state == auth_pb2.USER_STATE_NOT_FOUND
             assert loop.time() - started < 0.45  # not held for the 500 ms window
-        assert srv._lookup is not None
-        assert srv._lookup.batches == srv._lookup.lookups == 5
+        assert lookup.windows == 0  # no lookup waited for company
+        assert lookup.batches == lookup.lookups == 5

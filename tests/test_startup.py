@@ -16,7 +16,8 @@ from auth_client.contract import auth_pb2, auth_pb2_grpc
 from auth_service.api.server import AuthServer
 from auth_service.local.embedded import free_port
 from auth_service.store.migrations import bundled_versions
-from tests.conftest import _admin, _with_database, make_settings
+from tests.conftest import _admin, _with_database, eventually, make_settings
+from tests.helpers import expect_status
 from tests.ops.support import Service, clean_env, run_cli
 
 TOKEN = f"admin-{uuid.uuid4().hex}"
@@ -115,16 +116,32 @@ async def test_an_unreachable_database_is_named_once_with_the_reason() -> None:
     port, dead = free_port(), free_port()
     url = f"postgresql://auth:secret-pw@127.0.0.1:{dead}/authdb"
     env = _env(url, port, RELAY_ENABLED="true", KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}")
+    target = f"127.0.0.1:{port}"
     async with Service("auth-service", "serve", env=env) as srv:
-        await srv.wait_until_up(lambda: _reachable(f"127.0.0.1:{port}"))
-        await asyncio.sleep(4)  # many health pings and relay retries
+        await srv.wait_until_up(lambda: _reachable(target))
+
+        async def said() -> bool:  # raw text: a line may be half written
+            return f"127.0.0.1:{dead}" in srv.output()
+
+        await eventually(said)
+        # Failures that can be counted from here: every call meets the refused
+        # database (a connection attempt of the pool), while the health monitor
+        # and the relay keep retrying behind it.
+        async with grpc.aio.insecure_channel(target) as channel:
+            reads = auth_pb2_grpc.AuthServiceStub(channel)
+            for _ in range(20):
+                request = auth_pb2.UserExistsRequest(user_id=str(uuid.uuid4()))
+                await expect_status(
+                    reads.UserExists(request, metadata=MD, timeout=5),
+                    grpc.StatusCode.UNAVAILABLE,
+                )
         assert await srv.stop() == 0
         lines = srv.json_lines()
         text = srv.output()
     assert "secret-pw" not in text
     named = [line for line in lines if f"127.0.0.1:{dead}" in line["message"]]
     # Once from the health monitor, once from the relay (whose retries are
-    # rate-limited): never one line per retry.
+    # rate-limited): never one line per retry or per failed call.
     assert 1 <= len(named) <= 2, named
     for line in named:
         assert "(database authdb, user auth)" in line["message"]
