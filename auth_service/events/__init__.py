@@ -4,7 +4,7 @@
   marks them published; runs inside `serve` or as `auth-service relay`;
 - `publisher`: the aiokafka producer (acks=all) and its per-record results.
 
-May import: `auth_service.store`, `auth_service.config`, `auth_service.signals`,
-`auth_client.contract` and `auth_client.backoff`. Never imports `api`, `cli` or
-`local`.
+May import: `auth_service.store`, `auth_service.config`, the shared leaves
+(`signals`, `notices`, `errors`, `lifecycle`, `tracing`), `auth_client.contract` and
+`auth_client.backoff`. Never imports `api`, `cli` or `local`.
 """

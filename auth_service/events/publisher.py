@@ -20,10 +20,13 @@ from aiokafka import AIOKafkaProducer
 
 from auth_client.contract import HEADER_TRACEPARENT, event_headers
 from auth_service import tracing
+from auth_service.lifecycle import LifecycleGuard
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from types import TracebackType
+
+    from opentelemetry.trace import Span
 
     from auth_service.store.outbox import OutboxRecord
 
@@ -31,7 +34,12 @@ log = logging.getLogger(__name__)
 
 
 class PublishError(RuntimeError):
-    """The brokers did not acknowledge a record (unreachable, timeout, rejected)."""
+    """The brokers did not acknowledge a record (unreachable, timeout, rejected).
+    `errors`: for a batch, each failed record's own error."""
+
+    def __init__(self, message: str, *, errors: Sequence[BaseException] = ()) -> None:
+        super().__init__(message)
+        self.errors = tuple(errors)
 
 
 @dataclass(frozen=True)
@@ -46,40 +54,42 @@ class ProducerConfig:
 
 
 class Publisher:
-    """Owns the producer. `start()` fails while Kafka is unreachable (the relay
-    retries it); `aclose()` is idempotent and never waits longer than the request
-    timeout for unacknowledged records."""
+    """Owns the producer: new -> running -> closed (`auth_service.lifecycle`).
+    `start()` fails while Kafka is unreachable and may then be called again (the
+    relay retries it); once it succeeded, a second one raises RuntimeError.
+    `aclose()` is idempotent and never waits longer than the request timeout for
+    unacknowledged records."""
 
     def __init__(self, config: ProducerConfig) -> None:
         self.config = config
         self._producer: Any = None
-        self._closed = False
+        self._life = LifecycleGuard("the Kafka publisher")
 
     @property
     def started(self) -> bool:
         return self._producer is not None
 
     async def start(self) -> None:
-        if self._closed:
-            raise RuntimeError("publisher is closed")
-        if self._producer is not None:
-            return
-        c = self.config
-        producer = AIOKafkaProducer(
-            bootstrap_servers=c.bootstrap_servers,
-            client_id=c.client_id,
-            acks="all",
-            enable_idempotence=c.enable_idempotence,
-            request_timeout_ms=int(c.request_timeout_s * 1000),
-            linger_ms=c.linger_ms,
-            retry_backoff_ms=200,
-        )
-        try:
-            await producer.start()
-        except BaseException:
-            await self._stop(producer)
-            raise
-        self._producer = producer
+        with self._life.starting():
+            c = self.config
+            producer = AIOKafkaProducer(
+                bootstrap_servers=c.bootstrap_servers,
+                client_id=c.client_id,
+                acks="all",
+                enable_idempotence=c.enable_idempotence,
+                request_timeout_ms=int(c.request_timeout_s * 1000),
+                linger_ms=c.linger_ms,
+                retry_backoff_ms=200,
+            )
+            try:
+                await producer.start()
+            except BaseException:
+                await self._stop(producer)
+                raise
+            if not self._life.running:  # closed while connecting
+                await self._stop(producer)
+                raise RuntimeError("the Kafka publisher was closed while starting")
+            self._producer = producer
 
     async def publish(self, records: Sequence[OutboxRecord]) -> list[BaseException | None]:
         """Send every record and wait for the brokers' acknowledgements. Returns one
@@ -101,46 +111,38 @@ class Publisher:
         try:
             async with asyncio.timeout(c.request_timeout_s * 2 + 5):
                 for record, span in zip(records, spans, strict=True):
-                    topic = c.topics.get(record.event_type)
-                    if topic is None:
-                        futures.append(PublishError(f"no topic for {record.event_type}"))
-                        continue
-                    parent = record.traceparent if span is None else tracing.traceparent(span)
-                    extra = {HEADER_TRACEPARENT: parent} if parent else {}
-                    try:
-                        futures.append(
-                            await self._producer.send(
-                                topic,
-                                value=record.payload,
-                                key=record.key.encode(),
-                                headers=event_headers(
-                                    str(record.event_id), record.event_type, **extra
-                                ),
-                            )
-                        )
-                    except Exception as exc:  # e.g. no metadata: broker unreachable
-                        futures.append(exc)
+                    futures.append(await self._send(record, span))
                 pending = [f for f in futures if isinstance(f, asyncio.Future)]
                 await asyncio.gather(*pending, return_exceptions=True)
         except TimeoutError:
             pass
         while len(futures) < len(records):
             futures.append(PublishError("no acknowledgement within the request timeout"))
-        out: list[BaseException | None] = []
-        for f in futures:
-            if isinstance(f, BaseException):
-                out.append(f)
-            elif not f.done():
-                f.cancel()
-                out.append(PublishError("no acknowledgement within the request timeout"))
-            elif f.cancelled():
-                out.append(PublishError("publish cancelled"))
-            else:
-                out.append(f.exception())
+        out = [_outcome(f) for f in futures]
         for span, error in zip(spans, out, strict=True):
             if span is not None:
                 tracing.end_publish_span(span, error)
         return out
+
+    async def _send(
+        self, record: OutboxRecord, span: Span | None
+    ) -> asyncio.Future[Any] | BaseException:
+        """Hand one record to the producer: its acknowledgement, or why it failed."""
+        topic = self.config.topics.get(record.event_type)
+        if topic is None:
+            return PublishError(f"no topic for {record.event_type}")
+        parent = record.traceparent if span is None else tracing.traceparent(span)
+        extra = {HEADER_TRACEPARENT: parent} if parent else {}
+        try:
+            future: asyncio.Future[Any] = await self._producer.send(
+                topic,
+                value=record.payload,
+                key=record.key.encode(),
+                headers=event_headers(str(record.event_id), record.event_type, **extra),
+            )
+        except Exception as exc:  # e.g. no metadata: broker unreachable
+            return exc
+        return future
 
     async def _stop(self, producer: Any) -> None:
         try:
@@ -150,7 +152,9 @@ class Publisher:
             log.warning("kafka producer did not stop cleanly: %s", type(exc).__name__)
 
     async def aclose(self) -> None:
-        self._closed = True
+        await self._life.close(self._close)
+
+    async def _close(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
             await self._stop(producer)
@@ -166,3 +170,16 @@ class Publisher:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _outcome(sent: asyncio.Future[Any] | BaseException) -> BaseException | None:
+    """None when the brokers acknowledged; else the error (a pending send is
+    cancelled and counts as unacknowledged)."""
+    if isinstance(sent, BaseException):
+        return sent
+    if not sent.done():
+        sent.cancel()
+        return PublishError("no acknowledgement within the request timeout")
+    if sent.cancelled():
+        return PublishError("publish cancelled")
+    return sent.exception()

@@ -19,17 +19,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Self
 
 import asyncpg
+from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
 from auth_client.backoff import Backoff
 from auth_service import tracing
+from auth_service.errors import UnavailableError
 from auth_service.events.publisher import Publisher, PublishError
 from auth_service.events.relay_config import RelayConfig
+from auth_service.lifecycle import Lifecycle, LifecycleGuard
 from auth_service.notices import RepeatingNotice
 from auth_service.signals import wait_for_shutdown_signal
 from auth_service.store.connection import describe
@@ -40,6 +45,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from auth_service.config import Settings
+    from auth_service.store.pool import Conn
 
 log = logging.getLogger(__name__)
 
@@ -60,22 +66,72 @@ ROWS_PRUNED = Counter("outbox_rows_pruned", "Published outbox rows deleted after
 OnPublished = Callable[[Sequence[OutboxRecord]], Awaitable[None]]
 
 
+class Cause(enum.Enum):
+    """What a relay failure is down to; it decides which notice tells it."""
+
+    DATABASE = "database"
+    KAFKA = "kafka"
+    UNEXPECTED = "unexpected"  # a bug: an event that cannot be encoded, a hook that raised
+
+
+# Talking to PostgreSQL failed: no connection, a lost one (asyncpg's
+# InternalClientError too, see a fast shutdown), a pool or query timeout, or an
+# error the server answered (a missing table: the migrations were not applied).
+_DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    UnavailableError,
+)
+# The producer's own failures; the publisher reports every other one as it is.
+_KAFKA_ERRORS: tuple[type[BaseException], ...] = (KafkaError, PublishError)
+# Distinct unexpected causes the relay keeps a notice for (beyond: one per type).
+_MAX_CAUSES = 32
+
+
+def cause_of(exc: BaseException) -> Cause:
+    """The cause of one failure of a relay loop. A PublishError is Kafka's, unless
+    a record failed for a reason of its own (see `causes`)."""
+    if isinstance(exc, _KAFKA_ERRORS):
+        return Cause.KAFKA
+    if isinstance(exc, _DATABASE_ERRORS):
+        return Cause.DATABASE
+    return Cause.UNEXPECTED
+
+
+def causes(exc: BaseException) -> list[tuple[Cause, BaseException]]:
+    """`exc` with its cause; for a PublishError, the records' unexpected errors each
+    on its own, and the PublishError itself when some records failed in Kafka."""
+    if not isinstance(exc, PublishError) or not exc.errors:
+        return [(cause_of(exc), exc)]
+    out: list[tuple[Cause, BaseException]] = [
+        (Cause.UNEXPECTED, error) for error in exc.errors if not isinstance(error, _KAFKA_ERRORS)
+    ]
+    if any(isinstance(error, _KAFKA_ERRORS) for error in exc.errors):
+        out.append((Cause.KAFKA, exc))
+    return out
+
+
 class Relay:
-    """An async context manager; `aclose()` is idempotent. `on_published` runs after
-    the brokers acknowledged a batch and before the rows are marked (tests use it to
-    fail at exactly that point)."""
+    """An async context manager: new -> running -> closed (`auth_service.lifecycle`);
+    `start()` once, `aclose()` idempotent. `on_published` runs after the brokers
+    acknowledged a batch and before the rows are marked (tests use it to fail at
+    exactly that point)."""
 
     def __init__(self, config: RelayConfig, *, on_published: OnPublished | None = None) -> None:
         self.config = config
         self._on_published = on_published
+        self._life = LifecycleGuard("the outbox relay")
+        self._stack = contextlib.AsyncExitStack()
         self._publisher = Publisher(config.producer)
         self._pool: asyncpg.Pool | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._closing = asyncio.Event()
-        self._closed = asyncio.Event()
-        self._state = "new"
         self.published = 0
+        self.polls = 0  # claim cycles finished, whatever their outcome
         # NOTIFY is only a wake-up hint (the relay polls anyway); a new LISTEN
         # session wakes the loop too: rows may have committed while nobody listened.
         self._listener = Listener(
@@ -84,7 +140,7 @@ class Relay:
             lambda _payload: self._wake.set(),
             application_name=LISTEN_APPLICATION_NAME,
             on_up=self._wake.set,
-            on_failure=self._database_failed,
+            on_failure=self._failed,
             connect_timeout_s=config.connect_timeout_s,
             check_interval_s=config.listen_check_interval_s,
             max_backoff_s=config.max_backoff_s,
@@ -94,13 +150,27 @@ class Relay:
         # whichever loop meets it first; recovery is logged once.
         self._db_down = RepeatingNotice(log)
         self._kafka_down = RepeatingNotice(log)
+        # A bug: each distinct cause once (with its traceback), then at most every
+        # five minutes with a count.
+        self._unexpected: dict[str, RepeatingNotice] = {}
+
+    @property
+    def state(self) -> Lifecycle:
+        return self._life.state
 
     async def start(self) -> None:
-        """Does not need Kafka or PostgreSQL to be up: the loops connect and retry."""
-        if self._state != "new":
-            raise RuntimeError(f"cannot start a relay that is {self._state}")
-        self._state = "running"
+        """Does not need Kafka or PostgreSQL to be up: the loops connect and retry.
+        Parts start in this order and stop in the reverse one."""
+        self._life.start()
+        try:
+            await self._start()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def _start(self) -> None:
         c = self.config
+        stack = self._stack
         self._pool = await asyncpg.create_pool(
             c.database_url,
             min_size=0,
@@ -115,11 +185,14 @@ class Relay:
                 ),
             },
         )
-        await self._listener.start()
+        stack.push_async_callback(self._close_pool, self._pool)
+        stack.push_async_callback(self._publisher.aclose)  # started by the publish loop
+        await stack.enter_async_context(self._listener)
         self._tasks = [
             asyncio.create_task(self._publish_loop(), name="relay-publish"),
             asyncio.create_task(self._housekeeping_loop(), name="relay-housekeeping"),
         ]
+        stack.push_async_callback(self._stop_loops)
         log.info(
             "outbox relay started (topics %s, brokers %s)",
             dict(c.producer.topics),
@@ -127,31 +200,29 @@ class Relay:
         )
 
     async def aclose(self) -> None:
-        if self._state in {"closing", "closed"}:
-            await self._closed.wait()
-            return
-        self._state = "closing"
+        await self._life.close(self._close)
+
+    async def _close(self) -> None:
         self._closing.set()
         self._wake.set()
         try:
-            await self._listener.aclose()
-            if self._tasks:
-                # Let the batch in flight finish; then cancel (its transaction rolls
-                # back and the rows are published again later).
-                _, pending = await asyncio.wait(self._tasks, timeout=self.config.close_timeout_s)
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self._publisher.aclose()
-            if self._pool is not None:
-                try:
-                    await asyncio.wait_for(self._pool.close(), timeout=self.config.close_timeout_s)
-                except Exception:
-                    self._pool.terminate()
+            await self._stack.aclose()
         finally:
-            self._state = "closed"
-            self._closed.set()
             log.info("outbox relay stopped")
+
+    async def _stop_loops(self) -> None:
+        """Let the batch in flight finish; then cancel (its transaction rolls back and
+        the rows are published again later)."""
+        _, pending = await asyncio.wait(self._tasks, timeout=self.config.close_timeout_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _close_pool(self, pool: asyncpg.Pool) -> None:
+        try:
+            await asyncio.wait_for(pool.close(), timeout=self.config.close_timeout_s)
+        except Exception:
+            pool.terminate()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -184,6 +255,16 @@ class Relay:
             async with asyncio.timeout(seconds):
                 await self._closing.wait()
 
+    def _failed(self, exc: BaseException) -> None:
+        """Tell a failure of any loop (or of the LISTEN connection) by its cause."""
+        for cause, error in causes(exc):
+            if cause is Cause.DATABASE:
+                self._database_failed(error)
+            elif cause is Cause.KAFKA:
+                self._kafka_failed(error)
+            else:
+                self._unexpected_failed(error)
+
     def _database_failed(self, exc: BaseException) -> None:
         self._db_down.notice(
             "outbox relay: %s; events wait in the outbox, retrying",
@@ -193,33 +274,56 @@ class Relay:
     def _database_ok(self) -> None:
         self._db_down.clear("outbox relay: the database answers again")
 
+    def _kafka_failed(self, exc: BaseException) -> None:
+        self._kafka_down.notice(
+            "outbox relay: Kafka at %s did not acknowledge: %s; retrying",
+            self.config.producer.bootstrap_servers,
+            _describe(exc),
+        )
+
+    def _unexpected_failed(self, exc: BaseException) -> None:
+        cause = _describe(exc)
+        key = cause if len(self._unexpected) < _MAX_CAUSES else type(exc).__qualname__
+        notice = self._unexpected.get(key)
+        if notice is None:
+            notice = RepeatingNotice(log, level=logging.ERROR, interval=300.0)
+            self._unexpected[key] = notice
+        # RepeatingNotice has no exc_info: the traceback goes in as the `exception`
+        # field, where the JSON log format puts a record's traceback.
+        notice.notice(
+            "outbox relay: unexpected error: %s; events wait in the outbox, retrying",
+            cause,
+            exception="".join(traceback.format_exception(exc)).rstrip(),
+        )
+
+    async def _start_publisher(self) -> bool:
+        """Start the producer unless it runs; False (and said why) when it cannot."""
+        if self._publisher.started:
+            return True
+        try:
+            await self._publisher.start()
+        except (KafkaError, OSError, TimeoutError) as exc:
+            self._kafka_down.notice(
+                "outbox relay: cannot reach Kafka at %s: %s; events wait in the outbox, retrying",
+                self.config.producer.bootstrap_servers,
+                _describe(exc),
+            )
+            return False
+        except Exception as exc:
+            self._unexpected_failed(exc)
+            return False
+        return True
+
     async def _publish_loop(self) -> None:
         backoff = Backoff(0.1, self.config.max_backoff_s)
-        brokers = self.config.producer.bootstrap_servers
         while not self._closing.is_set():
             self._wake.clear()
             try:
-                await self._publisher.start()
+                claimed = await self.publish_batch() if await self._start_publisher() else -1
             except Exception as exc:
-                self._kafka_down.notice(
-                    "outbox relay: cannot reach Kafka at %s: %s; events wait in the outbox, retrying",
-                    brokers,
-                    _describe(exc),
-                )
-                await self._sleep(backoff.next())
-                continue
-            try:
-                claimed = await self.publish_batch()
-            except PublishError as exc:
-                self._kafka_down.notice(
-                    "outbox relay: Kafka at %s did not acknowledge: %s; retrying",
-                    brokers,
-                    _describe(exc),
-                )
-                await self._sleep(backoff.next())
-                continue
-            except Exception as exc:
-                self._database_failed(exc)
+                self._failed(exc)
+                claimed = -1
+            if claimed < 0:
                 await self._sleep(backoff.next())
                 continue
             self._database_ok()
@@ -234,6 +338,12 @@ class Relay:
     async def publish_batch(self) -> int:
         """Claim, publish and mark one batch. Returns how many rows were claimed;
         raises PublishError (after committing the successes) when some failed."""
+        try:
+            return await self._publish_batch()
+        finally:
+            self.polls += 1
+
+    async def _publish_batch(self) -> int:
         assert self._pool is not None
         failed: list[tuple[OutboxRecord, BaseException]] = []
         async with self._pool.acquire() as conn, conn.transaction():
@@ -256,9 +366,12 @@ class Relay:
         EVENTS_PUBLISHED.inc(len(acked))
         if failed:
             EVENTS_FAILED.inc(len(failed))
+            errors = [err for _, err in failed]
+            # Kafka's first error names the batch; a record's own (a bug) is told apart.
+            first = next((e for e in errors if isinstance(e, _KAFKA_ERRORS)), errors[0])
             raise PublishError(
-                f"{len(failed)} of {len(records)} events not acknowledged: "
-                f"{_describe(failed[0][1])}"
+                f"{len(failed)} of {len(records)} events not acknowledged: {_describe(first)}",
+                errors=errors,
             )
         return len(records)
 
@@ -273,29 +386,39 @@ class Relay:
             try:
                 async with self._pool.acquire() as conn:
                     lag = await OutboxStore.lag(conn)
-                    self.last_lag = lag
-                    OUTBOX_UNPUBLISHED.set(lag.unpublished)
-                    OUTBOX_OLDEST_AGE.set(lag.oldest_age_s)
+                    self._record_lag(lag)
                     if lag.oldest_age_s > c.lag_warn_s and loop.time() - last_warning > 30:
                         last_warning = loop.time()
-                        log.warning(
-                            "outbox lag: %d unpublished events, oldest %.0fs old",
-                            lag.unpublished,
-                            lag.oldest_age_s,
-                            extra={
-                                "outbox_unpublished": lag.unpublished,
-                                "outbox_oldest_age_s": round(lag.oldest_age_s, 3),
-                            },
-                        )
+                        _warn_lag(lag)
                     if loop.time() >= next_prune:
-                        pruned = await OutboxStore.prune(conn, c.retention_s)
+                        await self._prune(conn)
                         next_prune = loop.time() + c.prune_interval_s
-                        ROWS_PRUNED.inc(pruned)
-                        if pruned:
-                            log.info("pruned %d published outbox rows", pruned)
             except Exception as exc:
-                self._database_failed(exc)
+                self._failed(exc)
             await self._sleep(c.lag_interval_s)
+
+    def _record_lag(self, lag: Lag) -> None:
+        self.last_lag = lag
+        OUTBOX_UNPUBLISHED.set(lag.unpublished)
+        OUTBOX_OLDEST_AGE.set(lag.oldest_age_s)
+
+    async def _prune(self, conn: Conn) -> None:
+        pruned = await OutboxStore.prune(conn, self.config.retention_s)
+        ROWS_PRUNED.inc(pruned)
+        if pruned:
+            log.info("pruned %d published outbox rows", pruned)
+
+
+def _warn_lag(lag: Lag) -> None:
+    log.warning(
+        "outbox lag: %d unpublished events, oldest %.0fs old",
+        lag.unpublished,
+        lag.oldest_age_s,
+        extra={
+            "outbox_unpublished": lag.unpublished,
+            "outbox_oldest_age_s": round(lag.oldest_age_s, 3),
+        },
+    )
 
 
 def _describe(exc: BaseException) -> str:
@@ -304,13 +427,14 @@ def _describe(exc: BaseException) -> str:
 
 
 async def run_relay(settings: Settings) -> int:
-    """`auth-service relay`: run until SIGTERM/SIGINT."""
-    provider = tracing.start() if settings.tracing else None
-    try:
-        async with Relay(RelayConfig.from_settings(settings)):
-            sig = await wait_for_shutdown_signal()
-            log.info("received %s: stopping the relay", sig.name)
-    finally:
-        if provider is not None:  # export the spans still buffered
-            await asyncio.to_thread(tracing.stop, provider)
+    """`auth-service relay`: run until SIGTERM/SIGINT. Started top to bottom, stopped
+    bottom to top."""
+    async with contextlib.AsyncExitStack() as stack:
+        if settings.tracing:
+            provider = tracing.start()
+            # Last out: export the spans still buffered.
+            stack.push_async_callback(asyncio.to_thread, tracing.stop, provider)
+        await stack.enter_async_context(Relay(RelayConfig.from_settings(settings)))
+        sig = await wait_for_shutdown_signal()
+        log.info("received %s: stopping the relay", sig.name)
     return 0

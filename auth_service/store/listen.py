@@ -20,6 +20,7 @@ from typing import Self
 import asyncpg
 
 from auth_client.backoff import Backoff
+from auth_service.lifecycle import LifecycleGuard
 from auth_service.notices import RepeatingNotice
 from auth_service.store.connection import describe
 
@@ -28,7 +29,8 @@ log = logging.getLogger(__name__)
 
 class Listener:
     """LISTEN on `channel`; `on_notify(payload)` for each notification. An async
-    context manager; `aclose()` is idempotent."""
+    context manager: new -> running -> closed (`auth_service.lifecycle`); a second
+    `start()` raises RuntimeError, `aclose()` is idempotent."""
 
     def __init__(
         self,
@@ -56,6 +58,7 @@ class Listener:
         self._closing = asyncio.Event()
         self._lost: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._life = LifecycleGuard(f"LISTEN {channel}")
         self._down = RepeatingNotice(log)
         # Who says that the database cannot be reached (default: this listener, at
         # most once a minute); an owner that already reports it passes its own.
@@ -64,9 +67,13 @@ class Listener:
         self.sessions = 0  # how many times a LISTEN was established
 
     async def start(self) -> None:
+        self._life.start()
         self._task = asyncio.create_task(self._run(), name=f"listen-{self._channel}")
 
     async def aclose(self) -> None:
+        await self._life.close(self._close)
+
+    async def _close(self) -> None:
         self._closing.set()
         if self._lost is not None:
             self._lost.set()

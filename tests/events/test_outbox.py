@@ -9,6 +9,7 @@ import uuid
 import asyncpg
 import grpc
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from auth_client.contract import events_pb2
 from auth_service.api.server import AuthServer
@@ -32,7 +33,7 @@ async def test_delete_reaches_a_consumer_in_another_process(
             reply = await delete_user(admin, user_id)
             await proc.wait_for(lambda lines: any("event_id" in line for line in lines))
             # Nothing else arrives: one deletion, one event.
-            await asyncio.sleep(1.5)
+            assert await _all_published(events_server, kafka_bootstrap, topic) == 1
             events = [line for line in proc.lines if "event_id" in line]
 
     assert len(events) == 1
@@ -82,7 +83,7 @@ async def test_rolled_back_deletion_produces_no_event(
         async with Collector(kafka_bootstrap, topic) as seen:
             await delete_user(admin, committed)
             await eventually(lambda: _has(seen, 1), timeout=30)
-            await asyncio.sleep(1.5)
+            assert await _all_published(events_server, kafka_bootstrap, topic) == 1
             assert seen.user_ids() == [committed]
     assert [r["partition_key"] for r in await outbox_rows(database_url)] == [committed]
 
@@ -123,7 +124,7 @@ async def test_second_delete_produces_no_second_event(
             assert (first.already_deleted, second.already_deleted) == (False, True)
             await delete_user(admin, other)
             await eventually(lambda: _has(seen, 2), timeout=30)
-            await asyncio.sleep(1.5)
+            assert await _all_published(events_server, kafka_bootstrap, topic) == 2
             assert sorted(seen.user_ids()) == sorted([twice, other])
     assert len(await outbox_rows(database_url)) == 2
 
@@ -142,3 +143,29 @@ async def test_concurrent_deletes_of_one_user_write_one_event(database_url: str)
 
 async def _has(collector: Collector, count: int) -> bool:
     return len(collector.records) >= count
+
+
+async def _all_published(server: AuthServer, bootstrap: str, topic: str) -> int:
+    """How many messages `topic` holds once the server's relay has published all it
+    ever will for what has committed so far: two more claim cycles finished, so the
+    second began after this call and saw every committed row. (Instead of sleeping
+    and hoping that a second event would have arrived by then.)"""
+    relay = server.relay
+    assert relay is not None
+    polls = relay.polls
+    await eventually(lambda: _true(relay.polls >= polls + 2), timeout=30)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        await consumer.topics()  # fresh metadata
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        assert partitions, topic
+        ends = await consumer.end_offsets(partitions)
+        starts = await consumer.beginning_offsets(partitions)
+    finally:
+        await consumer.stop()
+    return sum(ends[tp] - starts[tp] for tp in partitions)
+
+
+async def _true(value: bool) -> bool:
+    return value
