@@ -14,6 +14,9 @@ closed owner cannot be reused: make a new one.
 
         async def aclose(self) -> None:
             await self._life.close(self._close)
+
+`cancel(task)` stops a background task an owner started (pingers, watchers,
+periodic jobs) for good, from its `aclose()`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
@@ -81,3 +84,12 @@ class LifecycleGuard:
             await closer()
         finally:
             self._closed.set()
+
+
+async def cancel(task: asyncio.Task[Any] | None) -> None:
+    """Cancel `task` (None: nothing to stop) and wait until it has ended."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

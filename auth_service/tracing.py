@@ -4,9 +4,10 @@ Off unless the OTEL_* variables configure an exporter (`config` decides and
 validates; `Settings.tracing`). `start()` installs the SDK's tracer provider: the SDK
 reads the standard variables itself (OTEL_EXPORTER_OTLP_*ENDPOINT, _HEADERS,
 _TIMEOUT, OTEL_TRACES_SAMPLER[_ARG], OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES,
-OTEL_BSP_*), and `TRACER` is set. While `TRACER` is None every helper here is
-skipped by its caller with one `is None` test, so an untraced server pays nothing
-on its hot paths.
+OTEL_BSP_*), and `TRACER` is set. While `TRACER` is None every helper here is a
+no-op that costs one test, here: callers never ask whether tracing is on, and no
+code path exists twice. `TRACER` follows OpenTelemetry's own process-wide tracer
+provider (there is one per process by OpenTelemetry's design).
 
 The spans (names as OpenTelemetry's semantic conventions spell them):
 
@@ -44,7 +45,8 @@ TRACER: Tracer | None = None
 
 SERVICE_NAME = "auth-service"
 _SCOPE = "auth_service"
-_NO_SPAN = contextlib.nullcontext(None)
+# What `query` yields while not tracing: a span that records nothing.
+_NO_SPAN: contextlib.AbstractContextManager[Span] = contextlib.nullcontext(trace.INVALID_SPAN)
 
 
 def start() -> Any:
@@ -105,6 +107,8 @@ def current_traceparent() -> str | None:
 
 def current_span_context() -> SpanContext | None:
     """The current span's context (what a shared query links to), when tracing."""
+    if TRACER is None:
+        return None
     ctx = trace.get_current_span().get_span_context()
     return ctx if ctx.is_valid else None
 
@@ -134,36 +138,60 @@ def _metadata_traceparent(metadata: Iterable[tuple[str, str | bytes]] | None) ->
 _SERVER_ERRORS = frozenset({2, 4, 12, 13, 14, 15})  # UNKNOWN .. DATA_LOSS
 
 
-def start_server_span(
-    tracer: Tracer,
-    service: str,
-    method: str,
-    metadata: Iterable[tuple[str, str | bytes]] | None,
-) -> tuple[Span, object]:
-    """The SERVER span of one call, made current; returns it and the token
-    `end_server_span` needs. Its parent is the caller's `traceparent`, if any."""
+class ServerSpan:
+    """The SERVER span of one call, current until `end`."""
+
+    __slots__ = ("_span", "_token")
+
+    def __init__(self, span: Span, token: object) -> None:
+        self._span = span
+        self._token = token
+
+    def end(self, caller: str, code: int, message: str) -> None:
+        """Name the caller and the status, end the span, restore the context."""
+        span = self._span
+        span.set_attribute("auth.caller", caller)
+        span.set_attribute("rpc.grpc.status_code", code)
+        if code in _SERVER_ERRORS:
+            span.set_status(Status(StatusCode.ERROR, message))
+        span.end()
+        otel_context.detach(self._token)  # type: ignore[arg-type]
+
+
+class _NoServerSpan(ServerSpan):
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        pass
+
+    def end(self, caller: str, code: int, message: str) -> None:
+        pass
+
+
+_NO_SERVER_SPAN = _NoServerSpan()
+
+
+def server_span(
+    service: str, method: str, metadata: Iterable[tuple[str, str | bytes]] | None
+) -> ServerSpan:
+    """Start the SERVER span of one call and make it current (a no-op while not
+    tracing). Its parent is the caller's `traceparent`, if any."""
+    tracer = TRACER
+    if tracer is None:
+        return _NO_SERVER_SPAN
     span = tracer.start_span(
         f"{service}/{method}",
         context=remote_parent(_metadata_traceparent(metadata)),
         kind=SpanKind.SERVER,
         attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
     )
-    return span, otel_context.attach(trace.set_span_in_context(span))
-
-
-def end_server_span(span: Span, token: object, caller: str, code: int, message: str) -> None:
-    """Name the caller and the status, end the span, restore the context."""
-    span.set_attribute("auth.caller", caller)
-    span.set_attribute("rpc.grpc.status_code", code)
-    if code in _SERVER_ERRORS:
-        span.set_status(Status(StatusCode.ERROR, message))
-    span.end()
-    otel_context.detach(token)  # type: ignore[arg-type]
+    return ServerSpan(span, otel_context.attach(trace.set_span_in_context(span)))
 
 
 def note(name: str, value: bool | int | str) -> None:
-    """Set attribute `name` on the current span (e.g. a state-cache hit)."""
-    trace.get_current_span().set_attribute(name, value)
+    """Set attribute `name` on the current span (e.g. a state-cache hit), when tracing."""
+    if TRACER is not None:
+        trace.get_current_span().set_attribute(name, value)
 
 
 def query(
@@ -172,9 +200,9 @@ def query(
     *,
     served: Sequence[SpanContext | None] = (),
     **attributes: int | str,
-) -> contextlib.AbstractContextManager[Span | None]:
-    """The CLIENT span of one database operation (`operation` of `table`), or a
-    no-op context while not tracing. `served`: the calls a shared query answers:
+) -> contextlib.AbstractContextManager[Span]:
+    """The CLIENT span of one database operation (`operation` of `table`); while not
+    tracing, a span that records nothing. `served`: the calls a shared query answers:
     the span is a child of the first and links each of them."""
     tracer = TRACER
     if tracer is None:
@@ -230,16 +258,16 @@ def end_publish_span(span: Span, error: BaseException | None) -> None:
 __all__ = [
     "SERVICE_NAME",
     "TRACER",
+    "ServerSpan",
     "current_span_context",
     "current_traceparent",
     "end_publish_span",
-    "end_server_span",
     "note",
     "query",
     "remote_parent",
+    "server_span",
     "start",
     "start_publish_span",
-    "start_server_span",
     "stop",
     "traceparent",
     "use",

@@ -129,7 +129,7 @@ def test_the_client_never_imports_the_server() -> None:
 
 def test_wings_depend_one_way() -> None:
     """cli -> local -> api -> events -> store -> config; the shared modules at the top
-    (errors, addresses, signals, notices, tasks) import no wing."""
+    (errors, addresses, signals, notices, lifecycle, tracing) import no wing."""
     order = ["config", "store", "events", "api", "local", "cli"]
     graph = import_graph(REPO, "auth_service")
     for module, targets in graph.items():

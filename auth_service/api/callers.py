@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
-from auth_service import tasks
+from auth_service import lifecycle
 from auth_service.config.tokens import (
     Caller,
     TokenEntry,
@@ -187,7 +187,7 @@ class TokenFile:
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
-        await tasks.cancel(task)
+        await lifecycle.cancel(task)
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -12,6 +12,7 @@ from auth_service.addresses import bind_problem, parse_host_port
 from auth_service.api.health import AuthHealthServicer
 from auth_service.api.parsing import CORE_LIMIT_FACTOR, add_service
 from auth_service.api.reflection import enable_reflection
+from auth_service.api.rpc import CallPath
 from auth_service.api.servicers import AuthServicer, UserAdminServicer
 from auth_service.api.tls import ServerTLS
 from auth_service.config import Settings
@@ -70,12 +71,12 @@ def new_grpc_server(s: Settings) -> grpc.aio.Server:
 
 
 def add_services(
-    server: grpc.aio.Server, s: Settings, auth: AuthServicer, admin: UserAdminServicer
+    server: grpc.aio.Server, path: CallPath, auth: AuthServicer, admin: UserAdminServicer
 ) -> AuthHealthServicer:
-    """AuthService, UserAdminService, Health and reflection on `server`; the health
-    servicer is returned for the HealthMonitor to drive."""
-    add_service(server, AUTH_SERVICE, auth, max_request_bytes=s.max_request_bytes)
-    add_service(server, ADMIN_SERVICE, admin, max_request_bytes=s.max_request_bytes)
+    """AuthService and UserAdminService behind `path`, Health and reflection on
+    `server`; the health servicer is returned for the HealthMonitor to drive."""
+    add_service(server, AUTH_SERVICE, auth, path)
+    add_service(server, ADMIN_SERVICE, admin, path)
     health_servicer = AuthHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection(

@@ -1,5 +1,13 @@
-"""gRPC health that follows the database: SERVING only while the database answers,
-its schema is the one this release needs, and queries are not stalled.
+"""gRPC health that says whether this replica can answer.
+
+`auth.v1.UserAdminService` is SERVING only while the database answers, its schema is
+the one this release needs, and queries are not stalled. `auth.v1.AuthService` (and
+the server as a whole, service "") is SERVING then too, and also while the database
+is slow or unreachable but memory answers every id: the index of every user is
+loaded and the change feed that keeps it exact is up (`memory_answers`). Those
+reads need no query, so a load balancer must keep the replica in rotation; the
+feed checks its own connection every 10 s, so that lasts at most about 15 s after
+the database stops answering.
 
 The monitor pings over a connection of its own, not the request pool: a pool busy
 with slow queries (answered RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED) must not make
@@ -17,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -25,7 +33,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
-from auth_service import tasks
+from auth_service import lifecycle
 from auth_service.notices import RepeatingNotice
 from auth_service.store.connection import describe
 from auth_service.store.migrations import check_schema
@@ -34,6 +42,8 @@ from auth_service.store.status import DatabaseStatus
 log = logging.getLogger(__name__)
 
 SERVICES = ("", "auth.v1.AuthService", "auth.v1.UserAdminService")
+# SERVING while memory answers reads, even when the database does not.
+_READ_SERVICES = frozenset({"", "auth.v1.AuthService"})
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -73,6 +83,7 @@ class HealthMonitor:
         *,
         status: DatabaseStatus | None = None,
         needed_migrations: Sequence[str] = (),
+        memory_answers: Callable[[], bool] = lambda: False,
     ) -> None:
         self._servicer = servicer
         self._database_url = database_url
@@ -82,7 +93,9 @@ class HealthMonitor:
         self._needed = tuple(needed_migrations)
         self._conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
-        self._serving: bool | None = None
+        self._memory_answers = memory_answers
+        self._serving: bool | None = None  # the database answers
+        self._statuses: dict[str, int] = {}
         self._stopped = False
         self._ping_ok = False
         self._schema_notice = RepeatingNotice(log, level=logging.ERROR, interval=300.0)
@@ -90,6 +103,7 @@ class HealthMonitor:
 
     @property
     def serving(self) -> bool:
+        """The database answers (every service SERVING)."""
         return bool(self._serving)
 
     async def start(self) -> None:
@@ -108,7 +122,11 @@ class HealthMonitor:
         stalled = self._status.stalled()
         ok = self._ping_ok and self._status.schema_problem is None and not stalled
         if not ok and stalled and self._serving:
-            log.error("database not answering: %s; health NOT_SERVING", self._status.refusal())
+            log.error(
+                "database not answering: %s; health NOT_SERVING%s",
+                self._status.refusal(),
+                " (AuthService SERVING: memory answers every id)" if self._memory_answers() else "",
+            )
         await self._set(ok)
         return ok
 
@@ -153,16 +171,23 @@ class HealthMonitor:
             conn.terminate()
 
     async def _set(self, serving: bool, *, reason: str = "database") -> None:
-        if self._stopped or serving == self._serving:
+        if self._stopped:
             return
-        if reason == "shutdown":
-            log.info("shutting down: health NOT_SERVING")
-        elif self._serving is not None and serving:
-            log.info("database reachable again: health SERVING")
-        self._serving = serving
-        status = _SERVING if serving else _NOT_SERVING
+        if serving != self._serving:
+            if reason == "shutdown":
+                log.info("shutting down: health NOT_SERVING")
+            elif self._serving is not None and serving:
+                log.info("database reachable again: health SERVING")
+            self._serving = serving
+        reads = serving or (
+            reason != "shutdown" and self._status.schema_problem is None and self._memory_answers()
+        )
         for name in SERVICES:
-            await self._servicer.set(name, status)
+            up = reads if name in _READ_SERVICES else serving
+            status = _SERVING if up else _NOT_SERVING
+            if self._statuses.get(name) != status:
+                self._statuses[name] = status
+                await self._servicer.set(name, status)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -184,7 +209,7 @@ class HealthMonitor:
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
-        await tasks.cancel(task)
+        await lifecycle.cancel(task)
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(Exception):

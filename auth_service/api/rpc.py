@@ -1,129 +1,86 @@
-"""The wrapper every RPC handler goes through: caller check, admission limits,
-deadline budget, metrics, and the one mapping from domain errors to gRPC status
-codes.
+"""The per-call path of a server, composed once per server (`CallPath`) from small
+steps, each its own unit:
 
-Services are registered with `parsing.add_service`, whose request parser never
-raises: a body that is not a valid message reaches the wrapper as `MALFORMED`
-(answered INVALID_ARGUMENT after the caller check), one over MAX_REQUEST_BYTES as
-`TOO_LARGE` (RESOURCE_EXHAUSTED), so both are counted like every other call.
+    authorization   api/authorization.py   who calls; may they call this method
+    observation     api/observation.py     metrics, the SERVER span, the call log
+    admission       api/admission.py       concurrency and rate limits
+    request body    here                   a body that is not a message, or too large
+    the handler     api/servicers.py       proto <-> domain, with a `Call`
+      budget        Call.budget()          the deadline, capped by the statement timeout
+      database      store/pool.connection  refused at once while the database cannot answer
+    status mapping  api/statuses.py        domain errors -> gRPC codes, in one place
+
+Servicer methods are written `(self, request, call) -> response` and marked with
+`@handler(scope, read=...)`; `parsing.add_service` registers each one through its
+server's `CallPath`. The request parser never raises: a body that is not a valid
+message reaches the path as `MALFORMED`, one over MAX_REQUEST_BYTES as `TOO_LARGE`,
+so both are answered, counted and logged like every other call.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
-import re
-import time
-import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
 
-from auth_service import errors, tracing
-from auth_service.api.call_log import log, log_call, log_failure
-from auth_service.api.callers import ANONYMOUS, MissingScopeError, TokenRegistry, bearer_token
-from auth_service.api.limits import Limits
-from auth_service.api.metrics import MethodMetrics, method_metrics
-from auth_service.api.parsing import MALFORMED, TOO_LARGE, max_request_bytes, service_name
+from auth_service import errors
+from auth_service.api.admission import Admission
+from auth_service.api.authorization import Authorization
+from auth_service.api.call_log import request_id
+from auth_service.api.observation import Observation
+from auth_service.api.statuses import status_for
 from auth_service.config.tokens import Caller
 from auth_service.store.pool import Budget
-from auth_service.store.status import DatabaseStatus
 
-_STATUS: dict[type[errors.ServiceError], grpc.StatusCode] = {
-    errors.InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.NotFoundError: grpc.StatusCode.NOT_FOUND,
-    errors.AlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
-    errors.UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
-    errors.PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
-    errors.ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
-    errors.UnavailableError: grpc.StatusCode.UNAVAILABLE,
-}
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-
-
-def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The status code and caller-safe message for an exception raised by a handler."""
-    if isinstance(exc, errors.ServiceError):
-        for cls in type(exc).__mro__:
-            code = _STATUS.get(cls)
-            if code is not None:
-                return code, str(exc)
-    return grpc.StatusCode.INTERNAL, "internal error"
-
-
-class Access:
-    """Who may call which service. Shared by all servicers of one server."""
-
-    def __init__(
-        self,
-        tokens: TokenRegistry,
-        *,
-        allow_unauthenticated_reads: bool,
-        limits: Limits | None = None,
-        metrics: bool = False,
-        database: DatabaseStatus | None = None,
-    ) -> None:
-        # Replaced as a whole when the token file is reloaded (one attribute store).
-        self.tokens = tokens
-        self.allow_unauthenticated_reads = allow_unauthenticated_reads
-        self.limits = limits if limits is not None else Limits()
-        # Record grpc_server_* metrics (auth_service.metrics) for every call.
-        self.metrics = metrics
-        self.database = database if database is not None else DatabaseStatus()
-
-    def admit(self, caller: str) -> None:
-        """Count the call in, or refuse it at once: UNAVAILABLE when the database
-        cannot answer it (schema not migrated, queries stalled), RESOURCE_EXHAUSTED
-        when a limit is hit — unless the calls holding the slots are waiting on a
-        database that stopped answering: that is not the caller's doing."""
-        database = self.database
-        refusal = database.refusal()
-        if refusal is not None:
-            raise errors.UnavailableError(refusal)
-        try:
-            self.limits.admit(caller)
-        except errors.ResourceExhaustedError:
-            if database.suspect():
-                raise errors.UnavailableError(
-                    "the database is slow to answer; calls are waiting on it"
-                ) from None
-            raise
-
-    def authorize(
-        self, context: grpc.aio.ServicerContext[Any, Any], scope: str, read: bool
-    ) -> Caller:
-        token = bearer_token(context.invocation_metadata())
-        if token is None:
-            if read and self.allow_unauthenticated_reads:
-                return ANONYMOUS
-            raise errors.UnauthenticatedError("missing or malformed bearer token")
-        caller = self.tokens.lookup(token)
-        if caller is None:
-            # Even where reads need no token (dev), a token nobody issued is refused:
-            # a wrong token must fail locally as it would in production.
-            raise errors.UnauthenticatedError("unknown bearer token")
-        if not caller.has(scope):
-            raise MissingScopeError(caller, scope)
-        return caller
-
-
-def request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == "x-request-id" and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
-            return value
-    return uuid.uuid4().hex[:16]
-
-
-class HasAccess(Protocol):
-    access: Access
-    default_budget_s: float
-
-
-S = TypeVar("S", bound=HasAccess)
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+Context = grpc.aio.ServicerContext[Any, Any]
+Handler = Callable[[Req, "Call"], Awaitable[Resp]]
+Method = Callable[[Req, Context], Awaitable[Resp]]
+
+_ENDPOINT = "_auth_endpoint"
+
+
+class _Marker:
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+MALFORMED: Any = _Marker("MALFORMED")
+TOO_LARGE: Any = _Marker("TOO_LARGE")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """What a method needs of its callers."""
+
+    scope: str
+    read: bool
+
+
+def handler(scope: str, *, read: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a servicer method `(self, request, call) -> response` with the scope it
+    needs (`read`: anonymous callers are let in where reads need no token)."""
+
+    def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
+        setattr(fn, _ENDPOINT, Endpoint(scope, read))
+        return fn
+
+    return mark
+
+
+def endpoint_of(fn: object) -> Endpoint:
+    endpoint = getattr(fn, _ENDPOINT, None)
+    if not isinstance(endpoint, Endpoint):
+        raise TypeError(f"{fn!r} is not marked with @handler(scope, read=...)")
+    return endpoint
 
 
 class Call:
@@ -131,9 +88,7 @@ class Call:
 
     __slots__ = ("_context", "caller", "default_budget_s")
 
-    def __init__(
-        self, context: grpc.aio.ServicerContext[Any, Any], caller: Caller, default_budget_s: float
-    ) -> None:
+    def __init__(self, context: Context, caller: Caller, default_budget_s: float) -> None:
         self._context = context
         self.caller = caller
         self.default_budget_s = default_budget_s
@@ -149,86 +104,82 @@ class Call:
         return Budget(remaining, from_deadline=True)
 
 
-def handler(
-    scope: str, *, read: bool
-) -> Callable[
-    [Callable[[S, Req, Call], Awaitable[Resp]]],
-    Callable[[S, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]],
-]:
-    """Wrap a servicer method `(self, request, call) -> response`."""
+class CallPath:
+    """The steps every call of one server goes through, in order."""
 
-    def wrap(
-        fn: Callable[[S, Req, Call], Awaitable[Resp]],
-    ) -> Callable[[S, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]:
-        method = fn.__name__
-        sites: dict[type, MethodMetrics] = {}  # per servicer class (= gRPC service)
+    __slots__ = ("admission", "authorization", "default_budget_s", "max_request_bytes", "observe")
 
-        @functools.wraps(fn)
-        async def wrapper(
-            self: S, request: Req, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> Resp:
-            started = time.perf_counter()
-            code = grpc.StatusCode.CANCELLED  # unless the call ends below
-            rid: str | None = None
-            message = ""
-            access = self.access
-            refused: errors.ServiceError | None = None
-            try:
-                caller = access.authorize(context, scope, read)
-            except MissingScopeError as exc:
-                caller, refused = exc.caller, exc  # known, just not allowed: name it
-            except errors.ServiceError as exc:
-                caller, refused = ANONYMOUS, exc
-            site: MethodMetrics | None = None
-            if access.metrics:
-                site = sites.get(type(self))
-                if site is None:
-                    site = sites[type(self)] = method_metrics(service_name(self), method)
-                site.start(caller.name)
-            tracer = tracing.TRACER
-            if tracer is not None:  # the SERVER span, current until the call ends
-                span, token = tracing.start_server_span(
-                    tracer, service_name(self), method, context.invocation_metadata()
-                )
+    def __init__(
+        self,
+        authorization: Authorization,
+        admission: Admission,
+        observe: Observation,
+        *,
+        default_budget_s: float,
+        max_request_bytes: int,
+    ) -> None:
+        self.authorization = authorization
+        self.admission = admission
+        self.observe = observe
+        self.default_budget_s = default_budget_s
+        self.max_request_bytes = max_request_bytes
+
+    def method(self, service: str, name: str, fn: Handler[Req, Resp]) -> Method[Req, Resp]:
+        """The gRPC method `service/name`: `fn` behind every step."""
+        endpoint = endpoint_of(fn)
+        authorize = self.authorization.check
+        begin = self.observe.site(service, name).begin
+
+        async def call(request: Req, context: Context) -> Resp:
+            caller, refused = authorize(
+                context.invocation_metadata(), endpoint.scope, read=endpoint.read
+            )
+            record = begin(caller, context)
             try:
                 if refused is not None:
                     raise refused  # noqa: TRY301 - answered and counted below like the rest
-                access.admit(caller.name)
-                limits = access.limits
-                try:
-                    if request is MALFORMED:
-                        raise errors.InvalidArgumentError("request is not a valid message")
-                    if request is TOO_LARGE:
-                        raise errors.ResourceExhaustedError(
-                            f"request larger than {max_request_bytes(self)} bytes"
-                        )
-                    response = await fn(self, request, Call(context, caller, self.default_budget_s))
-                    code = grpc.StatusCode.OK
-                    return response
-                finally:
-                    limits.release(caller.name)
+                response = await self._admitted(fn, request, context, caller)
+                record.answered()
+                return response
             except Exception as exc:
                 code, message = status_for(exc)
                 rid = request_id(context)
                 if code is grpc.StatusCode.INTERNAL:
                     message = f"internal error (request id {rid})"
-                log_failure(self, method, exc, caller=caller, code=code, message=message, rid=rid)
+                record.failed(exc, code, message, rid)
                 context.set_trailing_metadata((("x-request-id", rid),))
                 await context.abort(code, message)
                 raise  # pragma: no cover - abort() always raises
             finally:
-                if site is not None:
-                    site.done(caller.name, code, time.perf_counter() - started)
-                if tracer is not None:
-                    tracing.end_server_span(span, token, caller.name, code.value[0], message)
-                if log.isEnabledFor(logging.DEBUG):
-                    log_call(
-                        self, method, caller, code, started=started, rid=rid or request_id(context)
-                    )
+                record.end()  # CANCELLED unless answered or failed above
 
-        return wrapper
+        return call
 
-    return wrap
+    async def _admitted(
+        self, fn: Handler[Req, Resp], request: Req, context: Context, caller: Caller
+    ) -> Resp:
+        admission = self.admission
+        admission.enter(caller.name)
+        try:
+            if request is MALFORMED:
+                raise errors.InvalidArgumentError("request is not a valid message")
+            if request is TOO_LARGE:
+                raise errors.ResourceExhaustedError(
+                    f"request larger than {self.max_request_bytes} bytes"
+                )
+            return await fn(request, Call(context, caller, self.default_budget_s))
+        finally:
+            admission.leave(caller.name)
 
 
-__all__ = ["Access", "Call", "handler", "status_for"]
+__all__ = [
+    "MALFORMED",
+    "TOO_LARGE",
+    "Call",
+    "CallPath",
+    "Endpoint",
+    "endpoint_of",
+    "handler",
+    "request_id",
+    "status_for",
+]

@@ -3,23 +3,27 @@ reverse.
 
 The gRPC server itself is built in `grpc_server`.
 
-AuthServer.start():  pool -> extra components (relay, ...) -> gRPC server + health
-AuthServer.stop():   health NOT_SERVING -> server.stop(grace) -> components -> pool
+AuthServer.start():  pool -> metrics -> relay -> erasure -> change feed -> lookups
+                     -> token file -> health -> gRPC server
+AuthServer.stop():   the reverse: health NOT_SERVING -> server.stop(grace) -> health
+                     -> ... -> pool
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self, TypeVar
 
 import asyncpg
 import grpc
 
 from auth_service import tracing
 from auth_service.addresses import format_host_port, local_address, parse_host_port
+from auth_service.api.admission import Admission
+from auth_service.api.authorization import Authorization
 from auth_service.api.callers import ANONYMOUS, TokenFile, TokenRegistry
 from auth_service.api.grpc_server import (
     ServerStartError,
@@ -32,14 +36,16 @@ from auth_service.api.health import HealthMonitor
 from auth_service.api.limits import Limits
 from auth_service.api.metrics import declare_callers
 from auth_service.api.metrics_endpoint import MetricsServer
-from auth_service.api.rpc import Access
+from auth_service.api.observation import Observation
+from auth_service.api.rpc import CallPath
 from auth_service.api.servicers import AuthServicer, UserAdminServicer
 from auth_service.api.store_metrics import track_lookup, track_pool
-from auth_service.api.tls import server_tls
+from auth_service.api.tls import ServerTLS, server_tls
 from auth_service.config import ConfigError, Settings
 from auth_service.config.tokens import TokenFormatError, admin_entries
 from auth_service.events.relay import Relay
 from auth_service.events.relay_config import RelayConfig
+from auth_service.lifecycle import LifecycleGuard
 from auth_service.signals import wait_for_shutdown_signal
 from auth_service.store import pool as db
 from auth_service.store.deletion import OnDeleted
@@ -65,8 +71,12 @@ def token_registry(settings: Settings) -> TokenRegistry:
 
 
 class AuthServer:
-    """One auth-service process: pool, gRPC server, health. An async context manager;
-    `stop()` is idempotent."""
+    """One auth-service process: pool, components, gRPC server, health. An async
+    context manager; a second `start()` is refused, `stop()` is idempotent.
+
+    `_compose` is the composition root: each part is started in order and its
+    closer pushed on one `AsyncExitStack`, so the stop order is the reverse by
+    construction."""
 
     def __init__(
         self,
@@ -79,29 +89,34 @@ class AuthServer:
         # `tokens` given: exactly these callers (the token file is not read).
         self._fixed_tokens = tokens is not None
         self.tokens = tokens if tokens is not None else token_registry(settings)
-        self.access: Access | None = None
         # Every committed deletion writes its user_deleted event to the outbox.
         self._on_deleted = on_deleted if on_deleted is not None else write_user_deleted
+        self.path: CallPath | None = None
         self.relay: Relay | None = None
         self.erasure: ErasureJob | None = None
         self.user_changes: UserChangeFeed | None = None
         self.metrics: MetricsServer | None = None
         self._lookup: StateLookup | None = None
         self._pool: asyncpg.Pool | None = None
-        self._server: grpc.aio.Server | None = None
         self._health: HealthMonitor | None = None
-        self._closers: list[Callable[[], Awaitable[None]]] = []
-        self._port = 0
+        self._stack = contextlib.AsyncExitStack()
+        self._life = LifecycleGuard("the server")
+        self._grace = settings.shutdown_grace_s
         self._stopped = asyncio.Event()
-        self._state = "new"
-        # Shared by the repository (counts queries), health (schema, stalls) and
-        # admission (refuses calls the database cannot answer).
+        self._port = 0
+        # Shared by the repository (counts queries, refuses them while the database
+        # cannot answer), health (schema, stalls) and admission.
         self.database = DatabaseStatus(stall_s=settings.stall_timeout_ms / 1000)
 
     @property
     def pool(self) -> asyncpg.Pool:
         assert self._pool is not None, "server not started"
         return self._pool
+
+    @property
+    def admission(self) -> Admission:
+        assert self.path is not None, "server not started"
+        return self.path.admission
 
     @property
     def port(self) -> int:
@@ -111,123 +126,124 @@ class AuthServer:
     def address(self) -> str:
         return local_address(self.settings.listen, self._port)
 
-    def add_closer(self, closer: Callable[[], Awaitable[None]]) -> None:
-        """Register a component to close (in reverse order) after the gRPC server."""
-        self._closers.append(closer)
-
     async def start(self) -> None:
-        if self._state != "new":
-            raise RuntimeError(f"cannot start a server that is {self._state}")
-        self._state = "starting"
+        self._life.start()
         try:
-            await self._start()
+            await self._compose(self._stack)
         except BaseException:
             await self.stop(grace=0)
             raise
-        self._state = "running"
 
-    async def _start(self) -> None:
+    async def _compose(self, stack: contextlib.AsyncExitStack) -> None:
+        """Start order; `stop()` runs the closers in reverse."""
         s = self.settings
-        self._pool = await db.create_pool(s)
-        await db.warm_up(self._pool, s.pool_min_size)
-        if s.metrics_listen:
-            # Up before the rest (and closed after it), so scrapes see start-up and drain.
-            check_can_bind(
-                s.metrics_listen, "serve metrics on", "METRICS_LISTEN or --metrics-listen"
-            )
-            self.metrics = MetricsServer(s.metrics_listen)
-            try:
-                await self.metrics.start()
-            except OSError as exc:
-                raise ServerStartError(
-                    f"cannot serve metrics on {s.metrics_listen}: {exc}"
-                ) from exc
-            self.add_closer(self.metrics.aclose)
-            self.add_closer(track_pool(self._pool))
+        self._pool = await stack.enter_async_context(db.open_pool(s))
+        await self._serve_metrics(stack)
         if s.relay_enabled and s.kafka_bootstrap_servers:
             # Needs neither Kafka nor PostgreSQL up: it connects and retries by itself.
-            self.relay = Relay(RelayConfig.from_settings(s))
-            await self.relay.start()
-            self.add_closer(self.relay.aclose)
+            self.relay = await _started(stack, Relay(RelayConfig.from_settings(s)))
         users = UserRepository(self._pool, self.database)
         # Deleted users' personal data that is due (a retention period, or rows
         # deleted before erasure existed); safe on every replica at once.
-        self.erasure = ErasureJob(
-            self._pool, retention_s=s.pii_retention_s, interval_s=s.pii_erasure_interval_s
+        self.erasure = await _started(
+            stack,
+            ErasureJob(
+                self._pool, retention_s=s.pii_retention_s, interval_s=s.pii_erasure_interval_s
+            ),
         )
-        await self.erasure.start()
-        self.add_closer(self.erasure.aclose)
-        # User states cached in this process, and an index of every user, kept
-        # exact by the users table's change notifications (store/state_cache.py);
-        # off with STATE_CACHE_SIZE=0 and STATE_INDEX_MAX_USERS=0.
-        cache = StateCache(max_size=s.state_cache_size)
-        if s.state_cache_size > 0 or s.state_index_max_users > 0:
-            self.user_changes = UserChangeFeed(
-                s.database_url,
-                cache,
-                index_max_users=s.state_index_max_users,
-                connect_timeout_s=s.connect_timeout_s,
-                max_backoff_s=s.relay_max_backoff_s,
-            )
-            await self.user_changes.start()
-            self.add_closer(self.user_changes.aclose)
-        limits = Limits(
-            max_in_flight=s.max_concurrent_rpcs,
-            max_in_flight_per_caller=s.per_caller_concurrency,
-            rate_per_s=s.rate_limit_rps,
-            burst=s.rate_limit_burst,
-        )
-        self._lookup = StateLookup(
+        cache = await self._follow_user_changes(stack)
+        path = self.path = call_path(s, self.tokens, self.database)
+        self._lookup = lookup = StateLookup(
             users,
             cache=cache,
             max_in_flight=s.lookup_concurrency,
             max_window=s.lookup_window_ms / 1000,
             # The collection window only when calls queue up anyway.
-            backlog=lambda: limits.in_flight,
+            backlog=lambda: path.admission.limits.in_flight,
         )
-        self.add_closer(self._lookup.aclose)
+        stack.push_async_callback(lookup.aclose)
         if self.metrics is not None:
-            self.add_closer(track_lookup(self._lookup))
-        access = Access(
-            self.tokens,
-            allow_unauthenticated_reads=s.allow_unauthenticated_reads,
-            limits=limits,
-            metrics=bool(s.metrics_listen),
-            database=self.database,
-        )
-        self.access = access
+            stack.push_async_callback(track_lookup(lookup))
         declare_callers([ANONYMOUS.name, *self.tokens.callers])
         if s.auth_tokens_file and not self._fixed_tokens:
-            await self._watch_token_file(access)
-        tls = server_tls(s)
-        budget = s.statement_timeout_ms / 1000
+            await self._watch_token_file(stack, path.authorization)
+        await self._serve_grpc(stack, path, users, lookup)
 
+    async def _serve_metrics(self, stack: contextlib.AsyncExitStack) -> None:
+        """Up before the rest (and closed after it), so scrapes see start-up and drain."""
+        s = self.settings
+        if not s.metrics_listen:
+            return
+        check_can_bind(s.metrics_listen, "serve metrics on", "METRICS_LISTEN or --metrics-listen")
+        metrics = MetricsServer(s.metrics_listen)
+        try:
+            await metrics.start()
+        except OSError as exc:
+            raise ServerStartError(f"cannot serve metrics on {s.metrics_listen}: {exc}") from exc
+        self.metrics = metrics
+        stack.push_async_callback(metrics.aclose)
+        stack.push_async_callback(track_pool(self.pool))
+
+    async def _follow_user_changes(self, stack: contextlib.AsyncExitStack) -> StateCache:
+        """User states cached in this process, and an index of every user, kept exact
+        by the users table's change notifications (store/state_cache.py); off with
+        STATE_CACHE_SIZE=0 and STATE_INDEX_MAX_USERS=0."""
+        s = self.settings
+        cache = StateCache(max_size=s.state_cache_size)
+        if s.state_cache_size > 0 or s.state_index_max_users > 0:
+            self.user_changes = await _started(
+                stack,
+                UserChangeFeed(
+                    s.database_url,
+                    cache,
+                    index_max_users=s.state_index_max_users,
+                    connect_timeout_s=s.connect_timeout_s,
+                    max_backoff_s=s.relay_max_backoff_s,
+                ),
+            )
+        return cache
+
+    async def _serve_grpc(
+        self,
+        stack: contextlib.AsyncExitStack,
+        path: CallPath,
+        users: UserRepository,
+        lookup: StateLookup,
+    ) -> None:
+        s = self.settings
+        tls = server_tls(s)
         server = new_grpc_server(s)
         health_servicer = add_services(
             server,
-            s,
-            AuthServicer(users, access, budget, self._lookup),
+            path,
+            AuthServicer(users, lookup),
             UserAdminServicer(
-                users,
-                access,
-                budget,
-                self._on_deleted,
-                erase_at_once=s.pii_retention_s == 0,
-                lookup=self._lookup,
+                users, self._on_deleted, erase_at_once=s.pii_retention_s == 0, lookup=lookup
             ),
         )
         self._port = bind(server, s.listen, tls, reuse_port=s.reuse_port)
-        self._server = server
-        self._health = HealthMonitor(
+        health = self._health = HealthMonitor(
             health_servicer,
             s.database_url,
             s.health_interval_s,
             s.connect_timeout_s,
             status=self.database,
             needed_migrations=bundled_versions(),
+            memory_answers=lookup.cache.answers_everything,
         )
-        await self._health.start()
+        await health.start()
+        stack.push_async_callback(health.aclose)
         await server.start()
+        # Stopped first: health NOT_SERVING, then in-flight calls get the grace period.
+        stack.push_async_callback(self._drain, server, health)
+        self._log_listening(tls, health.serving, len(path.authorization.tokens))
+
+    async def _drain(self, server: grpc.aio.Server, health: HealthMonitor) -> None:
+        await health.shutdown()
+        await server.stop(self._grace)
+
+    def _log_listening(self, tls: ServerTLS | None, ready: bool, tokens: int) -> None:
+        s = self.settings
         host, _ = parse_host_port(s.listen)
         bound = format_host_port(host.strip("[]"), self._port)
         local = "" if bound == self.address else f"; reached locally at {self.address}"
@@ -235,18 +251,20 @@ class AuthServer:
             "auth-service listening on %s (%s; database %s%s)",
             bound,
             "plaintext" if tls is None else ("mTLS" if tls.mutual else "TLS"),
-            "ready" if self._health.serving else "NOT ready yet, see above",
+            "ready" if ready else "NOT ready yet, see above",
             local,
         )
-        if not len(access.tokens) and not s.allow_unauthenticated_reads:
+        if not tokens and not s.allow_unauthenticated_reads:
             log.warning("no caller tokens configured: every API call will be UNAUTHENTICATED")
 
-    async def _watch_token_file(self, access: Access) -> None:
+    async def _watch_token_file(
+        self, stack: contextlib.AsyncExitStack, authorization: Authorization
+    ) -> None:
         s = self.settings
         assert s.auth_tokens_file is not None
 
         def apply(registry: TokenRegistry) -> None:
-            access.tokens = self.tokens = registry
+            authorization.tokens = self.tokens = registry
             declare_callers(registry.callers)
 
         watcher = TokenFile(
@@ -259,33 +277,16 @@ class AuthServer:
             await watcher.start()
         except (OSError, TokenFormatError) as exc:
             raise ConfigError({"AUTH_TOKENS_FILE": str(exc)}) from exc
-        self.add_closer(watcher.aclose)
+        stack.push_async_callback(watcher.aclose)
 
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING, let in-flight calls finish for `grace` seconds, then close
         components and the pool. Safe to call more than once."""
-        if self._state in {"stopping", "stopped"}:
-            await self._stopped.wait()
-            return
-        self._state = "stopping"
-        grace = self.settings.shutdown_grace_s if grace is None else grace
+        if grace is not None and not self._stopped.is_set():
+            self._grace = grace
         try:
-            if self._health is not None:
-                await self._health.shutdown()
-            if self._server is not None:
-                await self._server.stop(grace)
-            for closer in reversed(self._closers):
-                try:
-                    await closer()
-                except Exception:
-                    log.exception("error while closing a component")
-            if self._pool is not None:
-                try:
-                    await asyncio.wait_for(self._pool.close(), timeout=max(grace, 1.0))
-                except (TimeoutError, Exception):
-                    self._pool.terminate()
+            await self._life.close(self._stack.aclose)
         finally:
-            self._state = "stopped"
             self._stopped.set()
 
     async def aclose(self) -> None:
@@ -305,6 +306,39 @@ class AuthServer:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+class _Owner(Protocol):
+    async def start(self) -> None: ...
+    async def aclose(self) -> None: ...
+
+
+OwnerT = TypeVar("OwnerT", bound=_Owner)
+
+
+async def _started(stack: contextlib.AsyncExitStack, owner: OwnerT) -> OwnerT:
+    """Start `owner` and close it when `stack` closes."""
+    await owner.start()
+    stack.push_async_callback(owner.aclose)
+    return owner
+
+
+def call_path(settings: Settings, tokens: TokenRegistry, database: DatabaseStatus) -> CallPath:
+    """The per-call steps of one server (api/rpc.py), composed once."""
+    s = settings
+    limits = Limits(
+        max_in_flight=s.max_concurrent_rpcs,
+        max_in_flight_per_caller=s.per_caller_concurrency,
+        rate_per_s=s.rate_limit_rps,
+        burst=s.rate_limit_burst,
+    )
+    return CallPath(
+        Authorization(tokens, allow_unauthenticated_reads=s.allow_unauthenticated_reads),
+        Admission(limits, database),
+        Observation(metrics=bool(s.metrics_listen)),
+        default_budget_s=s.statement_timeout_ms / 1000,
+        max_request_bytes=s.max_request_bytes,
+    )
 
 
 async def serve(settings: Settings) -> int:

@@ -2,15 +2,15 @@
 
 Requests are validated (`validation`), the work is done by the store layer
 (`store.users`, `store.lookup`, `store.deletion`), answers are built from its domain
-values. Errors are raised as domain errors (`auth_service.errors`); `rpc.handler`
-maps them to gRPC statuses in one place.
+values. Errors are raised as domain errors (`auth_service.errors`); the call path
+(`rpc.CallPath`) maps them to gRPC statuses in one place.
 """
 
 from __future__ import annotations
 
 from auth_client.contract import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc, timestamp
 from auth_service.api import validation
-from auth_service.api.rpc import Access, Call, handler
+from auth_service.api.rpc import Call, handler
 from auth_service.config.tokens import SCOPE_ADMIN, SCOPE_READ
 from auth_service.errors import NotFoundError
 from auth_service.store.deletion import OnDeleted, delete_user
@@ -34,13 +34,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     def __init__(
         self,
         users: UserRepository,
-        access: Access,
-        default_budget_s: float,
         lookup: StateLookup,
     ) -> None:
         self.users = users
-        self.access = access
-        self.default_budget_s = default_budget_s
         # The state cache, then queries shared by concurrent calls (store/lookup.py).
         self.lookup = lookup
         self._cached = lookup.cached
@@ -91,8 +87,6 @@ class UserAdminServicer(admin_pb2_grpc.UserAdminServiceServicer):
     def __init__(
         self,
         users: UserRepository,
-        access: Access,
-        default_budget_s: float,
         on_deleted: OnDeleted = write_user_deleted,
         *,
         erase_at_once: bool = True,
@@ -100,8 +94,6 @@ class UserAdminServicer(admin_pb2_grpc.UserAdminServiceServicer):
     ) -> None:
         self.users = users
         self.lookup = lookup
-        self.access = access
-        self.default_budget_s = default_budget_s
         self.on_deleted = on_deleted
         # False with a retention period: the erasure job erases later.
         self.erase_at_once = erase_at_once

@@ -40,6 +40,5 @@ async def delete_user(
             deletion = await UserRepository.soft_delete(conn, user_id, budget, erase=erase)
             if deletion is not None and deletion.newly_deleted:
                 await on_deleted(conn, deletion)
-        if span is not None:
-            span.set_attribute("auth.newly_deleted", bool(deletion and deletion.newly_deleted))
+        span.set_attribute("auth.newly_deleted", bool(deletion and deletion.newly_deleted))
     return deletion

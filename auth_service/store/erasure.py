@@ -19,7 +19,7 @@ from typing import Self
 import asyncpg
 from prometheus_client import Counter, Gauge
 
-from auth_service import tasks
+from auth_service import lifecycle
 from auth_service.notices import RepeatingNotice
 from auth_service.store.connection import reason
 from auth_service.store.pool import Conn, execute_in_chunks
@@ -118,7 +118,7 @@ class ErasureJob:
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
-        await tasks.cancel(task)
+        await lifecycle.cancel(task)
 
     async def __aenter__(self) -> Self:
         await self.start()

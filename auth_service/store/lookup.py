@@ -22,8 +22,7 @@ the calls in flight (`backlog()`, the API calls admitted and not yet answered):
 Each caller has its own future: a caller that is cancelled (deadline, disconnect)
 takes nothing down with it.
 
-While tracing, each queued lookup remembers its call's span (`_callers`): the
-query's span is a child of the first call it answers and links every one; a call
+While tracing, each queued lookup carries its call's span context: the query's span is a child of the first call it answers and links every one; a call
 answered by the state cache gets `auth.state_cache.hit` instead of a query span.
 """
 
@@ -45,8 +44,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# (canonical id text, the caller's future, the caller's budget)
-_Waiter = tuple[str, "asyncio.Future[UserState]", Budget]
+# (canonical id text, the caller's future, the caller's budget, the caller's span
+# context while tracing)
+_Waiter = tuple[str, "asyncio.Future[UserState]", Budget, "SpanContext | None"]
 
 
 class StateLookup:
@@ -75,7 +75,6 @@ class StateLookup:
         self._max_window = max_window
         self._target_batch = target_batch
         self._queue: list[_Waiter] = []
-        self._callers: dict[asyncio.Future[UserState], SpanContext | None] = {}  # tracing
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -94,8 +93,7 @@ class StateLookup:
         cached = self.cache.get(user_id)
         if cached is not None:
             self.hits += 1
-            if tracing.TRACER is not None:
-                tracing.note("auth.state_cache.hit", value=True)
+            tracing.note("auth.state_cache.hit", value=True)
         return cached
 
     async def state(self, user_id: str, budget: Budget) -> UserState:
@@ -103,6 +101,8 @@ class StateLookup:
         cached = self.cached(user_id)
         if cached is not None:
             return cached
+        # Refused at once, not queued behind queries that wait on the database.
+        self._users.status.require()
         if not self._merge:
             return await self._users.state(user_id, budget)
         loop = asyncio.get_running_loop()
@@ -111,9 +111,7 @@ class StateLookup:
         self._last_arrival = now
         fut: asyncio.Future[UserState] = loop.create_future()
         queue = self._queue
-        queue.append((user_id, fut, budget))
-        if tracing.TRACER is not None:
-            self._callers[fut] = tracing.current_span_context()
+        queue.append((user_id, fut, budget, tracing.current_span_context()))
         if self._in_flight < self._max_in_flight and self._timer is None:
             if (
                 len(queue) >= self._max_batch
@@ -150,7 +148,6 @@ class StateLookup:
                 self._dispatch()
 
     async def _query(self, batch: list[_Waiter]) -> None:
-        callers = {w[1]: self._callers.pop(w[1], None) for w in batch} if self._callers else {}
         live = [w for w in batch if not w[1].done()]
         if not live:
             return
@@ -162,8 +159,7 @@ class StateLookup:
         keys = [w[0] for w in live]
         since = self.cache.generation()
         try:
-            served = [callers.get(w[1]) for w in live] if callers else ()
-            found = await self._users.states(",".join(keys), budget, served)
+            found = await self._users.states(",".join(keys), budget, [w[3] for w in live])
         except ServiceError as exc:
             _fail(live, exc)
             return
@@ -173,7 +169,7 @@ class StateLookup:
             return
         answers = dict(zip(keys, map(BY_NUMBER.__getitem__, found), strict=True))
         self.cache.store(answers, since)  # type: ignore[arg-type]
-        for user_id, fut, _ in live:
+        for user_id, fut, _, _ in live:
             if not fut.done():
                 fut.set_result(answers[user_id])  # type: ignore[arg-type]
 
@@ -190,8 +186,7 @@ class StateLookup:
         out: list[int] = [get(key) or 0 for key in keys]
         missing = [key for key, state in zip(keys, out, strict=True) if not state]
         self.hits += len(keys) - len(missing)
-        if tracing.TRACER is not None:
-            tracing.note("auth.state_cache.hits", value=len(keys) - len(missing))
+        tracing.note("auth.state_cache.hits", value=len(keys) - len(missing))
         if missing:
             self.batches += 1
             self.lookups += len(missing)
@@ -212,14 +207,13 @@ class StateLookup:
             self._timer.cancel()
             self._timer = None
         queued, self._queue = self._queue, []
-        self._callers.clear()
         _fail(queued, UnavailableError("the server is shutting down"))
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 def _fail(waiters: Sequence[_Waiter], exc: BaseException) -> None:
-    for _, fut, budget in waiters:
+    for _, fut, budget, _ in waiters:
         if fut.done():
             continue
         # The query ran on the most patient caller's budget: whether its timing out

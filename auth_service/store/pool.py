@@ -12,6 +12,7 @@ failures of the layer below into domain errors:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -85,7 +86,13 @@ async def connection(
     pool: asyncpg.Pool, budget: Budget, status: DatabaseStatus
 ) -> AsyncIterator[Conn]:
     """A pooled connection for one operation within `budget`: errors translated,
-    and the operation counted in `status` (answered, or left waiting)."""
+    and the operation counted in `status` (answered, or left waiting).
+
+    Refused at once (UnavailableError naming the reason) while `status` says the
+    database cannot answer (schema behind this release, queries stalled): only
+    operations that need the database are refused, never a call that memory
+    answers."""
+    status.require()
     status.begin()
     answered = False
     try:
@@ -109,6 +116,22 @@ async def translate_errors(budget: Budget) -> AsyncIterator[None]:
         raise budget.timed_out() from exc
     except _UNAVAILABLE as exc:
         raise UnavailableError("the database is unavailable") from exc
+
+
+@contextlib.asynccontextmanager
+async def open_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """The request pool (warmed up to DB_POOL_MIN_SIZE when the database answers),
+    closed on exit: gracefully within the shutdown grace period (at least 1 s),
+    then terminated."""
+    pool = await create_pool(settings)
+    try:
+        await warm_up(pool, settings.pool_min_size)
+        yield pool
+    finally:
+        try:
+            await asyncio.wait_for(pool.close(), timeout=max(settings.shutdown_grace_s, 1.0))
+        except Exception:
+            pool.terminate()
 
 
 async def create_pool(settings: Settings) -> asyncpg.Pool:

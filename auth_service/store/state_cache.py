@@ -88,6 +88,11 @@ class StateCache:
             return index.get(key)
         return state
 
+    def answers_everything(self) -> bool:
+        """Memory can answer every id (an index is loaded and the feed is up): a
+        read that needs no query can be answered while the database cannot."""
+        return self.enabled and self.index is not None
+
     def generation(self) -> int:
         """Take before a query whose answers will be `store`d."""
         return self._generation

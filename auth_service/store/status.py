@@ -15,6 +15,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from auth_service.errors import UnavailableError
+
 STALL_S = 0.5
 # When a concurrency limit is hit, the database is to blame (not the caller) if it
 # has left queries unanswered for this share of the stall timeout.
@@ -79,3 +81,11 @@ class DatabaseStatus:
                 f" ({self.waiting} queries waiting)"
             )
         return None
+
+    def require(self) -> None:
+        """Raise UnavailableError (naming the reason) when the database cannot answer
+        a query now: called only where a query is needed, so what memory answers is
+        never refused for it."""
+        refusal = self.refusal()
+        if refusal is not None:
+            raise UnavailableError(refusal)

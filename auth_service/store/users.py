@@ -156,18 +156,8 @@ class UserRepository:
         query answers (default: the current one)."""
         if not joined:
             return []
-        if tracing.TRACER is not None:
-            return await self._traced_states(joined, budget, served)
-        async with self.connection(budget) as conn:
-            found: list[int] = await conn.fetchval(_STATES, joined, timeout=budget.seconds)
-        return found
-
-    async def _traced_states(
-        self, joined: str, budget: Budget, served: Sequence[SpanContext | None]
-    ) -> list[int]:
         with tracing.query("SELECT", "users", served=served) as span:
-            if span is not None:
-                span.set_attribute("auth.ids", joined.count(",") + 1)
+            span.set_attribute("auth.ids", joined.count(",") + 1)
             async with self.connection(budget) as conn:
                 found: list[int] = await conn.fetchval(_STATES, joined, timeout=budget.seconds)
         return found

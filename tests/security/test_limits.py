@@ -133,8 +133,8 @@ async def test_flood_past_the_bound_is_refused_at_once_and_others_still_answered
 ) -> None:
     srv, ch = limited
     auth = auth_pb2_grpc.AuthServiceStub(ch)
-    assert srv.access is not None
-    limits = srv.access.limits
+    assert srv.path is not None
+    limits = srv.admission.limits
 
     def exists(token: str) -> asyncio.Task[grpc.StatusCode]:
         request = auth_pb2.UserExistsRequest(user_id=SOME_ID)
@@ -238,7 +238,7 @@ async def test_cancelled_calls_free_their_slot(
     limited: tuple[AuthServer, grpc.aio.Channel], database_url: str
 ) -> None:
     srv, ch = limited
-    assert srv.access is not None
+    assert srv.path is not None
     auth = auth_pb2_grpc.AuthServiceStub(ch)
     async with users_table_locked(database_url):
         calls = [
@@ -247,10 +247,10 @@ async def test_cancelled_calls_free_their_slot(
             )
             for _ in range(6)
         ]
-        await eventually(lambda: _is_true(srv.access.limits.in_flight == 6))  # type: ignore[union-attr]
+        await eventually(lambda: _is_true(srv.admission.limits.in_flight == 6))  # type: ignore[union-attr]
         for c in calls:
             c.cancel()
-        await eventually(lambda: _is_true(srv.access.limits.in_flight == 0))  # type: ignore[union-attr]
+        await eventually(lambda: _is_true(srv.admission.limits.in_flight == 0))  # type: ignore[union-attr]
 
 
 async def test_rate_limit_per_caller(database_url: str) -> None:
