@@ -225,49 +225,82 @@ def query(
     )
 
 
-def start_publish_span(topic: str, parent: str | None, event_id: str) -> Span | None:
+class PublishSpan:
     """The PRODUCER span of publishing one event (the relay), a child of the
-    deletion's stored `traceparent`; end it with `end_publish_span` once the brokers
-    answered. None while not tracing, or for an event stored without a trace."""
+    deletion's stored `traceparent`; `end` it once the brokers answered."""
+
+    __slots__ = ("_span",)
+
+    def __init__(self, span: Span) -> None:
+        self._span = span
+
+    def traceparent(self, stored: str | None) -> str | None:  # noqa: ARG002 - see below
+        """The `traceparent` the Kafka record carries: this span's."""
+        return traceparent(self._span)
+
+    def end(self, error: BaseException | None) -> None:
+        """Failed (the relay will try again, in another span) or acknowledged."""
+        span = self._span
+        if error is not None:
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        span.end()
+
+
+class _NoPublishSpan(PublishSpan):
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        pass
+
+    def traceparent(self, stored: str | None) -> str | None:
+        """Not tracing (or an event stored without a trace): the stored one as it is."""
+        return stored
+
+    def end(self, error: BaseException | None) -> None:
+        pass
+
+
+_NO_PUBLISH_SPAN = _NoPublishSpan()
+
+
+def publish_span(topic: str, parent: str | None, event_id: str) -> PublishSpan:
+    """Start the PRODUCER span of publishing one event; a no-op while not tracing,
+    or for an event stored without a trace."""
     tracer = TRACER
+    if tracer is None:
+        return _NO_PUBLISH_SPAN
     context = remote_parent(parent)
-    if tracer is None or context is None:
-        return None
-    return tracer.start_span(
-        f"send {topic}",
-        context=context,
-        kind=SpanKind.PRODUCER,
-        attributes={
-            "messaging.system": "kafka",
-            "messaging.operation.type": "send",
-            "messaging.destination.name": topic,
-            "messaging.message.id": event_id,
-        },
+    if context is None:
+        return _NO_PUBLISH_SPAN
+    return PublishSpan(
+        tracer.start_span(
+            f"send {topic}",
+            context=context,
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "send",
+                "messaging.destination.name": topic,
+                "messaging.message.id": event_id,
+            },
+        )
     )
-
-
-def end_publish_span(span: Span, error: BaseException | None) -> None:
-    """End a publish span: failed (the relay will try again, in another span) or
-    acknowledged."""
-    if error is not None:
-        span.record_exception(error)
-        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-    span.end()
 
 
 __all__ = [
     "SERVICE_NAME",
     "TRACER",
+    "PublishSpan",
     "ServerSpan",
     "current_span_context",
     "current_traceparent",
-    "end_publish_span",
     "note",
+    "publish_span",
     "query",
     "remote_parent",
     "server_span",
     "start",
-    "start_publish_span",
     "stop",
     "traceparent",
     "use",

@@ -26,8 +26,6 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from types import TracebackType
 
-    from opentelemetry.trace import Span
-
     from auth_service.store.outbox import OutboxRecord
 
 log = logging.getLogger(__name__)
@@ -101,11 +99,7 @@ class Publisher:
         # sends one partition's batches in order, so per-key order holds.
         futures: list[asyncio.Future[Any] | BaseException] = []
         spans = [
-            tracing.start_publish_span(
-                c.topics.get(r.event_type, ""), r.traceparent, str(r.event_id)
-            )
-            if tracing.TRACER is not None
-            else None
+            tracing.publish_span(c.topics.get(r.event_type, ""), r.traceparent, str(r.event_id))
             for r in records
         ]
         try:
@@ -120,18 +114,17 @@ class Publisher:
             futures.append(PublishError("no acknowledgement within the request timeout"))
         out = [_outcome(f) for f in futures]
         for span, error in zip(spans, out, strict=True):
-            if span is not None:
-                tracing.end_publish_span(span, error)
+            span.end(error)
         return out
 
     async def _send(
-        self, record: OutboxRecord, span: Span | None
+        self, record: OutboxRecord, span: tracing.PublishSpan
     ) -> asyncio.Future[Any] | BaseException:
         """Hand one record to the producer: its acknowledgement, or why it failed."""
         topic = self.config.topics.get(record.event_type)
         if topic is None:
             return PublishError(f"no topic for {record.event_type}")
-        parent = record.traceparent if span is None else tracing.traceparent(span)
+        parent = span.traceparent(record.traceparent)
         extra = {HEADER_TRACEPARENT: parent} if parent else {}
         try:
             future: asyncio.Future[Any] = await self._producer.send(
