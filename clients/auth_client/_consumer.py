@@ -7,9 +7,17 @@
   exponential backoff, then the message goes to the dead-letter topic with the
   error in its headers and the partition moves on: one poison event never blocks
   the others.
-- On a rebalance, the offsets handled so far are committed before the partitions
-  are given up, and no message of a revoked partition is started afterwards.
-- `stop()` lets the message in progress finish, commits, leaves the group.
+- On a rebalance, no message of a revoked partition is started any more, the
+  handler in progress gets `revoke_timeout_s` (then it is cancelled, its message
+  not committed), and the offsets handled so far are committed before the
+  partitions are given up: a stuck handler delays the group by that bound only.
+- A dead-letter write that has not succeeded after `dead_letter_timeout_s` is given
+  up: the message is not committed, the partition is rewound to it and it is
+  delivered again (`stats.dead_letter_failures`).
+- `stop()` lets the message in progress finish within `close_timeout_s` (then it is
+  cancelled and not committed), commits, leaves the group; `aclose()` returns within
+  about that bound, cancelling `run()` if it must. Lifecycle: new -> running ->
+  closed; a closed consumer cannot be started again.
 - While the application traces, each message is processed in a CONSUMER span that
   continues the trace of its `traceparent` header (the deletion's trace); every
   handler attempt is a child span, a retry an event, the dead-letter write a
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 from typing import TYPE_CHECKING, Any, Self
 
@@ -50,6 +59,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("auth_client.events")
 
+_CLOSE_GRACE_S = 1.0
+"""How long aclose() waits for run() after cancelling the handler, then run()."""
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    CLOSED = "closed"
+
 
 class UserDeletedConsumer:
     """Consume `user_deleted` events with `handler(event)`.
@@ -66,6 +84,22 @@ class UserDeletedConsumer:
     only sets how often an idle consumer asks (40 times a second, one small request
     each); a broker that answers only when the wait expires (the embedded one) adds
     up to this much to every event's latency.
+
+    Bounds (seconds; each must be > 0):
+
+    - `revoke_timeout_s` (5): how long a rebalance waits for the handler in
+      progress on a revoked partition before cancelling it. The whole group waits
+      for this member meanwhile, so keep it short; the cancelled message is not
+      committed and goes to the partition's next owner.
+    - `dead_letter_timeout_s` (30): how long the dead-letter write of one message
+      may keep retrying. Then the message is left uncommitted, its partition is
+      rewound to it, and it is delivered again (handler retries included).
+    - `close_timeout_s` (10): after `stop()` or `aclose()`, how long the handler in
+      progress may still run before it is cancelled (not committed). `aclose()`
+      then waits at most one more second for `run()` before cancelling it.
+
+    `producer_options` go to the dead-letter producer and may override its
+    `bootstrap_servers` (a dead-letter topic on another cluster).
     """
 
     def __init__(
@@ -83,11 +117,23 @@ class UserDeletedConsumer:
         heartbeat_interval_ms: int = 3_000,
         max_poll_records: int = 100,
         fetch_max_wait_ms: int = 25,
+        revoke_timeout_s: float = 5.0,
+        dead_letter_timeout_s: float = 30.0,
+        close_timeout_s: float = 10.0,
         enable_idempotence: bool = False,
         consumer_options: Mapping[str, Any] | None = None,
         producer_options: Mapping[str, Any] | None = None,
     ) -> None:
+        bounds = {
+            "revoke_timeout_s": revoke_timeout_s,
+            "dead_letter_timeout_s": dead_letter_timeout_s,
+            "close_timeout_s": close_timeout_s,
+        }
+        if bad := [name for name, value in bounds.items() if not value > 0]:
+            raise ValueError(f"{', '.join(bad)} must be > 0")
         self._handler = handler
+        self.dead_letter_timeout_s = dead_letter_timeout_s
+        self.close_timeout_s = close_timeout_s
         self.topic = topic
         self.dlq_topic = dlq_topic
         self.group_id = group_id
@@ -105,53 +151,90 @@ class UserDeletedConsumer:
             **{"fetch_max_wait_ms": fetch_max_wait_ms, **dict(consumer_options or {})},
         )
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers,
             client_id=f"{client_id}-dlq",
             acks="all",
             enable_idempotence=enable_idempotence,
-            **dict(producer_options or {}),
+            **{"bootstrap_servers": bootstrap_servers, **dict(producer_options or {})},
         )
-        self._offsets = Offsets(self._consumer, self.stats)
+        self._offsets = Offsets(self._consumer, self.stats, revoke_timeout_s=revoke_timeout_s)
         self._stopping = asyncio.Event()
+        self._stop_timer: asyncio.TimerHandle | None = None
         self._run_done = asyncio.Event()
         self._run_done.set()
-        self._state = "new"
+        self._run_task: asyncio.Task[Any] | None = None
+        self._closed = asyncio.Event()
+        self._state = _State.NEW
 
     # -- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._state != "new":
-            raise RuntimeError(f"cannot start a consumer that is {self._state}")
-        self._state = "starting"
+        """Connect and join the group; called once (a second start, or a start after
+        `aclose()`, raises RuntimeError)."""
+        if self._state is not _State.NEW:
+            raise RuntimeError(f"cannot start a consumer that is {self._state.value}")
+        self._state = _State.RUNNING
         try:
             await self._producer.start()
             self._consumer.subscribe([self.topic], listener=self._offsets)
             await self._consumer.start()
         except BaseException:
-            self._state = "running"
             await self.aclose()
             raise
-        self._state = "running"
 
     def stop(self) -> None:
-        """Ask `run()` to return once the message in progress is done."""
+        """Ask `run()` to return once the message in progress is done; that message
+        is cancelled (and not committed) if it takes `close_timeout_s` longer."""
+        if self._stopping.is_set():
+            return
         self._stopping.set()
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing in progress
+            self._stop_timer = asyncio.get_running_loop().call_later(
+                self.close_timeout_s,
+                self._offsets.cancel_in_flight,
+                f"still running {self.close_timeout_s:g}s after stop",
+            )
 
     async def aclose(self) -> None:
-        """Stop, commit what was handled, leave the group. Idempotent."""
-        if self._state in {"closing", "closed"}:
-            await self._run_done.wait()
+        """Stop (bounded by `close_timeout_s`), commit what was handled, leave the
+        group. Idempotent; concurrent callers wait for the first to finish."""
+        if self._state is _State.CLOSED:
+            await self._closed.wait()
             return
-        self._state = "closing"
-        self._stopping.set()
-        await self._run_done.wait()
-        await self._offsets.commit_all()
-        for part in (self._consumer, self._producer):
-            try:
-                await part.stop()
-            except Exception as exc:
-                log.warning("error while stopping %s: %s", type(part).__name__, exc)
-        self._state = "closed"
+        self._state = _State.CLOSED
+        try:
+            self.stop()
+            await self._wait_for_run()
+            await self._offsets.commit_all()
+            for part in (self._consumer, self._producer):
+                try:
+                    await part.stop()
+                except Exception as exc:
+                    log.warning("error while stopping %s: %s", type(part).__name__, exc)
+        finally:
+            if self._stop_timer is not None:
+                self._stop_timer.cancel()
+            self._closed.set()
+
+    async def _wait_for_run(self) -> None:
+        """Wait for `run()` to return: its handler is cancelled `close_timeout_s`
+        after stop(); a run() still going a second later is cancelled."""
+        if await self._run_returned(self.close_timeout_s + _CLOSE_GRACE_S):
+            return
+        task = self._run_task
+        if task is None or task is asyncio.current_task():
+            return  # aclose() called from inside the handler: run() ends after it
+        log.warning(
+            "UserDeletedConsumer.run() did not return %.1fs after close; cancelling it",
+            self.close_timeout_s + _CLOSE_GRACE_S,
+        )
+        task.cancel()
+        await self._run_returned(_CLOSE_GRACE_S)
+
+    async def _run_returned(self, timeout: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._run_done.wait()
+        return self._run_done.is_set()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -169,33 +252,51 @@ class UserDeletedConsumer:
 
     async def run(self) -> None:
         """Handle events until `stop()`; starts the consumer first if needed."""
-        if self._state == "new":
+        if self._state is _State.NEW:
             await self.start()
-        if self._state != "running":
-            raise RuntimeError(f"cannot run a consumer that is {self._state}")
+        if self._state is not _State.RUNNING:
+            raise RuntimeError(f"cannot run a consumer that is {self._state.value}")
+        if not self._run_done.is_set():
+            raise RuntimeError("run() is already running")
         self._run_done.clear()
+        self._run_task = asyncio.current_task()
         try:
             while not self._stopping.is_set():
                 batch = await self._consumer.getmany(timeout_ms=500)
+                # The assignment each partition's records were fetched under: a
+                # rebalance while an earlier partition is handled makes them stale.
+                epochs = {tp: self._offsets.epoch(tp) for tp in batch}
                 for tp, records in batch.items():
-                    await self._process_partition(tp, records)
+                    await self._process_partition(tp, epochs[tp], records)
                     if self._stopping.is_set():
                         break
         finally:
+            self._run_task = None
             self._run_done.set()
 
-    async def _process_partition(self, tp: TopicPartition, records: list[Any]) -> None:
+    async def _process_partition(
+        self, tp: TopicPartition, epoch: int | None, records: list[Any]
+    ) -> None:
         for record in records:
             if self._stopping.is_set():
-                break
-            async with self._offsets.lock:
-                if tp not in self._offsets.owned:
-                    break  # revoked: the new owner gets these from the committed offset
-                if not await self._process(record):
-                    break  # stopped: not committed, redelivered later
-                self._offsets.handled(record)
-        async with self._offsets.lock:
-            await self._offsets.commit({tp})
+                break  # not committed: the group starts from the committed offset
+            if not self._offsets.may_start(tp, epoch) or not await self._offsets.handle(
+                record, epoch, self._process(record)
+            ):
+                self._rewind(tp, record)
+                break  # revoked, or not handled: not committed, delivered again
+        await self._offsets.commit({tp})
+
+    def _rewind(self, tp: TopicPartition, record: Any) -> None:
+        """Fetch `record` again next (the rest of this batch is dropped): the
+        position never moves past a message that was not handled. A partition no
+        longer assigned restarts from its committed offset anyway."""
+        if self._stopping.is_set() or tp not in self._consumer.assignment():
+            return
+        try:
+            self._consumer.seek(tp, record.offset)
+        except KafkaError as exc:
+            log.warning("could not rewind %s to offset %d: %r", tp, record.offset, exc)
 
     async def _process(self, record: Any) -> bool:
         """Handle one message; True when it may be committed."""
@@ -261,7 +362,7 @@ class UserDeletedConsumer:
     async def _dead_letter(
         self, record: Any, error: BaseException, *, attempts: int, tracer: Tracer | None = None
     ) -> bool:
-        """Write the message to the DLQ (retrying until it is acknowledged)."""
+        """Write the message to the DLQ (retrying for `dead_letter_timeout_s`)."""
         if tracer is None:
             return await self._send_dead_letter(record, error, attempts, record.headers)
         with _tracing.kafka_span(tracer, "send", self.dlq_topic) as span:
@@ -274,21 +375,50 @@ class UserDeletedConsumer:
     async def _send_dead_letter(
         self, record: Any, error: BaseException, attempts: int, original: Any
     ) -> bool:
+        """Retry the write for `dead_letter_timeout_s`; False (do not commit) when it
+        did not succeed by then or the consumer stops."""
         headers = dead_letter_headers(record, error, attempts, self.group_id, original)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.dead_letter_timeout_s
         failures = 0
         while True:
             try:
-                await self._producer.send_and_wait(
-                    self.dlq_topic, value=record.value, key=record.key, headers=headers
-                )
-            except KafkaError as exc:
+                async with asyncio.timeout_at(deadline):
+                    await self._producer.send_and_wait(
+                        self.dlq_topic, value=record.value, key=record.key, headers=headers
+                    )
+            except (KafkaError, TimeoutError) as exc:
                 failures += 1
-                log.warning("could not write to dead-letter topic %s: %s", self.dlq_topic, exc)
-                if await self._sleep_unless_stopped(self.retry.delay(failures)):
+                log.log(
+                    logging.WARNING if failures == 1 else logging.DEBUG,
+                    "could not write to dead-letter topic %s (attempt %d): %r",
+                    self.dlq_topic,
+                    failures,
+                    exc,
+                )
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return self._dead_letter_given_up(record, failures, exc)
+                if await self._sleep_unless_stopped(min(self.retry.delay(failures), remaining)):
                     return False
             else:
                 self.stats.dead_lettered += 1
                 return True
+
+    def _dead_letter_given_up(self, record: Any, failures: int, exc: BaseException) -> bool:
+        self.stats.dead_letter_failures += 1
+        log.error(
+            "gave up writing %s[%d]@%d to dead-letter topic %s after %gs (%d attempts, "
+            "last error %r): the message is NOT committed and will be delivered again",
+            record.topic,
+            record.partition,
+            record.offset,
+            self.dlq_topic,
+            self.dead_letter_timeout_s,
+            failures,
+            exc,
+        )
+        return False
 
     async def _sleep_unless_stopped(self, seconds: float) -> bool:
         """Sleep; True when stop() was requested (before or during the sleep)."""
