@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
@@ -84,6 +84,39 @@ class LifecycleGuard:
             await closer()
         finally:
             self._closed.set()
+
+
+class Owner:
+    """Base of a resource owner with that lifecycle: `start()` once, `aclose()`
+    idempotent, an async context manager. Subclasses write `_start()` and
+    `_close()`; `_close()` runs once, also after a failed or missing start."""
+
+    def __init__(self, name: str) -> None:
+        self._life = LifecycleGuard(name)
+
+    @property
+    def state(self) -> Lifecycle:
+        return self._life.state
+
+    async def start(self) -> None:
+        self._life.start()
+        await self._start()
+
+    async def aclose(self) -> None:
+        await self._life.close(self._close)
+
+    async def _start(self) -> None:
+        """What starting does (after the state check)."""
+
+    async def _close(self) -> None:
+        """What closing does (once)."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 async def cancel(task: asyncio.Task[Any] | None) -> None:

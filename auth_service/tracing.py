@@ -27,9 +27,10 @@ May be imported by every wing; imports none.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -78,6 +79,21 @@ def stop(provider: Any) -> None:
     """Export what is buffered and stop (blocks up to the exporter's timeout)."""
     use(None)
     provider.shutdown()
+
+
+@contextlib.asynccontextmanager
+async def exporting(enabled: bool) -> AsyncIterator[None]:
+    """Tracing on (when `enabled`: `Settings.tracing`) for the duration of a command;
+    the spans still buffered are exported on exit. Each command's composition root
+    enters it first, so it closes last."""
+    if not enabled:
+        yield
+        return
+    provider = start()
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(stop, provider)
 
 
 def use(tracer: Tracer | None) -> None:
@@ -295,6 +311,7 @@ __all__ = [
     "ServerSpan",
     "current_span_context",
     "current_traceparent",
+    "exporting",
     "note",
     "publish_span",
     "query",

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 from auth_service import lifecycle
 from auth_service.config.tokens import (
@@ -117,7 +117,7 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | No
     return found
 
 
-class TokenFile:
+class TokenFile(lifecycle.Owner):
     """Keeps a registry in step with a token file: `static` entries (from the
     environment) plus the file's. Polls the file's stat every `interval` seconds
     and reloads it when it changed; a file that fails to parse is logged and the
@@ -132,6 +132,7 @@ class TokenFile:
         apply: Callable[[TokenRegistry], None],
         interval: float,
     ) -> None:
+        super().__init__(f"the token file watcher of {path}")
         self.path = Path(path)
         self._static = tuple(static)
         self._apply = apply
@@ -175,7 +176,7 @@ class TokenFile:
         )
         return True
 
-    async def start(self) -> None:
+    async def _start(self) -> None:
         self.load()
         if self._interval > 0:
             self._task = asyncio.create_task(self._run(), name="token-file-watcher")
@@ -185,13 +186,6 @@ class TokenFile:
             await asyncio.sleep(self._interval)
             self.check()
 
-    async def aclose(self) -> None:
+    async def _close(self) -> None:
         task, self._task = self._task, None
         await lifecycle.cancel(task)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()

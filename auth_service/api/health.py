@@ -70,7 +70,7 @@ class AuthHealthServicer(HealthServicer):  # type: ignore[misc]  # untyped base
         )
 
 
-class HealthMonitor:
+class HealthMonitor(lifecycle.Owner):
     """Pings the database every `interval` seconds (checking the schema on the same
     connection), watches `status` in between, and sets every service's health."""
 
@@ -85,6 +85,7 @@ class HealthMonitor:
         needed_migrations: Sequence[str] = (),
         memory_answers: Callable[[], bool] = lambda: False,
     ) -> None:
+        super().__init__("the health monitor")
         self._servicer = servicer
         self._database_url = database_url
         self._interval = interval
@@ -106,7 +107,7 @@ class HealthMonitor:
         """The database answers (every service SERVING)."""
         return bool(self._serving)
 
-    async def start(self) -> None:
+    async def _start(self) -> None:
         await self.check_once()
         self._task = asyncio.create_task(self._run(), name="health-monitor")
 
@@ -207,7 +208,7 @@ class HealthMonitor:
         self._stopped = True
         await self.aclose()
 
-    async def aclose(self) -> None:
+    async def _close(self) -> None:
         task, self._task = self._task, None
         await lifecycle.cancel(task)
         conn, self._conn = self._conn, None

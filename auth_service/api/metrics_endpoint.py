@@ -7,29 +7,28 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from types import TracebackType
-from typing import Self
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from auth_service.addresses import format_host_port, local_address, parse_host_port
+from auth_service.lifecycle import Owner
 
 log = logging.getLogger(__name__)
 
 
-class MetricsServer:
+class MetricsServer(Owner):
     """`GET /metrics` over HTTP/1.1 on its own port, served on the event loop (so
     collectors read asyncpg pools from the loop's thread). An async context manager;
     `aclose()` is idempotent."""
 
     def __init__(self, listen: str, registry: CollectorRegistry = REGISTRY) -> None:
+        super().__init__(f"the metrics endpoint on {listen}")
         self.listen = listen
         self._registry = registry
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._port = 0
-        self._closed = False
 
     @property
     def port(self) -> int:
@@ -43,9 +42,7 @@ class MetricsServer:
     def url(self) -> str:
         return f"http://{self.address}/metrics"
 
-    async def start(self) -> None:
-        if self._server is not None or self._closed:
-            raise RuntimeError("a MetricsServer starts once")
+    async def _start(self) -> None:
         host, port = parse_host_port(self.listen)
         self._server = await asyncio.start_server(
             self._accept, host.strip("[]"), port, limit=16 * 1024
@@ -53,10 +50,7 @@ class MetricsServer:
         self._port = int(self._server.sockets[0].getsockname()[1])
         log.info("metrics on %s", self.url)
 
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    async def _close(self) -> None:
         server, self._server = self._server, None
         if server is None:
             return
@@ -66,18 +60,6 @@ class MetricsServer:
         await asyncio.gather(*self._connections, return_exceptions=True)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(server.wait_closed(), timeout=2)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

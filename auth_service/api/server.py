@@ -343,13 +343,8 @@ def call_path(settings: Settings, tokens: TokenRegistry, database: DatabaseStatu
 
 async def serve(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT, then shut down gracefully. Returns the exit code."""
-    provider = tracing.start() if settings.tracing else None
-    try:
-        async with AuthServer(settings):
-            sig = await wait_for_shutdown_signal()
-            log.info("received %s: draining for up to %.1fs", sig.name, settings.shutdown_grace_s)
-    finally:
-        if provider is not None:  # export the spans still buffered
-            await asyncio.to_thread(tracing.stop, provider)
+    async with tracing.exporting(settings.tracing), AuthServer(settings):
+        sig = await wait_for_shutdown_signal()
+        log.info("received %s: draining for up to %.1fs", sig.name, settings.shutdown_grace_s)
     log.info("auth-service stopped")
     return 0

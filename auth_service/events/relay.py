@@ -430,10 +430,8 @@ async def run_relay(settings: Settings) -> int:
     """`auth-service relay`: run until SIGTERM/SIGINT. Started top to bottom, stopped
     bottom to top."""
     async with contextlib.AsyncExitStack() as stack:
-        if settings.tracing:
-            provider = tracing.start()
-            # Last out: export the spans still buffered.
-            stack.push_async_callback(asyncio.to_thread, tracing.stop, provider)
+        # Last out: export the spans still buffered.
+        await stack.enter_async_context(tracing.exporting(settings.tracing))
         await stack.enter_async_context(Relay(RelayConfig.from_settings(settings)))
         sig = await wait_for_shutdown_signal()
         log.info("received %s: stopping the relay", sig.name)

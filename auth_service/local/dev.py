@@ -20,11 +20,14 @@ import shlex
 import socket
 import sys
 import urllib.parse
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
+from auth_service import tracing
 from auth_service.addresses import parse_host_port
 from auth_service.api import logs
 from auth_service.api.server import AuthServer
@@ -58,6 +61,8 @@ class DevOptions:
     kafka_bootstrap_servers: str | None = None
     # Prometheus /metrics endpoint (off unless set).
     metrics_listen: str | None = None
+    # Tracing: the OTEL_* settings read from the environment (config.otel_from_env).
+    otel: Mapping[str, Any] = field(default_factory=dict)
 
 
 async def seed_demo_users(database_url: str) -> list[User]:
@@ -136,65 +141,77 @@ def banner(server: AuthServer, token: str, users: list[User], extra: list[str]) 
 
 
 async def run_dev(options: DevOptions) -> int:
+    """The composition root of `dev`: each part started in order on one exit stack,
+    stopped in reverse (Ctrl-C)."""
     logs.configure(options.log_level, "text")
     token = options.admin_token or secrets.token_urlsafe(24)
-    with contextlib.ExitStack() as stack:
-        database_url = options.database_url
-        if database_url is not None:
-            await _check_exported_database(database_url)
-        if database_url is None:
-            pg = EmbeddedPostgres(options.data_dir)
-            stack.callback(pg.close)
-            await asyncio.to_thread(pg.start)
-            database_url = pg.url
-            log.info("embedded PostgreSQL on %s:%s", pg.host, pg.port)
-        bootstrap = options.kafka_bootstrap_servers
-        kafka_kind = "from KAFKA_BOOTSTRAP_SERVERS"
-        if bootstrap is not None:
-            await asyncio.to_thread(_check_exported_kafka, bootstrap)
-        if bootstrap is None:
-            host, port = parse_host_port(options.kafka_listen)
-            broker = EmbeddedKafka(host=host, port=port)
-            stack.callback(broker.close)
-            await asyncio.to_thread(broker.start)
-            bootstrap = broker.bootstrap_servers
-            kafka_kind = "embedded, in memory"
+    async with contextlib.AsyncExitStack() as stack:
+        database_url, db_kind = await _database(stack, options)
+        bootstrap, kafka_kind = await _broker(stack, options)
         await asyncio.to_thread(migrate, database_url, wait_s=10)
         users = await seed_demo_users(database_url)
-        settings = Settings(
-            database_url=database_url,
-            listen=options.listen,
-            admin_tokens=(token,),
-            allow_unauthenticated_reads=True,
-            log_level=options.log_level,
-            log_format="text",
-            shutdown_grace_s=2.0,
-            kafka_bootstrap_servers=bootstrap,
-            metrics_listen=options.metrics_listen,
-        )
-        db_kind = (
-            "embedded"
-            if options.database_url is None
-            else "from DATABASE_URL; unset it for the embedded one"
-        )
-        kafka = [
+        settings = dev_settings(options, database_url, bootstrap, token)
+        await stack.enter_async_context(tracing.exporting(settings.tracing))
+        server = await stack.enter_async_context(AuthServer(settings))
+        lines = [
             f"  postgres      {_redact(database_url)}  ({db_kind})",
             (
                 f"  kafka         {bootstrap}  ({kafka_kind}; the relay publishes"
                 f" user_deleted events to topic {settings.kafka_topic})"
             ),
         ]
-        async with AuthServer(settings) as server:
-            if server.metrics is not None:
-                kafka.append(f"  metrics       {server.metrics.url}")
-            # Handlers first, then the banner: a Ctrl-C right after the banner (a
-            # script that waits for it) must stop dev cleanly, not interrupt it.
-            stop = asyncio.create_task(wait_for_shutdown_signal())
-            await asyncio.sleep(0)
-            print(banner(server, token, users, kafka), flush=True)  # noqa: T201
-            await stop
-            print("stopping...", file=sys.stderr, flush=True)  # noqa: T201
+        if server.metrics is not None:
+            lines.append(f"  metrics       {server.metrics.url}")
+        # Handlers first, then the banner: a Ctrl-C right after the banner (a
+        # script that waits for it) must stop dev cleanly, not interrupt it.
+        stop = asyncio.create_task(wait_for_shutdown_signal())
+        await asyncio.sleep(0)
+        print(banner(server, token, users, lines), flush=True)  # noqa: T201
+        await stop
+        print("stopping...", file=sys.stderr, flush=True)  # noqa: T201
     return 0
+
+
+def dev_settings(options: DevOptions, database_url: str, bootstrap: str, token: str) -> Settings:
+    """What `dev` serves with: reads open to callers without a token, the relay on,
+    tracing as the OTEL_* variables say (`options.otel`)."""
+    return Settings(
+        database_url=database_url,
+        listen=options.listen,
+        admin_tokens=(token,),
+        allow_unauthenticated_reads=True,
+        log_level=options.log_level,
+        log_format="text",
+        shutdown_grace_s=2.0,
+        kafka_bootstrap_servers=bootstrap,
+        metrics_listen=options.metrics_listen,
+        **options.otel,
+    )
+
+
+async def _database(stack: contextlib.AsyncExitStack, options: DevOptions) -> tuple[str, str]:
+    """DATABASE_URL when exported (it must answer), else an embedded PostgreSQL."""
+    if options.database_url is not None:
+        await _check_exported_database(options.database_url)
+        return options.database_url, "from DATABASE_URL; unset it for the embedded one"
+    pg = EmbeddedPostgres(options.data_dir)
+    stack.callback(pg.close)
+    await asyncio.to_thread(pg.start)
+    log.info("embedded PostgreSQL on %s:%s", pg.host, pg.port)
+    return pg.url, "embedded"
+
+
+async def _broker(stack: contextlib.AsyncExitStack, options: DevOptions) -> tuple[str, str]:
+    """KAFKA_BOOTSTRAP_SERVERS when exported (a broker must answer), else an
+    embedded one."""
+    if options.kafka_bootstrap_servers is not None:
+        await asyncio.to_thread(_check_exported_kafka, options.kafka_bootstrap_servers)
+        return options.kafka_bootstrap_servers, "from KAFKA_BOOTSTRAP_SERVERS"
+    host, port = parse_host_port(options.kafka_listen)
+    broker = EmbeddedKafka(host=host, port=port)
+    stack.callback(broker.close)
+    await asyncio.to_thread(broker.start)
+    return broker.bootstrap_servers, "embedded, in memory"
 
 
 async def _check_exported_database(database_url: str) -> None:

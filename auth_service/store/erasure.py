@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Self
 
 import asyncpg
 from prometheus_client import Counter, Gauge
@@ -78,11 +77,12 @@ async def erase_due(conn: Conn, retention_s: float, batch: int = 500) -> int:
     return await execute_in_chunks(conn, _ERASE_DUE, retention_s, chunk=batch)
 
 
-class ErasureJob:
+class ErasureJob(lifecycle.Owner):
     """Runs `erase_due` every `interval_s` on a pool and keeps the gauges current.
     An async context manager; `aclose()` is idempotent."""
 
     def __init__(self, pool: asyncpg.Pool, *, retention_s: float, interval_s: float) -> None:
+        super().__init__("the erasure job")
         self._pool = pool
         self._retention_s = retention_s
         self._interval_s = interval_s
@@ -90,7 +90,7 @@ class ErasureJob:
         self._failing = RepeatingNotice(log, interval=300.0)
         self.erased = 0
 
-    async def start(self) -> None:
+    async def _start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="pii-erasure")
 
     async def run_once(self, batch: int = 500) -> int:
@@ -116,13 +116,6 @@ class ErasureJob:
                 self._failing.clear()
             await asyncio.sleep(self._interval_s)
 
-    async def aclose(self) -> None:
+    async def _close(self) -> None:
         task, self._task = self._task, None
         await lifecycle.cancel(task)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()

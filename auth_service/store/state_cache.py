@@ -36,6 +36,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
 from auth_client.backoff import Backoff
+from auth_service.lifecycle import Owner
 from auth_service.notices import RepeatingNotice
 from auth_service.store.connection import describe
 from auth_service.store.listen import Listener
@@ -172,7 +173,7 @@ class StateCache:
             self.forget(key.lower() for key in payload.split(",") if key)
 
 
-class UserChangeFeed:
+class UserChangeFeed(Owner):
     """LISTEN `auth_users` for a StateCache: enable it while listening, empty it on
     every (re)connect and disconnect, and (with `index_max_users`) load it an index
     of every user each time LISTEN comes up. An async context manager."""
@@ -186,6 +187,7 @@ class UserChangeFeed:
         connect_timeout_s: float = 5.0,
         max_backoff_s: float = 30.0,
     ) -> None:
+        super().__init__("the user change feed")
         self.cache = cache
         self._url = database_url
         self._index_max_users = index_max_users
@@ -276,10 +278,10 @@ class UserChangeFeed:
                     time.monotonic() - started,
                 )
 
-    async def start(self) -> None:
+    async def _start(self) -> None:
         await self._listener.start()
 
-    async def aclose(self) -> None:
+    async def _close(self) -> None:
         self._closing = True
         loader, self._loader = self._loader, None
         if loader is not None:
