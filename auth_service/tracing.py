@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
+from contextvars import Token
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -159,7 +160,7 @@ class ServerSpan:
 
     __slots__ = ("_span", "_token")
 
-    def __init__(self, span: Span, token: object) -> None:
+    def __init__(self, span: Span, token: Token[otel_context.Context]) -> None:
         self._span = span
         self._token = token
 
@@ -171,7 +172,7 @@ class ServerSpan:
         if code in _SERVER_ERRORS:
             span.set_status(Status(StatusCode.ERROR, message))
         span.end()
-        otel_context.detach(self._token)  # type: ignore[arg-type]
+        otel_context.detach(self._token)
 
 
 class _NoServerSpan(ServerSpan):

@@ -88,3 +88,19 @@ def test_no_breaking_change_since_the_last_release() -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_user_state_and_the_id_format_are_defined_once_in_the_contract() -> None:
+    """Client and server share one UserState whose numbers are the proto enum's, and
+    one id pattern (the server refuses what the client refuses)."""
+    import auth_client  # noqa: PLC0415
+    from auth_client.contract import USER_ID_TEXT, UserState  # noqa: PLC0415
+    from auth_service.api import validation  # noqa: PLC0415
+
+    assert auth_client.UserState is UserState
+    assert {s.name: int(s) for s in UserState} == {
+        name.removeprefix("USER_STATE_"): number
+        for name, number in auth_pb2.UserState.items()
+        if number != 0
+    }
+    assert validation.USER_ID_TEXT is USER_ID_TEXT

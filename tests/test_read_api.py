@@ -6,9 +6,9 @@ import uuid
 
 import grpc
 
-from auth_client.contract import auth_pb2
+from auth_client.contract import UserState, auth_pb2
 from auth_service.store.pool import Budget
-from auth_service.store.users import UserRepository, UserState, state_of
+from auth_service.store.users import UserRepository, state_of
 from tests.helpers import create_user, delete_user, expect_status
 
 NEVER = "00000000-0000-4000-8000-000000000000"

@@ -11,11 +11,10 @@ import asyncpg
 import grpc
 import pytest
 
-from auth_client.contract import admin_pb2_grpc, auth_pb2, auth_pb2_grpc
+from auth_client.contract import UserState, admin_pb2_grpc, auth_pb2, auth_pb2_grpc
 from auth_service.api.server import AuthServer
 from auth_service.store.state_cache import StateCache
 from auth_service.store.user_index import UserIndex, load_index
-from auth_service.store.users import UserState
 from tests.conftest import eventually, make_settings
 from tests.helpers import create_user, delete_user
 

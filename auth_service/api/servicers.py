@@ -8,7 +8,16 @@ values. Errors are raised as domain errors (`auth_service.errors`); the call pat
 
 from __future__ import annotations
 
-from auth_client.contract import admin_pb2, admin_pb2_grpc, auth_pb2, auth_pb2_grpc, timestamp
+from auth_client.contract import (
+    UserState,
+    admin_pb2,
+    admin_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
+    timestamp,
+    wire_state,
+    wire_states,
+)
 from auth_service.api import validation
 from auth_service.api.rpc import Call, handler
 from auth_service.config.tokens import SCOPE_ADMIN, SCOPE_READ
@@ -16,7 +25,7 @@ from auth_service.errors import NotFoundError
 from auth_service.store.deletion import OnDeleted, delete_user
 from auth_service.store.lookup import StateLookup
 from auth_service.store.outbox import write_user_deleted
-from auth_service.store.users import User, UserRepository, UserState
+from auth_service.store.users import User, UserRepository
 
 
 def user_to_proto(user: User) -> auth_pb2.User:
@@ -52,7 +61,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             state = await self._state(key, call.budget())
         return auth_pb2.UserExistsResponse(
             exists=state is UserState.ACTIVE,
-            state=state,  # type: ignore[arg-type]  # the numbers are the contract's
+            state=wire_state(state),
         )
 
     @handler(SCOPE_READ, read=True)
@@ -75,11 +84,11 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         response = auth_pb2.BatchUserExistsResponse()
         if request.states_only:
             # UserState numbers are the contract's: the list goes in as it is.
-            response.states.extend(states)  # type: ignore[arg-type]
+            response.states.extend(wire_states(states))
             return response
         add = response.results.add
         for text, state in zip(texts, states, strict=True):
-            add(user_id=text, exists=state == UserState.ACTIVE, state=state)
+            add(user_id=text, exists=state == UserState.ACTIVE, state=wire_state(state))
         return response
 
 

@@ -7,17 +7,12 @@ import re
 import uuid
 from collections.abc import Sequence
 
-from auth_client.contract import MAX_BATCH_IDS
+from auth_client.contract import MAX_BATCH_IDS, USER_ID_PATTERN, USER_ID_TEXT
 from auth_service.errors import InvalidArgumentError
 
 _USERNAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _MAX_DISPLAY_NAME = 128
 _MAX_EMAIL = 254
-# Canonical, hyphenated UUID text (any case). Braces, urn: prefixes and
-# hyphen-less forms are rejected so one id has one spelling on the wire.
-_UUID_TEXT = re.compile(
-    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-)
 
 
 def parse_user_id(text: str, field: str = "user_id") -> uuid.UUID:
@@ -27,12 +22,12 @@ def parse_user_id(text: str, field: str = "user_id") -> uuid.UUID:
 
 def canonical_user_id(text: str, field: str = "user_id") -> str:
     """A valid id in its one spelling (lower case), for lookups by text."""
-    if len(text) != 36 or _UUID_TEXT.fullmatch(text) is None:
+    if len(text) != 36 or USER_ID_TEXT.fullmatch(text) is None:
         raise InvalidArgumentError(f"{field} must be a UUID in hyphenated text form")
     return text.lower()
 
 
-_UUID = _UUID_TEXT.pattern
+_UUID = USER_ID_PATTERN
 # A whole batch, comma-joined, checked by one regular expression in C.
 _BATCH = re.compile(f"(?:{_UUID},)*{_UUID}")
 

@@ -33,11 +33,12 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from auth_client.contract import UserState
 from auth_service import tracing
 from auth_service.errors import DeadlineExceededError, ServiceError, UnavailableError
 from auth_service.store.pool import Budget
 from auth_service.store.state_cache import StateCache
-from auth_service.store.users import BY_NUMBER, UserRepository, UserState
+from auth_service.store.users import BY_NUMBER, UserRepository
 
 if TYPE_CHECKING:
     from opentelemetry.trace import SpanContext
@@ -168,10 +169,10 @@ class StateLookup:
             _fail(live, exc)
             return
         answers = dict(zip(keys, map(BY_NUMBER.__getitem__, found), strict=True))
-        self.cache.store(answers, since)  # type: ignore[arg-type]
+        self.cache.store(answers, since)
         for user_id, fut, _, _ in live:
             if not fut.done():
-                fut.set_result(answers[user_id])  # type: ignore[arg-type]
+                fut.set_result(answers[user_id])
 
     async def states(self, keys: Sequence[str], budget: Budget, joined: str = "") -> list[int]:
         """The UserState number of each canonical id, in order (BatchUserExists):
@@ -193,8 +194,8 @@ class StateLookup:
             since = cache.generation()
             found = await self._users.states(",".join(missing), budget)
             answers = dict(zip(missing, map(BY_NUMBER.__getitem__, found), strict=True))
-            cache.store(answers, since)  # type: ignore[arg-type]
-            out = [state or answers[key] for key, state in zip(keys, out, strict=True)]  # type: ignore[misc]
+            cache.store(answers, since)
+            out = [state or answers[key] for key, state in zip(keys, out, strict=True)]
         return out
 
     def changed(self, user_id: str) -> None:

@@ -36,12 +36,12 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
 from auth_client.backoff import Backoff
+from auth_client.contract import UserState
 from auth_service.lifecycle import Owner
 from auth_service.notices import RepeatingNotice
 from auth_service.store.connection import describe
 from auth_service.store.listen import Listener
 from auth_service.store.user_index import UserIndex, load_index
-from auth_service.store.users import UserState
 
 log = logging.getLogger(__name__)
 

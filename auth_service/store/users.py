@@ -9,7 +9,6 @@ a loaded row (`state_of`), side by side below, and a test holds them equal.
 from __future__ import annotations
 
 import contextlib
-import enum
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from auth_client.contract import UserState
 from auth_service import tracing
 from auth_service.errors import AlreadyExistsError
 from auth_service.store.pool import Budget, Conn, connection, translate_errors
@@ -27,16 +27,8 @@ if TYPE_CHECKING:
     from opentelemetry.trace import SpanContext
 
 
-class UserState(enum.IntEnum):
-    """What the service knows of an id. The numbers are those of `auth.v1.UserState`
-    (the wire contract), so answers go into responses as they are."""
-
-    ACTIVE = 1
-    DELETED = 2
-    NOT_FOUND = 3
-
-
-BY_NUMBER = (None, UserState.ACTIVE, UserState.DELETED, UserState.NOT_FOUND)
+# A state number (of the state query, or the wire) -> UserState, without a call.
+BY_NUMBER: dict[int, UserState] = {int(state): state for state in UserState}
 
 
 def state_of(active: bool | None) -> UserState:
@@ -146,7 +138,7 @@ class UserRepository:
 
     async def state(self, key: str, budget: Budget) -> UserState:
         """The state of one canonical (lower-case) id."""
-        return BY_NUMBER[(await self.states(key, budget))[0]]  # type: ignore[return-value]
+        return BY_NUMBER[(await self.states(key, budget))[0]]
 
     async def states(
         self, joined: str, budget: Budget, served: Sequence[SpanContext | None] = ()

@@ -37,8 +37,9 @@ from auth_client._errors import (
     UserNotFoundError,
 )
 from auth_client._metrics import ClientStats
-from auth_client._models import User, UserId, UserState
+from auth_client._models import User, UserId
 from auth_client._transport import create_channel
+from auth_client.contract import UserState
 
 __version__ = "0.2.0"
 

@@ -7,6 +7,10 @@ the server's code:
   `auth_pb2` / `auth_pb2_grpc` (AuthService: UserExists, GetUser, BatchUserExists),
   `admin_pb2` / `admin_pb2_grpc` (UserAdminService: CreateUser, DeleteUser) and
   `events_pb2` (the `UserDeleted` event);
+- what an id is and what the service knows of it: `USER_ID_PATTERN` (the one
+  spelling of an id on the wire: hyphenated UUID text, any case) and `UserState`
+  (the numbers of `auth.v1.UserState`; `wire_state` / `wire_states` hand them to
+  the generated messages);
 - the limits the server enforces (`MAX_BATCH_IDS`);
 - request metadata (`bearer_metadata`) and timestamps (`timestamp`, `to_datetime`);
 - W3C trace context: the `traceparent` gRPC metadata key and Kafka header
@@ -24,10 +28,13 @@ disagree. The generated modules are regenerated from `protos/` by
 
 from __future__ import annotations
 
+import enum
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import cast
 
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -51,10 +58,13 @@ __all__ = [
     "MAX_BATCH_IDS",
     "SCHEMA_VERSION",
     "USER_DELETED_TYPE",
+    "USER_ID_PATTERN",
+    "USER_ID_TEXT",
     "EventDecodeError",
     "Headers",
     "Origin",
     "UserDeletedEvent",
+    "UserState",
     "admin_pb2",
     "admin_pb2_grpc",
     "auth_pb2",
@@ -70,10 +80,39 @@ __all__ = [
     "timestamp",
     "to_datetime",
     "user_deleted_headers",
+    "wire_state",
+    "wire_states",
 ]
 
 MAX_BATCH_IDS = 1000
 """The most ids one BatchUserExists request may carry (more is INVALID_ARGUMENT)."""
+
+USER_ID_PATTERN = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+"""A user id as the service accepts it: the canonical, hyphenated UUID text (any
+case). Braces, `urn:` prefixes and hyphen-less forms are refused, so one id has one
+spelling on the wire; the client refuses them too, before any call."""
+USER_ID_TEXT = re.compile(USER_ID_PATTERN)
+
+
+class UserState(enum.IntEnum):
+    """What auth-service knows of an id. The numbers are those of `auth.v1.UserState`,
+    so a state goes into a response (and comes out of one) as it is. DELETED is final:
+    ids are never reused."""
+
+    ACTIVE = 1
+    DELETED = 2
+    NOT_FOUND = 3
+
+
+def wire_state(state: int) -> auth_pb2.UserState.ValueType:
+    """`state` (a UserState or its number) as the generated messages type it."""
+    return cast("auth_pb2.UserState.ValueType", state)
+
+
+def wire_states(states: list[int]) -> list[auth_pb2.UserState.ValueType]:
+    """A list of states as the generated messages type them (no copy)."""
+    return cast("list[auth_pb2.UserState.ValueType]", states)
+
 
 DEFAULT_TOPIC = "user_deleted"
 DEFAULT_DLQ_TOPIC = "user_deleted.dlq"
