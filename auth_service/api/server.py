@@ -142,7 +142,6 @@ class AuthServer:
         if s.relay_enabled and s.kafka_bootstrap_servers:
             # Needs neither Kafka nor PostgreSQL up: it connects and retries by itself.
             self.relay = await _started(stack, Relay(RelayConfig.from_settings(s)))
-        users = UserRepository(self._pool, self.database)
         # Deleted users' personal data that is due (a retention period, or rows
         # deleted before erasure existed); safe on every replica at once.
         self.erasure = await _started(
@@ -152,6 +151,7 @@ class AuthServer:
             ),
         )
         cache = await self._follow_user_changes(stack)
+        users = UserRepository(self._pool, self.database, changed=cache.changed)
         path = self.path = call_path(s, self.tokens, self.database)
         self._lookup = lookup = StateLookup(
             users,
@@ -217,9 +217,7 @@ class AuthServer:
             server,
             path,
             AuthServicer(users, lookup),
-            UserAdminServicer(
-                users, self._on_deleted, erase_at_once=s.pii_retention_s == 0, lookup=lookup
-            ),
+            UserAdminServicer(users, self._on_deleted, erase_at_once=s.pii_retention_s == 0),
         )
         self._port = bind(server, s.listen, tls, reuse_port=s.reuse_port)
         health = self._health = HealthMonitor(

@@ -79,8 +79,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.BatchUserExistsRequest, call: Call
     ) -> auth_pb2.BatchUserExistsResponse:
         texts = list(request.user_ids)  # decode the repeated field once
-        keys, joined = validation.canonical_user_ids(texts)
-        states = await self.lookup.states(keys, call.budget(), joined)
+        keys = validation.canonical_user_ids(texts)
+        states = await self.lookup.states(keys, call.budget())
         response = auth_pb2.BatchUserExistsResponse()
         if request.states_only:
             # UserState numbers are the contract's: the list goes in as it is.
@@ -99,10 +99,8 @@ class UserAdminServicer(admin_pb2_grpc.UserAdminServiceServicer):
         on_deleted: OnDeleted = write_user_deleted,
         *,
         erase_at_once: bool = True,
-        lookup: StateLookup | None = None,
     ) -> None:
         self.users = users
-        self.lookup = lookup
         self.on_deleted = on_deleted
         # False with a retention period: the erasure job erases later.
         self.erase_at_once = erase_at_once
@@ -115,8 +113,6 @@ class UserAdminServicer(admin_pb2_grpc.UserAdminServiceServicer):
         display_name = validation.check_display_name(request.display_name, username)
         email = validation.check_email(request.email if request.HasField("email") else None)
         user = await self.users.create(username, display_name, email, call.budget())
-        if self.lookup is not None:
-            self.lookup.changed(str(user.id))
         return admin_pb2.CreateUserResponse(user=user_to_proto(user))
 
     @handler(SCOPE_ADMIN, read=False)
@@ -127,8 +123,6 @@ class UserAdminServicer(admin_pb2_grpc.UserAdminServiceServicer):
         deletion = await delete_user(
             self.users, user_id, call.budget(), self.on_deleted, erase=self.erase_at_once
         )
-        if self.lookup is not None:
-            self.lookup.changed(str(user_id))
         if deletion is None:
             raise NotFoundError("user not found")
         deleted_at = deletion.user.deleted_at

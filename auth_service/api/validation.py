@@ -32,9 +32,8 @@ _UUID = USER_ID_PATTERN
 _BATCH = re.compile(f"(?:{_UUID},)*{_UUID}")
 
 
-def canonical_user_ids(texts: Sequence[str]) -> tuple[list[str], str]:
-    """Validate a batch of ids; return them in lower case (one spelling per id),
-    and the same comma-joined (what the state query takes).
+def canonical_user_ids(texts: Sequence[str]) -> list[str]:
+    """Validate a batch of ids; return them in lower case (one spelling per id).
 
     Works on text throughout, and on the whole batch at once where it can (no
     `uuid.UUID` objects, no per-id Python calls on the fast path); PostgreSQL
@@ -45,13 +44,12 @@ def canonical_user_ids(texts: Sequence[str]) -> tuple[list[str], str]:
             f"user_ids holds {len(texts)} ids; at most {MAX_BATCH_IDS} allowed"
         )
     if not texts:
-        return [], ""
+        return []
     joined = ",".join(texts)
     if _BATCH.fullmatch(joined) is None:
         for index, text in enumerate(texts):
             parse_user_id(text, f"user_ids[{index}]")  # raises for the first bad one
-    joined = joined.lower()
-    return joined.split(","), joined
+    return joined.lower().split(",")
 
 
 def check_username(text: str) -> str:

@@ -41,4 +41,5 @@ async def delete_user(
             if deletion is not None and deletion.newly_deleted:
                 await on_deleted(conn, deletion)
         span.set_attribute("auth.newly_deleted", bool(deletion and deletion.newly_deleted))
+    users.changed(str(user_id))
     return deletion

@@ -174,15 +174,14 @@ class StateLookup:
             if not fut.done():
                 fut.set_result(answers[user_id])
 
-    async def states(self, keys: Sequence[str], budget: Budget, joined: str = "") -> list[int]:
+    async def states(self, keys: Sequence[str], budget: Budget) -> list[int]:
         """The UserState number of each canonical id, in order (BatchUserExists):
-        cached answers, and one query for the rest. `joined`: the same ids already
-        joined with commas, when the caller has them."""
+        cached answers, and one query for the rest."""
         cache = self.cache
         if not cache.enabled:
             self.batches += 1
             self.lookups += len(keys)
-            return await self._users.states(joined or ",".join(keys), budget)
+            return await self._users.states(",".join(keys), budget)
         get = cache.get
         out: list[int] = [get(key) or 0 for key in keys]
         missing = [key for key, state in zip(keys, out, strict=True) if not state]
@@ -197,10 +196,6 @@ class StateLookup:
             cache.store(answers, since)
             out = [state or answers[key] for key, state in zip(keys, out, strict=True)]
         return out
-
-    def changed(self, user_id: str) -> None:
-        """This server just created or deleted `user_id`: drop what is cached."""
-        self.cache.forget((user_id,))
 
     async def aclose(self) -> None:
         """Fail queued lookups and wait for running queries to finish."""

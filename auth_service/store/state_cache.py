@@ -112,6 +112,10 @@ class StateCache:
         for _ in range(max(0, overflow)):
             states.popitem(last=False)
 
+    def changed(self, key: str) -> None:
+        """This replica just created or deleted `key` (committed): forget it at once."""
+        self.forget((key,))
+
     def forget(self, keys: Iterable[str]) -> None:
         """These ids changed (or may have): drop them, and refuse answers about them
         from queries already running."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -122,11 +122,20 @@ def _user(row: asyncpg.Record) -> User:
 
 class UserRepository:
     """Queries against the users table. Every method takes a time `Budget`; every
-    query is counted in `status`."""
+    query is counted in `status`. `changed(id)` is told of every user this replica
+    creates or deletes, once committed (the state cache forgets it: read your
+    writes without waiting for the change notification)."""
 
-    def __init__(self, pool: asyncpg.Pool, status: DatabaseStatus | None = None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        status: DatabaseStatus | None = None,
+        *,
+        changed: Callable[[str], None] = lambda _key: None,
+    ) -> None:
         self._pool = pool
         self.status = status if status is not None else DatabaseStatus()
+        self.changed = changed
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -173,7 +182,9 @@ class UserRepository:
                 except asyncpg.UniqueViolationError as exc:
                     raise AlreadyExistsError("an active user already has this username") from exc
         assert row is not None
-        return _user(row)
+        user = _user(row)
+        self.changed(str(user.id))
+        return user
 
     @staticmethod
     async def soft_delete(
