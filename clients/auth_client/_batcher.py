@@ -13,9 +13,9 @@
   the other callers.
 - An RPC's answer goes into the cache only if its id was not invalidated or
   marked deleted while the RPC was in flight.
-- While the application traces, a batch remembers the lookup spans that put ids
-  in it: its RPC's span is a child of the first and links every one, and each gets
-  the batch size (`auth_client.batch.size`).
+- A batch remembers the spans of the lookups that put ids in it (`_tracing.OFF`
+  while the application does not trace): its RPC's span is a child of the first
+  and links every one, and each gets the batch size (`auth_client.batch.size`).
 """
 
 from __future__ import annotations
@@ -51,7 +51,14 @@ class _Batch:
     def __init__(self) -> None:
         self.futures: dict[uuid.UUID, asyncio.Future[int]] = {}
         self.deadline = 0.0  # time.monotonic() by which the slowest member gives up
-        self.spans: list[Span] = []  # the lookups it answers, when tracing
+        self.spans: list[Span] = []  # the lookups it answers
+
+    def join(self, deadline: float, span: Span) -> None:
+        """A lookup waiting until `deadline`, in `span`, is answered by this batch."""
+        self.deadline = max(self.deadline, deadline)
+        spans = self.spans
+        if not spans or spans[-1] is not span:
+            spans.append(span)
 
 
 def _fail(future: asyncio.Future[object], error: BaseException) -> None:
@@ -86,11 +93,11 @@ class Batcher:
     # -- existence ---------------------------------------------------------
 
     def future(
-        self, key: uuid.UUID, deadline: float, span: Span | None = None
+        self, key: uuid.UUID, deadline: float, span: Span = _tracing.OFF
     ) -> asyncio.Future[int]:
         """The future state (ACTIVE / DELETED / NOT_FOUND) of `key`, shared with
         every other concurrent lookup of it. `deadline` is a time.monotonic();
-        `span` the lookup's span, when tracing."""
+        `span` the lookup's span."""
         if self._closed:
             raise RuntimeError("AuthClient is closed")
         found = self._inflight.get(key)
@@ -98,18 +105,14 @@ class Batcher:
         if found is None:
             found = batch.futures.get(key)
             if found is not None:
-                batch.deadline = max(batch.deadline, deadline)
-                if span is not None and (not batch.spans or batch.spans[-1] is not span):
-                    batch.spans.append(span)
+                batch.join(deadline, span)
         if found is not None:
             self._counters.coalesced += 1
             return found
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
         batch.futures[key] = future
-        batch.deadline = max(batch.deadline, deadline)
-        if span is not None and (not batch.spans or batch.spans[-1] is not span):
-            batch.spans.append(span)
+        batch.join(deadline, span)
         if len(batch.futures) >= self._max_ids:
             self._flush()
         elif self._timer is None:
@@ -134,11 +137,13 @@ class Batcher:
     async def _send(self, batch: _Batch) -> None:
         ids = list(batch.futures)
         timeout = max(batch.deadline - time.monotonic(), 0.001)
+        spans = batch.spans
+        for span in spans:
+            span.set_attribute("auth_client.batch.size", len(ids))
+        # The first lookup is the parent; its outcome is recorded by its own span.
+        rpc = functools.partial(self._transport.states, parent=spans[0], links=spans)
         try:
-            if batch.spans:
-                states = await self._send_traced(batch, ids, timeout)
-            else:
-                states = await self._guarded(self._transport.states, ids, timeout)
+            states = await self._guarded(rpc, ids, timeout)
         except asyncio.CancelledError:
             self._settle_failed(batch, AuthClientError("AuthClient closed during the call"))
             raise
@@ -148,7 +153,7 @@ class Batcher:
             return
         finally:
             self._batches_in_flight -= 1
-        now = time.monotonic()
+        now = self._cache.clock()
         inflight = self._inflight
         for key, state in zip(ids, states, strict=True):
             future = batch.futures[key]
@@ -167,24 +172,16 @@ class Batcher:
                 self._timer.cancel()
             self._timer = asyncio.get_running_loop().call_soon(self._flush)
 
-    async def _send_traced(self, batch: _Batch, ids: list[uuid.UUID], timeout: float) -> list[int]:
-        spans = batch.spans
-        for span in spans:
-            span.set_attribute("auth_client.batch.size", len(ids))
-        rpc = functools.partial(self._transport.states, links=spans)
-        assert _tracing.trace is not None
-        # The first lookup is the parent; its outcome is recorded by its own span.
-        with _tracing.trace.use_span(
-            spans[0], record_exception=False, set_status_on_exception=False
-        ):
-            return await self._guarded(rpc, ids, timeout)
-
-    async def states_uncached(self, ids: list[uuid.UUID], timeout: float) -> list[int]:
+    async def states_uncached(
+        self, ids: list[uuid.UUID], timeout: float, span: Span = _tracing.OFF
+    ) -> list[int]:
         """Ask auth-service directly (through the breaker), bypassing the cache and
-        coalescing: for audits that must see the server's current answer."""
+        coalescing: for audits that must see the server's current answer. `span`:
+        the span of the operation."""
         if self._closed:
             raise RuntimeError("AuthClient is closed")
-        return await self._guarded(self._transport.states, ids, timeout)
+        rpc = functools.partial(self._transport.states, parent=span)
+        return await self._guarded(rpc, ids, timeout)
 
     def _settle_failed(self, batch: _Batch, error: BaseException) -> None:
         inflight = self._inflight
@@ -201,8 +198,11 @@ class Batcher:
 
     # -- profiles ----------------------------------------------------------
 
-    def user(self, key: uuid.UUID, timeout: float) -> asyncio.Future[User | None]:
-        """The future profile of `key` (one GetUser per id at a time)."""
+    def user(
+        self, key: uuid.UUID, timeout: float, span: Span = _tracing.OFF
+    ) -> asyncio.Future[User | None]:
+        """The future profile of `key` (one GetUser per id at a time); `span`: the
+        span of the lookup that starts its RPC."""
         if self._closed:
             raise RuntimeError("AuthClient is closed")
         found = self._users.get(key)
@@ -211,15 +211,16 @@ class Batcher:
             return found
         future: asyncio.Future[User | None] = asyncio.get_running_loop().create_future()
         self._users[key] = future
-        self._spawn(self._fetch_user(key, future, timeout))
+        self._spawn(self._fetch_user(key, future, timeout, span))
         return future
 
     async def _fetch_user(
-        self, key: uuid.UUID, future: asyncio.Future[User | None], budget: float
+        self, key: uuid.UUID, future: asyncio.Future[User | None], budget: float, span: Span
     ) -> None:
         current = True
+        rpc = functools.partial(self._transport.get_user, parent=span)
         try:
-            user = await self._guarded(self._transport.get_user, key, budget)
+            user = await self._guarded(rpc, key, budget)
         except asyncio.CancelledError:
             _fail(future, AuthClientError("AuthClient closed during the call"))  # type: ignore[arg-type]
             raise

@@ -4,12 +4,17 @@ Entries are `(exists, expires_at)` tuples keyed by `uuid.UUID`, in an
 `OrderedDict` whose order is recency. `AuthClient.user_exists` reads `entries`
 directly on its hot path; everything else goes through the methods here.
 Expired entries stay until evicted: SERVE_STALE may still use them.
+
+`expires_at` is a reading of `clock` (by default `time.monotonic`), the one clock
+every TTL and `max_stale` is measured on: a test replaces it with a clock it
+advances itself (`client._cache.clock = clock`) instead of sleeping past a TTL.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from auth_client._models import ACTIVE, DELETED, NOT_FOUND, parse_user_id
@@ -23,10 +28,12 @@ Entry = tuple[bool, float]
 
 
 class ExistsCache:
-    __slots__ = ("_max_size", "_ttl", "entries", "max_stale")
+    __slots__ = ("_max_size", "_ttl", "clock", "entries", "max_stale")
 
-    def __init__(self, config: CacheConfig) -> None:
+    def __init__(self, config: CacheConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.entries: OrderedDict[uuid.UUID, Entry] = OrderedDict()
+        self.clock = clock
+        """Seconds on a monotonic scale: what `expires_at` and `now` are read from."""
         self._max_size = config.max_size
         self.max_stale = config.max_stale
         # "deleted" is final (an id is never reused), so it is kept as long as
@@ -58,7 +65,7 @@ class ExistsCache:
         ttl = self._ttl[state]
         if ttl <= 0 or self._max_size == 0:
             return
-        expires = (time.monotonic() if now is None else now) + ttl
+        expires = (self.clock() if now is None else now) + ttl
         entries = self.entries
         entries[key] = (state == ACTIVE, expires)
         entries.move_to_end(key)

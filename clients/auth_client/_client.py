@@ -1,7 +1,7 @@
 """`AuthClient`: the public entry point.
 
 The cache-hit path of `user_exists` is kept deliberately bare (one dict lookup,
-one clock read, one counter): no allocation, no logging, no I/O. Everything
+one read of the cache's clock, one counter): no allocation, no logging, no I/O. Everything
 else — coalescing, batching, the breaker, fallbacks and rollout modes — starts
 in `Lookup.exist` (`_lookup.py`) on a miss. While the application traces, cache
 hits go there too, so that each lookup has its span (`_fast` is off).
@@ -10,7 +10,6 @@ hits go there too, so that each lookup has its span (`_fast` is off).
 from __future__ import annotations
 
 import enum
-import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -40,7 +39,6 @@ if TYPE_CHECKING:
     import grpc
 
 _UUID = uuid.UUID
-_monotonic = time.monotonic
 
 OnUnverified = Callable[[tuple[uuid.UUID, ...]], object]
 """FAIL_OPEN hook: called with the ids answered "exists" without verification
@@ -206,7 +204,7 @@ class AuthClient:
         """Whether the user exists and is not deleted."""
         key = user_id if isinstance(user_id, _UUID) else self._text_ids.get(user_id)
         entry = self._entries.get(key)
-        if entry is not None and self._fast and entry[1] > _monotonic():
+        if entry is not None and self._fast and entry[1] > self._cache.clock():
             self._counters.cache_hits += 1
             self._entries.move_to_end(key)
             return entry[0]

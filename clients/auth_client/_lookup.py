@@ -5,9 +5,12 @@ A caller waits on the batcher's futures with `asyncio.wait`, which never
 cancels what it waits for: a caller that is cancelled or runs out of time
 leaves the shared RPC, and every other caller of it, untouched.
 
-When the application traces (`_tracing.tracer()`), every lookup that reaches this
-module runs in an `auth_client.lookup` span, and `on_tracing` tells the client to
-send its cache hits here too (its fast path records no span).
+Every lookup that reaches this module runs in an `auth_client.lookup` span
+(`_tracing.span`: `_tracing.OFF`, which records nothing, while the application does
+not trace), and `on_tracing` tells the client when the process starts or stops
+tracing, so that its cache hits come here too while it does (its fast path records
+no span). Cache expiry is read from the cache's own clock (`ExistsCache.clock`);
+deadlines and the breaker use `time.monotonic()`.
 """
 
 from __future__ import annotations
@@ -76,6 +79,14 @@ class Lookup:
     def _circuit_open(self) -> CircuitOpenError:
         return CircuitOpenError(f"circuit breaker {self._name!r} is open: not calling auth-service")
 
+    def _follow_tracing(self, span: Span) -> None:
+        """Tell the client when the process starts or stops tracing: its cache-hit
+        fast path records no span, so while tracing, hits come here too."""
+        traced = _tracing.is_live(span)
+        if traced is not self._traced:
+            self._traced = traced
+            self._on_tracing(traced)
+
     async def exist(
         self,
         batcher: Batcher,
@@ -84,34 +95,40 @@ class Lookup:
         fallback: FallbackPolicy | None,
     ) -> dict[uuid.UUID, bool]:
         """Answers for distinct `keys`, under the rollout mode and fallback policy."""
-        tracer = _tracing.tracer()
-        if (tracer is not None) != self._traced:
-            self._traced = tracer is not None
-            self._on_tracing(self._traced)
-        if tracer is None:
-            return await self._exist(batcher, keys, timeout, fallback, None)
-        with tracer.start_as_current_span("auth_client.lookup") as span:
+        with _tracing.span("auth_client.lookup") as span:
+            self._follow_tracing(span)
             span.set_attribute("auth_client.client", self._name)
             span.set_attribute("auth_client.ids", len(keys))
-            return await self._exist(batcher, keys, timeout, fallback, span)
-
-    async def _exist(
-        self,
-        batcher: Batcher,
-        keys: list[uuid.UUID],
-        timeout: float | None,
-        fallback: FallbackPolicy | None,
-        span: Span | None,
-    ) -> dict[uuid.UUID, bool]:
-        counters = self._counters
-        if self._rollout is RolloutMode.OFF:
-            counters.unchecked += len(keys)
-            if span is not None:
+            if self._rollout is RolloutMode.OFF:
+                self._counters.unchecked += len(keys)
                 span.set_attribute("auth_client.rollout", "off")
-            return dict.fromkeys(keys, True)
-        wait = self._budget(timeout)
-        now = time.monotonic()
+                return dict.fromkeys(keys, True)
+            wait = self._budget(timeout)
+            now = time.monotonic()
+            answers, missing = self._cached(keys)
+            span.set_attribute("auth_client.cache.hit", not missing)
+            span.set_attribute("auth_client.cache.misses", len(missing))
+            span.set_attribute("auth_client.breaker.state", self._breaker.state)
+            if self._rollout is RolloutMode.SHADOW:
+                span.set_attribute("auth_client.rollout", "shadow")
+                self._shadow.check(batcher, self._breaker, answers, missing, now + wait)
+                return dict.fromkeys(keys, True)
+            if not missing:
+                return answers
+            if self._breaker.rejects(now):
+                error = self._circuit_open()
+                return await self._fall_back(keys, answers, missing, error, fallback, span=span)
+            failed, failure = await self._ask(
+                batcher, missing, answers, now + wait, wait, span=span
+            )
+            if failure is None:
+                return answers
+            return await self._fall_back(keys, answers, failed, failure, fallback, span=span)
+
+    def _cached(self, keys: list[uuid.UUID]) -> tuple[dict[uuid.UUID, bool], list[uuid.UUID]]:
+        """The fresh cached answers among `keys`, and the keys without one."""
         cache = self._cache
+        now = cache.clock()
         answers: dict[uuid.UUID, bool] = {}
         missing: list[uuid.UUID] = []
         for key in keys:
@@ -120,30 +137,26 @@ class Lookup:
                 missing.append(key)
             else:
                 answers[key] = cached
-        counters.cache_hits += len(answers)
-        counters.cache_misses += len(missing)
-        if span is not None:
-            span.set_attribute("auth_client.cache.hit", not missing)
-            span.set_attribute("auth_client.cache.misses", len(missing))
-            span.set_attribute("auth_client.breaker.state", self._breaker.state)
-        if self._rollout is RolloutMode.SHADOW:
-            if span is not None:
-                span.set_attribute("auth_client.rollout", "shadow")
-            self._shadow.check(batcher, self._breaker, answers, missing, now + wait)
-            return dict.fromkeys(keys, True)
-        if not missing:
-            return answers
-        if self._breaker.rejects(now):
-            return await self._fall_back(
-                keys, answers, missing, self._circuit_open(), fallback, span=span
-            )
-        deadline = now + wait
-        if span is None:
-            futures = [batcher.future(key, deadline) for key in missing]
-        else:
-            joined = counters.coalesced
-            futures = [batcher.future(key, deadline, span) for key in missing]
-            span.set_attribute("auth_client.coalesced", counters.coalesced - joined)
+        self._counters.cache_hits += len(answers)
+        self._counters.cache_misses += len(missing)
+        return answers, missing
+
+    async def _ask(
+        self,
+        batcher: Batcher,
+        missing: list[uuid.UUID],
+        answers: dict[uuid.UUID, bool],
+        deadline: float,
+        wait: float,
+        *,
+        span: Span,
+    ) -> tuple[list[uuid.UUID], ServiceUnavailableError | None]:
+        """Wait up to `wait` for the shared lookups of `missing`, putting their
+        answers in `answers`; the ids left unanswered, and why."""
+        counters = self._counters
+        joined = counters.coalesced
+        futures = [batcher.future(key, deadline, span) for key in missing]
+        span.set_attribute("auth_client.coalesced", counters.coalesced - joined)
         await asyncio.wait(futures, timeout=wait + GRACE)
         failed: list[uuid.UUID] = []
         failure: ServiceUnavailableError | None = None
@@ -162,9 +175,7 @@ class Lookup:
                 failure = failure or error
             else:
                 raise error
-        if failure is None:
-            return answers
-        return await self._fall_back(keys, answers, failed, failure, fallback, span=span)
+        return failed, failure
 
     async def _fall_back(
         self,
@@ -174,18 +185,17 @@ class Lookup:
         error: ServiceUnavailableError,
         fallback: FallbackPolicy | None,
         *,
-        span: Span | None = None,
+        span: Span,
     ) -> dict[uuid.UUID, bool]:
         policy = self._fallback if fallback is None else fallback
         counters = self._counters
-        if span is not None:
-            # What the caller gets instead of an answer; raised errors end the span.
-            span.set_attribute("auth_client.unanswered", len(failed))
-            span.set_attribute("auth_client.unanswered.reason", type(error).__name__)
-            if policy is not FallbackPolicy.FAIL_CLOSED:
-                span.set_attribute("auth_client.fallback", policy.value)
+        # What the caller gets instead of an answer; raised errors end the span.
+        span.set_attribute("auth_client.unanswered", len(failed))
+        span.set_attribute("auth_client.unanswered.reason", type(error).__name__)
+        if policy is not FallbackPolicy.FAIL_CLOSED:
+            span.set_attribute("auth_client.fallback", policy.value)
         if policy is FallbackPolicy.SERVE_STALE:
-            now = time.monotonic()
+            now = self._cache.clock()
             stale: dict[uuid.UUID, bool] = {}
             for key in failed:
                 value = self._cache.stale(key, now)
@@ -211,33 +221,22 @@ class Lookup:
         timeout: float | None,
     ) -> User | None:
         """GetUser, coalesced per id; no fallback (a profile cannot be made up)."""
-        tracer = _tracing.tracer()
-        if tracer is None:
-            return await self._user(batcher, key, timeout)
-        with tracer.start_as_current_span("auth_client.get_user") as span:
+        with _tracing.span("auth_client.get_user") as span:
             span.set_attribute("auth_client.client", self._name)
             span.set_attribute("auth_client.breaker.state", self._breaker.state)
-            return await self._user(batcher, key, timeout)
-
-    async def _user(
-        self,
-        batcher: Batcher,
-        key: uuid.UUID,
-        timeout: float | None,
-    ) -> User | None:
-        wait = self._budget(timeout)
-        if self._breaker.rejects(time.monotonic()):
-            self._counters.unavailable += 1
-            raise self._circuit_open()
-        future = batcher.user(key, wait)
-        done, _ = await asyncio.wait((future,), timeout=wait + GRACE)
-        try:
-            if not done:
-                raise DeadlineExceededError(f"no answer from auth-service within {wait}s")
-            return future.result()
-        except ServiceUnavailableError:
-            self._counters.unavailable += 1
-            raise
+            wait = self._budget(timeout)
+            if self._breaker.rejects(time.monotonic()):
+                self._counters.unavailable += 1
+                raise self._circuit_open()
+            future = batcher.user(key, wait, span)
+            done, _ = await asyncio.wait((future,), timeout=wait + GRACE)
+            try:
+                if not done:
+                    raise DeadlineExceededError(f"no answer from auth-service within {wait}s")
+                return future.result()
+            except ServiceUnavailableError:
+                self._counters.unavailable += 1
+                raise
 
     async def states(
         self, batcher: Batcher, keys: list[uuid.UUID], timeout: float | None
@@ -246,20 +245,12 @@ class Lookup:
         no cache, no coalescing, no rollout mode, no fallback; RPCs of at most
         MAX_BATCH_IDS ids through the breaker."""
         budget = self._budget(timeout)
-        tracer = _tracing.tracer()
-        if tracer is None:
-            return await self._states(batcher, keys, budget)
-        with tracer.start_as_current_span("auth_client.user_states") as span:
+        with _tracing.span("auth_client.user_states") as span:
             span.set_attribute("auth_client.client", self._name)
             span.set_attribute("auth_client.ids", len(keys))
-            return await self._states(batcher, keys, budget)
-
-    async def _states(
-        self, batcher: Batcher, keys: list[uuid.UUID], budget: float
-    ) -> dict[uuid.UUID, UserState]:
-        out: dict[uuid.UUID, UserState] = {}
-        for start in range(0, len(keys), MAX_BATCH_IDS):
-            chunk = keys[start : start + MAX_BATCH_IDS]
-            states = await batcher.states_uncached(chunk, budget)
-            out.update(zip(chunk, map(UserState, states), strict=True))
-        return out
+            out: dict[uuid.UUID, UserState] = {}
+            for start in range(0, len(keys), MAX_BATCH_IDS):
+                chunk = keys[start : start + MAX_BATCH_IDS]
+                states = await batcher.states_uncached(chunk, budget, span)
+                out.update(zip(chunk, map(UserState, states), strict=True))
+            return out

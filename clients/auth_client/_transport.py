@@ -6,8 +6,10 @@ circuit-breaker guard, so the breaker sees library errors with their status. A
 call first takes one of `max_rpcs_in_flight` slots (`slot()`, outside the breaker:
 waiting for a slot says nothing about the server).
 
-While the application traces, each RPC runs in a CLIENT span (`rpc_span`) whose W3C
-`traceparent` goes in the call's metadata; a batched RPC links the lookups it answers.
+Each RPC runs in the CLIENT span `_tracing.rpc_span` makes from the span of the
+operation it serves (`parent`; nothing at all while the application does not
+trace); its W3C `traceparent` goes in the call's metadata, and a batched RPC links
+the lookups it answers.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from auth_client._errors import (
 )
 from auth_client._models import ACTIVE, DELETED, NOT_FOUND, User
 from auth_client.contract import (
-    HEADER_TRACEPARENT,
     auth_pb2,
     auth_pb2_grpc,
     bearer_metadata,
@@ -38,14 +39,12 @@ from auth_client.contract import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator, Sequence
+    from collections.abc import AsyncIterator, Sequence
 
-    from opentelemetry.trace import Span, Tracer
+    from opentelemetry.trace import Span
 
     from auth_client._config import TLSConfig
     from auth_client._metrics import Counters
-
-Metadata = tuple[tuple[str, str], ...] | None
 
 USER_AGENT = "auth-client-python"
 _KNOWN_STATES = frozenset({ACTIVE, DELETED, NOT_FOUND})
@@ -129,112 +128,85 @@ class Transport:
     def __repr__(self) -> str:  # never show the token
         return f"Transport(authenticated={self._metadata is not None})"
 
-    @contextlib.contextmanager
-    def rpc_span(self, tracer: Tracer, method: str, links: Sequence[Span]) -> Iterator[Metadata]:
-        """A CLIENT span around one RPC (child of the current span, linked to
-        `links`); yields the call metadata with its `traceparent`."""
-        with tracer.start_as_current_span(
-            f"auth.v1.AuthService/{method}",
-            kind=_tracing.trace.SpanKind.CLIENT,
-            links=[_tracing.link(span) for span in links],
-            attributes={
-                "rpc.system": "grpc",
-                "rpc.service": "auth.v1.AuthService",
-                "rpc.method": method,
-            },
-        ) as span:
-            parent = _tracing.traceparent(span)
-            metadata = self._metadata
-            if parent is not None:
-                metadata = (*(metadata or ()), (HEADER_TRACEPARENT, parent))
-            try:
-                yield metadata
-            except AuthClientError as exc:
-                if exc.code is not None:
-                    span.set_attribute("rpc.grpc.status_code", exc.code.value[0])
-                raise
-            span.set_attribute("rpc.grpc.status_code", 0)
-
     async def states(
-        self, ids: Sequence[uuid.UUID], budget: float, links: Sequence[Span] = ()
+        self,
+        ids: Sequence[uuid.UUID],
+        budget: float,
+        parent: Span = _tracing.OFF,
+        links: Sequence[Span] = (),
     ) -> list[int]:
         """The state of each id, in order: UserExists for one id, else
         BatchUserExists (the caller keeps batches within the server's cap).
-        `links`: the lookup spans this RPC answers (when tracing)."""
-        tracer = _tracing.tracer()
-        if tracer is None:
-            return await self._states(ids, budget, self._metadata)
-        method = "UserExists" if len(ids) == 1 else "BatchUserExists"
-        with self.rpc_span(tracer, method, links) as metadata:
-            return await self._states(ids, budget, metadata)
-
-    async def _states(
-        self, ids: Sequence[uuid.UUID], budget: float, metadata: Metadata
-    ) -> list[int]:
+        `parent`: the span of the operation it serves; `links`: the lookup spans
+        this RPC answers."""
         counters = self._counters
         counters.rpcs += 1
         counters.ids_sent += len(ids)
         if len(ids) == 1:
             method = "UserExists"
+            with _tracing.rpc_span(method, parent, links) as span:
+                try:
+                    reply = await self._stub.UserExists(
+                        auth_pb2.UserExistsRequest(user_id=str(ids[0])),
+                        timeout=budget,
+                        metadata=_tracing.rpc_metadata(self._metadata, span),
+                    )
+                except Exception as exc:
+                    raise_for_rpc_error(exc, method, ids)
+                return [_state(reply.exists, reply.state)]
+        method = "BatchUserExists"
+        with _tracing.rpc_span(method, parent, links) as span:
+            texts = [str(i) for i in ids]
             try:
-                reply = await self._stub.UserExists(
-                    auth_pb2.UserExistsRequest(user_id=str(ids[0])),
+                batch = await self._stub.BatchUserExists(
+                    auth_pb2.BatchUserExistsRequest(user_ids=texts, states_only=True),
                     timeout=budget,
-                    metadata=metadata,
+                    metadata=_tracing.rpc_metadata(self._metadata, span),
                 )
             except Exception as exc:
                 raise_for_rpc_error(exc, method, ids)
-            return [_state(reply.exists, reply.state)]
-        method = "BatchUserExists"
-        texts = [str(i) for i in ids]
-        try:
-            batch = await self._stub.BatchUserExists(
-                auth_pb2.BatchUserExistsRequest(user_ids=texts, states_only=True),
-                timeout=budget,
-                metadata=metadata,
-            )
-        except Exception as exc:
-            raise_for_rpc_error(exc, method, ids)
-        packed = batch.states
-        if len(packed) == len(texts):  # a 0.2+ server honoured states_only
-            return [s if s in _KNOWN_STATES else NOT_FOUND for s in packed]
-        results = batch.results  # an older server: one result message per id
-        if len(results) != len(texts) or any(
-            r.user_id != t for r, t in zip(results, texts, strict=True)
-        ):
-            raise AuthClientError(
-                f"auth-service {method}: the reply does not match the request "
-                f"({len(results)} results for {len(texts)} ids)"
-            )
-        return [_state(r.exists, r.state) for r in results]
+            return _batch_states(batch, texts)
 
-    async def get_user(self, user_id: uuid.UUID, budget: float) -> User | None:
-        """The active user's profile, or None (never created, or deleted)."""
-        tracer = _tracing.tracer()
-        if tracer is None:
-            return await self._get_user(user_id, budget, self._metadata)
-        with self.rpc_span(tracer, "GetUser", ()) as metadata:
-            return await self._get_user(user_id, budget, metadata)
-
-    async def _get_user(self, user_id: uuid.UUID, budget: float, metadata: Metadata) -> User | None:
+    async def get_user(
+        self, user_id: uuid.UUID, budget: float, parent: Span = _tracing.OFF
+    ) -> User | None:
+        """The active user's profile, or None (never created, or deleted).
+        `parent`: the span of the operation it serves."""
         self._counters.rpcs += 1
         self._counters.ids_sent += 1
-        try:
+        with _tracing.rpc_span("GetUser", parent) as span:
             try:
-                reply = await self._stub.GetUser(
-                    auth_pb2.GetUserRequest(user_id=str(user_id)),
-                    timeout=budget,
-                    metadata=metadata,
-                )
-            except Exception as exc:
-                raise_for_rpc_error(exc, "GetUser", (user_id,))
-        except UserNotFoundError:
-            return None
-        user = reply.user
-        return User(
-            id=uuid.UUID(user.id) if user.id else user_id,
-            username=user.username,
-            display_name=user.display_name,
-            created_at=to_datetime(user.created_at),
-            updated_at=to_datetime(user.updated_at),
+                try:
+                    reply = await self._stub.GetUser(
+                        auth_pb2.GetUserRequest(user_id=str(user_id)),
+                        timeout=budget,
+                        metadata=_tracing.rpc_metadata(self._metadata, span),
+                    )
+                except Exception as exc:
+                    raise_for_rpc_error(exc, "GetUser", (user_id,))
+            except UserNotFoundError:
+                return None  # an answer: the RPC's span ends with status 0
+            user = reply.user
+            return User(
+                id=uuid.UUID(user.id) if user.id else user_id,
+                username=user.username,
+                display_name=user.display_name,
+                created_at=to_datetime(user.created_at),
+                updated_at=to_datetime(user.updated_at),
+            )
+
+
+def _batch_states(batch: auth_pb2.BatchUserExistsResponse, texts: list[str]) -> list[int]:
+    """The states a BatchUserExists reply gives for `texts`, in order."""
+    packed = batch.states
+    if len(packed) == len(texts):  # a 0.2+ server honoured states_only
+        return [s if s in _KNOWN_STATES else NOT_FOUND for s in packed]
+    results = batch.results  # an older server: one result message per id
+    if len(results) != len(texts) or any(
+        r.user_id != t for r, t in zip(results, texts, strict=True)
+    ):
+        raise AuthClientError(
+            "auth-service BatchUserExists: the reply does not match the request "
+            f"({len(results)} results for {len(texts)} ids)"
         )
+    return [_state(r.exists, r.state) for r in results]

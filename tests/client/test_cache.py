@@ -1,5 +1,9 @@
 """The cache against a real server: hits need no server, expiry is honoured,
-"does not exist" expires sooner, and invalidate / mark_deleted take effect."""
+"does not exist" expires sooner, and invalidate / mark_deleted take effect.
+
+TTLs pass on a clock the test moves (`Clock`, put in the client's cache), never by
+sleeping: expiry is measured on that clock alone, while deadlines and the circuit
+breaker keep real time."""
 
 from __future__ import annotations
 
@@ -22,6 +26,27 @@ from tests.client.conftest import CountingInterceptor, seed_users
 from tests.conftest import ADMIN_MD
 
 LONG = CacheConfig(positive_ttl=600, negative_ttl=600)
+
+
+class Clock:
+    """The clock of a client's cache (`ExistsCache.clock`), moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def clocked(make_client, **options) -> tuple[AuthClient, Clock]:
+    """A client from `make_client(**options)` whose cache runs on a `Clock`."""
+    client: AuthClient = await make_client(**options)
+    clock = Clock()
+    client._cache.clock = clock
+    return client, clock
 
 
 async def test_cached_answers_are_served_with_the_server_stopped(
@@ -49,12 +74,14 @@ async def test_expired_answers_are_not_served_unless_serve_stale(
     make_client, server: AuthServer, settings
 ) -> None:
     (user,), _ = await seed_users(settings.database_url, 1)
-    client: AuthClient = await make_client(
-        cache=CacheConfig(positive_ttl=0.2, negative_ttl=0.2, max_stale=600), timeout=2.0
+    client, clock = await clocked(
+        make_client, cache=CacheConfig(positive_ttl=30, negative_ttl=2, max_stale=600), timeout=2.0
     )
     assert await client.user_exists(user) is True
     await server.stop()
-    await asyncio.sleep(0.3)  # past the TTL
+    clock.advance(29)
+    assert await client.user_exists(user) is True  # still fresh: no call
+    clock.advance(1)  # past the TTL
 
     with pytest.raises(ServiceUnavailableError):
         await client.user_exists(user)
@@ -69,14 +96,18 @@ async def test_serve_stale_gives_up_after_max_stale(
     make_client, server: AuthServer, settings
 ) -> None:
     (user,), _ = await seed_users(settings.database_url, 1)
-    client: AuthClient = await make_client(
-        cache=CacheConfig(positive_ttl=0.1, max_stale=0.1),
+    client, clock = await clocked(
+        make_client,
+        cache=CacheConfig(positive_ttl=30, max_stale=60),
         fallback=FallbackPolicy.SERVE_STALE,
         timeout=2.0,
     )
     assert await client.user_exists(user) is True
     await server.stop()
-    await asyncio.sleep(0.3)  # past TTL + max_stale
+    clock.advance(30 + 60)  # expired, but no more than max_stale ago
+    assert await client.user_exists(user) is True
+    assert client.stats().fallback_stale == 1
+    clock.advance(1)  # past TTL + max_stale
     with pytest.raises(ServiceUnavailableError):
         await client.user_exists(user)
 
@@ -84,7 +115,7 @@ async def test_serve_stale_gives_up_after_max_stale(
 async def test_does_not_exist_expires_sooner_than_exists(
     make_client, counter: CountingInterceptor, settings
 ) -> None:
-    client: AuthClient = await make_client(cache=CacheConfig(positive_ttl=600, negative_ttl=0.2))
+    client, clock = await clocked(make_client, cache=CacheConfig(positive_ttl=30, negative_ttl=2))
     new_id = uuid.uuid4()
     assert await client.user_exists(new_id) is False
 
@@ -96,9 +127,12 @@ async def test_does_not_exist_expires_sooner_than_exists(
     finally:
         await conn.close()
 
+    clock.advance(1.5)
     assert await client.user_exists(new_id) is False  # still the cached answer
-    await asyncio.sleep(0.3)
+    clock.advance(0.5)  # past negative_ttl
     assert await client.user_exists(new_id) is True
+    clock.advance(29.5)
+    assert await client.user_exists(new_id) is True  # "exists" is kept for positive_ttl
     assert counter.total == 2
 
 
