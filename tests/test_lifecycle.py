@@ -18,7 +18,8 @@ from auth_service.api.metrics_endpoint import MetricsServer
 from auth_service.api.server import AuthServer
 from auth_service.lifecycle import Lifecycle, Owner
 from auth_service.store.erasure import ErasureJob
-from auth_service.store.state_cache import StateCache, UserChangeFeed
+from auth_service.store.state_cache import StateCache
+from auth_service.store.user_changes import UserChangeFeed
 from tests.conftest import make_settings
 
 

@@ -53,8 +53,9 @@ from auth_service.store.erasure import ErasureJob
 from auth_service.store.lookup import StateLookup
 from auth_service.store.migrations import bundled_versions
 from auth_service.store.outbox import write_user_deleted
-from auth_service.store.state_cache import StateCache, UserChangeFeed
+from auth_service.store.state_cache import StateCache
 from auth_service.store.status import DatabaseStatus
+from auth_service.store.user_changes import UserChangeFeed
 from auth_service.store.users import UserRepository
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from auth_client import _tracing
-from auth_client._dead_letter import RetryPolicy, dead_letter_headers
+from auth_client._dead_letter import DeadLetterWriter, RetryPolicy
 from auth_client._offsets import ConsumerStats, Offsets
 from auth_client.contract import (
     DEFAULT_DLQ_TOPIC,
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
     from types import TracebackType
 
-    from opentelemetry.trace import Span, Tracer
+    from opentelemetry.trace import Span
 
 log = logging.getLogger("auth_client.events")
 
@@ -150,14 +150,22 @@ class UserDeletedConsumer:
             max_poll_records=max_poll_records,
             **{"fetch_max_wait_ms": fetch_max_wait_ms, **dict(consumer_options or {})},
         )
-        self._producer = AIOKafkaProducer(
-            client_id=f"{client_id}-dlq",
-            acks="all",
-            enable_idempotence=enable_idempotence,
-            **{"bootstrap_servers": bootstrap_servers, **dict(producer_options or {})},
+        self._stopping = asyncio.Event()
+        self._dead_letters = DeadLetterWriter(
+            AIOKafkaProducer(
+                client_id=f"{client_id}-dlq",
+                acks="all",
+                enable_idempotence=enable_idempotence,
+                **{"bootstrap_servers": bootstrap_servers, **dict(producer_options or {})},
+            ),
+            topic=dlq_topic,
+            group_id=group_id,
+            retry=self.retry,
+            stats=self.stats,
+            timeout_s=dead_letter_timeout_s,
+            sleep=self._sleep_unless_stopped,
         )
         self._offsets = Offsets(self._consumer, self.stats, revoke_timeout_s=revoke_timeout_s)
-        self._stopping = asyncio.Event()
         self._stop_timer: asyncio.TimerHandle | None = None
         self._run_done = asyncio.Event()
         self._run_done.set()
@@ -174,7 +182,7 @@ class UserDeletedConsumer:
             raise RuntimeError(f"cannot start a consumer that is {self._state.value}")
         self._state = _State.RUNNING
         try:
-            await self._producer.start()
+            await self._dead_letters.producer.start()
             self._consumer.subscribe([self.topic], listener=self._offsets)
             await self._consumer.start()
         except BaseException:
@@ -205,7 +213,7 @@ class UserDeletedConsumer:
             self.stop()
             await self._wait_for_run()
             await self._offsets.commit_all()
-            for part in (self._consumer, self._producer):
+            for part in (self._consumer, self._dead_letters.producer):
                 try:
                     await part.stop()
                 except Exception as exc:
@@ -304,11 +312,7 @@ class UserDeletedConsumer:
         if event_type is not None and event_type != USER_DELETED_TYPE:
             self.stats.skipped += 1  # another event type on this topic: not ours
             return True
-        tracer = _tracing.tracer()
-        if tracer is None:
-            return await self._handle(record, None, None)
         with _tracing.kafka_span(
-            tracer,
             "process",
             record.topic,
             parent=header(record.headers, HEADER_TRACEPARENT),
@@ -316,28 +320,24 @@ class UserDeletedConsumer:
             offset=record.offset,
             group=self.group_id,
         ) as span:
-            return await self._handle(record, tracer, span)
+            return await self._handle(record, span)
 
-    async def _handle(self, record: Any, tracer: Tracer | None, span: Span | None) -> bool:
+    async def _handle(self, record: Any, span: Span) -> bool:
         key = record.key.decode("utf-8", errors="replace") if record.key else None
         origin = Origin(record.topic, record.partition, record.offset, key)
         try:
             event = decode_user_deleted(record.value, origin)
         except EventDecodeError as exc:
-            return await self._dead_letter(record, exc, attempts=0, tracer=tracer)
-        if span is not None:
-            span.set_attribute("messaging.message.id", event.event_id)
+            return await self._dead_letters.write(record, exc, attempts=0)
+        span.set_attribute("messaging.message.id", event.event_id)
         attempt = 0
         while True:
             attempt += 1
             try:
-                if tracer is None:
+                with _tracing.child_span(
+                    span, "handle user_deleted", {"auth_client.attempt": attempt}
+                ):
                     await self._handler(event)
-                else:
-                    with tracer.start_as_current_span(
-                        "handle user_deleted", attributes={"auth_client.attempt": attempt}
-                    ):
-                        await self._handler(event)
             except Exception as exc:
                 if attempt >= self.retry.max_attempts:
                     log.warning(
@@ -345,80 +345,18 @@ class UserDeletedConsumer:
                         attempt,
                         event.event_id,
                     )
-                    return await self._dead_letter(record, exc, attempts=attempt, tracer=tracer)
+                    return await self._dead_letters.write(record, exc, attempts=attempt)
                 self.stats.retries += 1
                 log.info("user_deleted handler failed (attempt %d): %r", attempt, exc)
                 delay = self.retry.delay(attempt)
-                if span is not None:
-                    span.add_event(
-                        "retry", {"auth_client.attempt": attempt, "auth_client.delay_s": delay}
-                    )
+                span.add_event(
+                    "retry", {"auth_client.attempt": attempt, "auth_client.delay_s": delay}
+                )
                 if await self._sleep_unless_stopped(delay):
                     return False
             else:
                 self.stats.handled += 1
                 return True
-
-    async def _dead_letter(
-        self, record: Any, error: BaseException, *, attempts: int, tracer: Tracer | None = None
-    ) -> bool:
-        """Write the message to the DLQ (retrying for `dead_letter_timeout_s`)."""
-        if tracer is None:
-            return await self._send_dead_letter(record, error, attempts, record.headers)
-        with _tracing.kafka_span(tracer, "send", self.dlq_topic) as span:
-            span.set_attribute("auth_client.attempts", attempts)
-            span.set_attribute("error.type", type(error).__name__)
-            # The dead-lettered message continues the trace from this span.
-            headers = _tracing.with_traceparent(record.headers, span)
-            return await self._send_dead_letter(record, error, attempts, headers)
-
-    async def _send_dead_letter(
-        self, record: Any, error: BaseException, attempts: int, original: Any
-    ) -> bool:
-        """Retry the write for `dead_letter_timeout_s`; False (do not commit) when it
-        did not succeed by then or the consumer stops."""
-        headers = dead_letter_headers(record, error, attempts, self.group_id, original)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.dead_letter_timeout_s
-        failures = 0
-        while True:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await self._producer.send_and_wait(
-                        self.dlq_topic, value=record.value, key=record.key, headers=headers
-                    )
-            except (KafkaError, TimeoutError) as exc:
-                failures += 1
-                log.log(
-                    logging.WARNING if failures == 1 else logging.DEBUG,
-                    "could not write to dead-letter topic %s (attempt %d): %r",
-                    self.dlq_topic,
-                    failures,
-                    exc,
-                )
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return self._dead_letter_given_up(record, failures, exc)
-                if await self._sleep_unless_stopped(min(self.retry.delay(failures), remaining)):
-                    return False
-            else:
-                self.stats.dead_lettered += 1
-                return True
-
-    def _dead_letter_given_up(self, record: Any, failures: int, exc: BaseException) -> bool:
-        self.stats.dead_letter_failures += 1
-        log.error(
-            "gave up writing %s[%d]@%d to dead-letter topic %s after %gs (%d attempts, "
-            "last error %r): the message is NOT committed and will be delivered again",
-            record.topic,
-            record.partition,
-            record.offset,
-            self.dlq_topic,
-            self.dead_letter_timeout_s,
-            failures,
-            exc,
-        )
-        return False
 
     async def _sleep_unless_stopped(self, seconds: float) -> bool:
         """Sleep; True when stop() was requested (before or during the sleep)."""

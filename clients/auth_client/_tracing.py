@@ -21,7 +21,6 @@ headers), written and read by `auth_client.contract`.
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING, cast
 
 from auth_client._errors import AuthClientError
@@ -33,7 +32,7 @@ except ImportError:  # the `tracing` extra is not installed
     trace = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Mapping, Sequence
     from contextlib import AbstractContextManager
     from types import TracebackType
 
@@ -80,6 +79,9 @@ class _Off:
         return None
 
     def set_attribute(self, _key: str, _value: object) -> None:
+        return None
+
+    def add_event(self, _name: str, _attributes: object = None) -> None:
         return None
 
 
@@ -180,6 +182,8 @@ def rpc_metadata(metadata: Metadata, span: Span) -> Metadata:
 
 def traceparent(span: Span) -> str | None:
     """The `traceparent` that makes `span` the parent on the other side."""
+    if span is OFF:
+        return None
     ctx = span.get_span_context()
     if not ctx.is_valid:
         return None
@@ -198,9 +202,7 @@ def remote_parent(value: str | bytes | None) -> Context | None:
     return trace.set_span_in_context(trace.NonRecordingSpan(parent))
 
 
-@contextlib.contextmanager
 def kafka_span(
-    tracer: Tracer,
     operation: str,
     topic: str,
     *,
@@ -208,11 +210,14 @@ def kafka_span(
     partition: int | None = None,
     offset: int | None = None,
     group: str | None = None,
-) -> Iterator[Span]:
+) -> AbstractContextManager[Span]:
     """The span of a Kafka `operation` ("process": CONSUMER, continuing the trace
     of `parent`, a traceparent; "send": PRODUCER, child of the current span), with
-    the messaging attributes of OpenTelemetry's semantic conventions."""
-    assert trace is not None
+    the messaging attributes of OpenTelemetry's semantic conventions; `OFF` while
+    the process does not trace."""
+    found = tracer()
+    if found is None or trace is None:
+        return _OFF_BLOCK
     attributes: dict[str, str | int] = {
         "messaging.system": "kafka",
         "messaging.operation.type": operation,
@@ -225,19 +230,32 @@ def kafka_span(
     if group is not None:
         attributes["messaging.consumer.group.name"] = group
     kind = trace.SpanKind.CONSUMER if operation == "process" else trace.SpanKind.PRODUCER
-    with tracer.start_as_current_span(
+    return found.start_as_current_span(
         f"{operation} {topic}",
         context=remote_parent(parent) if operation == "process" else None,
         kind=kind,
         attributes=attributes,
-    ) as span:
-        yield span
+    )
+
+
+def child_span(
+    span: Span, name: str, attributes: Mapping[str, str | int]
+) -> AbstractContextManager[Span]:
+    """A child span `name` of the live `span` (current while the block runs), or
+    `OFF` when `span` is `OFF`."""
+    found = _tracer
+    if span is OFF or found is None:
+        return _OFF_BLOCK
+    return found.start_as_current_span(name, attributes=attributes)
 
 
 def with_traceparent(
     headers: Sequence[tuple[str, bytes]] | None, span: Span
 ) -> list[tuple[str, bytes]]:
-    """`headers` with the `traceparent` of `span` instead of any earlier one."""
+    """`headers` with the `traceparent` of `span` instead of any earlier one
+    (unchanged when `span` is `OFF`: the message keeps the trace it came with)."""
+    if span is OFF:
+        return list(headers or ())
     out = [(k, v) for k, v in headers or () if k != HEADER_TRACEPARENT]
     parent = traceparent(span)
     if parent is not None:
@@ -245,18 +263,11 @@ def with_traceparent(
     return out
 
 
-def record_failure(span: Span, error: BaseException) -> None:
-    """Mark `span` failed by `error` (an exception event and an ERROR status)."""
-    assert trace is not None
-    span.record_exception(error)
-    span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-
-
 __all__ = [
     "OFF",
+    "child_span",
     "is_live",
     "kafka_span",
-    "record_failure",
     "remote_parent",
     "rpc_metadata",
     "rpc_span",
