@@ -20,6 +20,8 @@ import grpc
 from bench.load import LoadResult
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
+
     from bench.load import LoadSpec
 
 
@@ -85,18 +87,7 @@ async def _run(args: dict[str, Any]) -> dict[str, Any]:
     if args["rate"] is None:
         await asyncio.gather(*(closed_loop(i) for i in range(args["concurrency"])))
     else:
-        # Open loop: start requests on a fixed schedule, whatever the answers do.
-        interval = 1 / args["rate"]
-        tasks: set[asyncio.Task[None]] = set()
-        sent = 0
-        while (now := time.perf_counter()) < end:
-            while started + sent * interval <= now:
-                task = asyncio.create_task(one(sent))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                sent += 1
-            await asyncio.sleep(max(0.0, started + sent * interval - time.perf_counter()))
-        await asyncio.gather(*tasks)
+        await _open_loop(one, 1 / args["rate"], started, end)
     seconds = time.perf_counter() - started
     for channel in channels:
         await channel.close(None)
@@ -108,6 +99,23 @@ async def _run(args: dict[str, Any]) -> dict[str, Any]:
         "rps": counts["done"] / seconds,
         "latencies_us": latencies,
     }
+
+
+async def _open_loop(
+    one: Callable[[int], Coroutine[Any, Any, None]], interval: float, started: float, end: float
+) -> None:
+    """Start call `one(n)` every `interval` seconds until `end`, whatever the
+    answers do, then wait for the calls in flight."""
+    tasks: set[asyncio.Task[None]] = set()
+    sent = 0
+    while (now := time.perf_counter()) < end:
+        while started + sent * interval <= now:
+            task = asyncio.create_task(one(sent))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            sent += 1
+        await asyncio.sleep(max(0.0, started + sent * interval - time.perf_counter()))
+    await asyncio.gather(*tasks)
 
 
 def main() -> None:

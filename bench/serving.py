@@ -14,7 +14,7 @@ Two kinds of UserExists load, each request body a different id (grpcload):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from bench import latency, plot, reasons
 from bench.calls import (
@@ -162,11 +162,77 @@ async def _run(ctx: Context, query: ServerProcess) -> Section:
     # take turns in short slices and their latencies are pooled (bench/latency.py):
     # steal time here comes in bursts that one 5 s run of one load would take alone.
     basis = min(ue_rps, h_rps)
-    points = CURVE if not o.quick else (0.1, 0.5, 1.0)
-    curve: dict[str, list[tuple[float, float, float]]] = {"UserExists": [], "Health/Check": []}
     point_duration = max(o.duration / 2, 2.0)
     slices = latency.slices_for(o.rounds * point_duration)  # at 10% and 50%
     curve_slices = latency.slices_for(point_duration)  # elsewhere on the curve
+    curve = await _latency_curve(
+        ctx,
+        section,
+        (srv, query),
+        (health, skewed, distinct),
+        basis,
+        (slices, curve_slices),
+        cold_cpu=(d_cpu, pg_cpu_d, d_rps),
+        health_cpu=(h_cpu, h_rps),
+    )
+    picture = plot.latency_curve(curve, basis)
+    if picture is not None:
+        section.row("latency against load (p50, p99)", f"[{picture.name}]({picture.name})", "")
+
+    section.row(
+        "server RSS idle",
+        f"{ctx.idle_rss / MIB:.0f} MiB",
+        "after start (index of every user loaded), before any call",
+    )
+    peak = max(r.rss_max for r in u_runs)
+    section.row(
+        "server RSS under load (peak)", f"{peak / MIB:.0f} MiB", "skewed runs, sampled every 0.25 s"
+    )
+    section.figures.update(
+        user_exists_rps=ue_rps,
+        user_exists_distinct_rps=d_rps,
+        health_rps=h_rps,
+        user_exists_vs_health=ratio,
+        cpu_us_per_user_exists=ue_cpu,
+        cpu_us_per_user_exists_distinct=d_cpu,
+        cpu_us_per_health=h_cpu,
+        pg_cpu_us_per_user_exists=pg_cpu,
+        rss_idle_mib=ctx.idle_rss / MIB,
+        rss_load_mib=peak / MIB,
+    )
+    section.notes += notes(
+        ctx,
+        skewed_ids=skewed_ids,
+        population=len(population),
+        skewed=skewed,
+        distinct=distinct,
+        slices_at=(slices, curve_slices),
+        saturated_calls=int(MAX_RATE * o.duration),
+        runs=[*h_runs, *u_runs, *d_runs],
+    )
+    return section
+
+
+async def _latency_curve(
+    ctx: Context,
+    section: Section,
+    servers: tuple[ServerProcess, ServerProcess],
+    calls: tuple[list[bytes], Stream, Distinct],
+    basis: float,
+    slices_at: tuple[int, int],
+    *,
+    cold_cpu: tuple[float, float, float],
+    health_cpu: tuple[float, float],
+) -> dict[str, list[tuple[float, float, float]]]:
+    """p50 and p99 of UserExists and Health/Check at fractions of `basis`, with the
+    target points' rows in `section`. `servers`: the one with the index and the one
+    without (every-id-new loads); `calls`: Health/Check's body, the skewed stream and
+    the every-id-new source; `slices_at`: the slices at target points and elsewhere."""
+    srv, query = servers
+    health, skewed, distinct = calls
+    slices, curve_slices = slices_at
+    points = CURVE if not ctx.options.quick else (0.1, 0.5, 1.0)
+    curve: dict[str, list[tuple[float, float, float]]] = {"UserExists": [], "Health/Check": []}
 
     def load(
         path: str, bodies: Callable[[float], list[bytes]], rate: float, to: ServerProcess = srv
@@ -207,81 +273,64 @@ async def _run(ctx: Context, query: ServerProcess) -> Section:
             points_of.append((rate, pooled[name].p(50), pooled[name].p(99)))
         if not targets:
             continue
-        u, h, c = pooled["UserExists"], pooled["Health/Check"], pooled["cold"]
-        u50, u99, h50, h99, c50, c99 = u.p(50), u.p(99), h.p(50), h.p(99), c.p(50), c.p(99)
-        steal = (
-            f"; steal {u.steal_share:.0%} / {h.steal_share:.0%} / {c.steal_share:.0%} "
-            "of the cores during the skewed / Health / every-id-new slices"
+        _target_rows(
+            section,
+            fraction,
+            rate,
+            pooled,
+            cold_cpu=cold_cpu,
+            health_cpu=health_cpu,
         )
-        section.row(
-            f"UserExists (skewed) p50 / p99 at {fmt_int(rate)} req/s "
-            f"({fraction:.0%} of saturation)",
-            f"{u50:.2f} / {u99:.2f} ms",
-            f"Health/Check at the same rate: {h50:.2f} / {h99:.2f} ms" + steal,
-            None,
-            "p50 <= +0.3 ms, p99 <= +1 ms",
-            u50 <= h50 + 0.3 and u99 <= h99 + 1.0,
-        ).why = reasons.skewed_latency(u, h, c)
-        section.row(
-            f"UserExists (every id new, no index) p50 / p99 at {fraction:.0%} of saturation",
-            f"{c50:.2f} / {c99:.2f} ms",
-            f"Health/Check at the same rate: {h50:.2f} / {h99:.2f} ms",
-            None,
-            "p50 <= +1 ms",
-            c50 <= h50 + 1.0,
-        ).why = reasons.cold_latency(
-            rate, c, h, cold_cpu=(d_cpu, pg_cpu_d, d_rps), health_cpu=(h_cpu, h_rps)
-        )
-        pct = int(fraction * 100)
-        section.figures.update(
-            {
-                f"latency_{pct}_p50_ms": u50,
-                f"latency_{pct}_p99_ms": u99,
-                f"health_latency_{pct}_p50_ms": h50,
-                f"health_latency_{pct}_p99_ms": h99,
-                f"cold_latency_{pct}_p50_ms": c50,
-                f"cold_latency_{pct}_p99_ms": c99,
-                f"steal_{pct}_user_exists": u.steal_share,
-                f"steal_{pct}_health": h.steal_share,
-                f"steal_{pct}_cold": c.steal_share,
-            }
-        )
-    picture = plot.latency_curve(curve, basis)
-    if picture is not None:
-        section.row("latency against load (p50, p99)", f"[{picture.name}]({picture.name})", "")
+    return curve
 
-    section.row(
-        "server RSS idle",
-        f"{ctx.idle_rss / MIB:.0f} MiB",
-        "after start (index of every user loaded), before any call",
+
+def _target_rows(
+    section: Section,
+    fraction: float,
+    rate: float,
+    pooled: Mapping[str, latency.Pooled],
+    *,
+    cold_cpu: tuple[float, float, float],
+    health_cpu: tuple[float, float],
+) -> None:
+    """The rows and figures of one target point (10%, 50%): the skewed and the
+    every-id-new latencies against Health/Check's at the same rate."""
+    u, h, c = pooled["UserExists"], pooled["Health/Check"], pooled["cold"]
+    u50, u99, h50, h99, c50, c99 = u.p(50), u.p(99), h.p(50), h.p(99), c.p(50), c.p(99)
+    steal = (
+        f"; steal {u.steal_share:.0%} / {h.steal_share:.0%} / {c.steal_share:.0%} "
+        "of the cores during the skewed / Health / every-id-new slices"
     )
-    peak = max(r.rss_max for r in u_runs)
     section.row(
-        "server RSS under load (peak)", f"{peak / MIB:.0f} MiB", "skewed runs, sampled every 0.25 s"
-    )
+        f"UserExists (skewed) p50 / p99 at {fmt_int(rate)} req/s ({fraction:.0%} of saturation)",
+        f"{u50:.2f} / {u99:.2f} ms",
+        f"Health/Check at the same rate: {h50:.2f} / {h99:.2f} ms" + steal,
+        None,
+        "p50 <= +0.3 ms, p99 <= +1 ms",
+        u50 <= h50 + 0.3 and u99 <= h99 + 1.0,
+    ).why = reasons.skewed_latency(u, h, c)
+    section.row(
+        f"UserExists (every id new, no index) p50 / p99 at {fraction:.0%} of saturation",
+        f"{c50:.2f} / {c99:.2f} ms",
+        f"Health/Check at the same rate: {h50:.2f} / {h99:.2f} ms",
+        None,
+        "p50 <= +1 ms",
+        c50 <= h50 + 1.0,
+    ).why = reasons.cold_latency(rate, c, h, cold_cpu=cold_cpu, health_cpu=health_cpu)
+    pct = int(fraction * 100)
     section.figures.update(
-        user_exists_rps=ue_rps,
-        user_exists_distinct_rps=d_rps,
-        health_rps=h_rps,
-        user_exists_vs_health=ratio,
-        cpu_us_per_user_exists=ue_cpu,
-        cpu_us_per_user_exists_distinct=d_cpu,
-        cpu_us_per_health=h_cpu,
-        pg_cpu_us_per_user_exists=pg_cpu,
-        rss_idle_mib=ctx.idle_rss / MIB,
-        rss_load_mib=peak / MIB,
+        {
+            f"latency_{pct}_p50_ms": u50,
+            f"latency_{pct}_p99_ms": u99,
+            f"health_latency_{pct}_p50_ms": h50,
+            f"health_latency_{pct}_p99_ms": h99,
+            f"cold_latency_{pct}_p50_ms": c50,
+            f"cold_latency_{pct}_p99_ms": c99,
+            f"steal_{pct}_user_exists": u.steal_share,
+            f"steal_{pct}_health": h.steal_share,
+            f"steal_{pct}_cold": c.steal_share,
+        }
     )
-    section.notes += notes(
-        ctx,
-        skewed_ids=skewed_ids,
-        population=len(population),
-        skewed=skewed,
-        distinct=distinct,
-        slices_at=(slices, curve_slices),
-        saturated_calls=int(MAX_RATE * o.duration),
-        runs=[*h_runs, *u_runs, *d_runs],
-    )
-    return section
 
 
 def _lookups(*servers: ServerProcess) -> Callable[[], float | None]:

@@ -188,6 +188,27 @@ class Checker:
             self.fail(name, f"`auth-service {shlex.join(argv)}` is not a valid command: {error}")
             return
         self.commands[name] = argv
+        self.check_env(name, env)
+        settings = None
+        if args.command in {"serve", "relay"}:
+            loadable = {k: v for k, v in env.items() if not k.endswith("_FILE")}
+            try:
+                settings = Settings.from_env(loadable)
+            except ConfigError as exc:
+                self.fail(name, f"`{args.command}` would refuse to start: {exc}")
+        if args.command == "migrate" and not (env.get("DATABASE_URL") or args.database_url):
+            self.fail(name, "migrate needs DATABASE_URL")
+        if settings is not None and args.command == "serve":
+            self.check_serve(name, svc, settings)
+        self.check_ports(name, svc, stage, command=args.command, settings=settings, env=env)
+        self.check_healthcheck(name, svc, stage, args.command, settings)
+        for url_var in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"):
+            for host in hosts_in(env.get(url_var, "")):
+                if host in self.services and host not in self.reachable(name):
+                    self.fail(name, f"{url_var} names service {host!r} but does not depend on it")
+
+    def check_env(self, name: str, env: dict[str, str]) -> None:
+        """Every variable is documented and its value parses."""
         for key, value in env.items():
             var = VARS.get(key)
             if var is None:
@@ -201,31 +222,18 @@ class Checker:
                     var.parse(value)
                 except ValueError as exc:
                     self.fail(name, f"{key}={value!r}: {exc}")
-        settings = None
-        if args.command in {"serve", "relay"}:
-            loadable = {k: v for k, v in env.items() if not k.endswith("_FILE")}
-            try:
-                settings = Settings.from_env(loadable)
-            except ConfigError as exc:
-                self.fail(name, f"`{args.command}` would refuse to start: {exc}")
-        if args.command == "migrate" and not (env.get("DATABASE_URL") or args.database_url):
-            self.fail(name, "migrate needs DATABASE_URL")
-        if settings is not None and args.command == "serve":
-            problem = insecure_listen_problem(settings)
-            if problem:
-                self.fail(name, problem)
-            grace = duration_s(str(svc.get("stop_grace_period", "10s")))
-            if grace <= settings.shutdown_grace_s:
-                self.fail(
-                    name,
-                    f"stop_grace_period {grace:g}s does not outlast SHUTDOWN_GRACE_S {settings.shutdown_grace_s:g}s",
-                )
-        self.check_ports(name, svc, stage, command=args.command, settings=settings, env=env)
-        self.check_healthcheck(name, svc, stage, args.command, settings)
-        for url_var in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"):
-            for host in hosts_in(env.get(url_var, "")):
-                if host in self.services and host not in self.reachable(name):
-                    self.fail(name, f"{url_var} names service {host!r} but does not depend on it")
+
+    def check_serve(self, name: str, svc: dict[str, Any], settings: Settings) -> None:
+        """`serve` may listen where it does, and compose waits out its drain."""
+        problem = insecure_listen_problem(settings)
+        if problem:
+            self.fail(name, problem)
+        grace = duration_s(str(svc.get("stop_grace_period", "10s")))
+        if grace <= settings.shutdown_grace_s:
+            self.fail(
+                name,
+                f"stop_grace_period {grace:g}s does not outlast SHUTDOWN_GRACE_S {settings.shutdown_grace_s:g}s",
+            )
 
     def check_ports(
         self,

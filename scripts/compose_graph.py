@@ -40,32 +40,41 @@ class Graph:
     def problems(self, commands: dict[str, list[str]]) -> list[tuple[str, str]]:
         """(service, problem) for the start-up order; `commands`: our services'
         `auth-service` argv."""
-        out: list[tuple[str, str]] = []
-        for name in self.services:
-            for dep, condition in self.deps(name).items():
-                if condition == "service_completed_successfully" and self.restarts(dep):
-                    out.append(
-                        (name, f'waits for {dep} to complete, but {dep} restarts (restart: "no")')
-                    )
+        out = [
+            (name, f'waits for {dep} to complete, but {dep} restarts (restart: "no")')
+            for name in self.services
+            for dep, condition in self.deps(name).items()
+            if condition == "service_completed_successfully" and self.restarts(dep)
+        ]
         kinds: dict[str, list[str]] = {}
         for name, argv in commands.items():
             kinds.setdefault(argv[0], []).append(name)
-        if not kinds.get("migrate"):
-            out.append(("stack", "no one-shot `migrate` service"))
+        return out + self._migrate_problems(kinds) + self._relay_problems(kinds)
+
+    def _migrate_problems(self, kinds: dict[str, list[str]]) -> list[tuple[str, str]]:
+        """One `migrate` waits for a healthy database; serve and relay wait for it."""
+        migrate = kinds.get("migrate", [])
+        out = [] if migrate else [("stack", "no one-shot `migrate` service")]
         out.extend(
             (name, "must wait for a healthy database (service_healthy)")
-            for name in kinds.get("migrate", [])
+            for name in migrate
             if "service_healthy" not in self.deps(name).values()
         )
         for name in kinds.get("serve", []) + kinds.get("relay", []):
             waits = [d for d, c in self.deps(name).items() if c == "service_completed_successfully"]
-            if not set(waits) & set(kinds.get("migrate", [])):
+            if not set(waits) & set(migrate):
                 out.append(
                     (name, "must wait for `migrate` (condition: service_completed_successfully)")
                 )
-        if kinds.get("relay"):
-            for name in kinds.get("serve", []):
-                env = as_env(self.services[name].get("environment"))
-                if env.get("RELAY_ENABLED", "true").lower() not in {"false", "0", "no", "off"}:
-                    out.append((name, "a separate relay service runs: set RELAY_ENABLED=false"))
         return out
+
+    def _relay_problems(self, kinds: dict[str, list[str]]) -> list[tuple[str, str]]:
+        """With a separate relay service, `serve` runs none of its own."""
+        if not kinds.get("relay"):
+            return []
+        return [
+            (name, "a separate relay service runs: set RELAY_ENABLED=false")
+            for name in kinds.get("serve", [])
+            if as_env(self.services[name].get("environment")).get("RELAY_ENABLED", "true").lower()
+            not in {"false", "0", "no", "off"}
+        ]

@@ -11,12 +11,9 @@ from auth_service.cli.common import fail, host_port, metrics_flag, run_async
 from auth_service.config import ConfigError, Settings, cli_default
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from auth_service.api import logs  # noqa: PLC0415
-    from auth_service.api.grpc_server import ServerStartError  # noqa: PLC0415
-    from auth_service.api.server import serve  # noqa: PLC0415
-    from auth_service.api.tls import insecure_listen_problem  # noqa: PLC0415
-
+def _serve_settings(args: argparse.Namespace) -> Settings:
+    """The environment's settings with `serve`'s flags applied (a worker of
+    `--workers` shares the port, and only worker 0 runs the relay)."""
     overrides: dict[str, Any] = {}
     if args.listen:
         overrides["listen"] = args.listen
@@ -25,20 +22,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.metrics_listen:
         overrides["metrics_listen"] = args.metrics_listen
     if args.worker_index is not None:
-        # One of several processes sharing the port; only worker 0 runs the relay.
         overrides["reuse_port"] = True
         if args.worker_index > 0:
             overrides["relay_enabled"] = False
     settings = Settings.from_env(**overrides).replace(allow_unauthenticated_reads=False)
-    problem = insecure_listen_problem(settings)
-    if problem:
-        return fail(problem, code=2)
     if args.worker_index and settings.metrics_listen:
         from auth_service.api.metrics_endpoint import worker_listen  # noqa: PLC0415
 
         settings = settings.replace(
             metrics_listen=worker_listen(settings.metrics_listen, args.worker_index)
         )
+    return settings
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from auth_service.api import logs  # noqa: PLC0415
+    from auth_service.api.grpc_server import ServerStartError  # noqa: PLC0415
+    from auth_service.api.server import serve  # noqa: PLC0415
+    from auth_service.api.tls import insecure_listen_problem  # noqa: PLC0415
+
+    settings = _serve_settings(args)
+    problem = insecure_listen_problem(settings)
+    if problem:
+        return fail(problem, code=2)
     logs.configure(settings.log_level, settings.log_format)
     if args.workers > 1:
         from auth_service.cli.workers import WorkersError, run_workers  # noqa: PLC0415

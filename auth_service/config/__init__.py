@@ -107,6 +107,9 @@ class Settings:
             raise ConfigError(problems)
 
     def _cross_check(self) -> dict[str, str]:
+        return {**self._check_database(), **self._check_tls(), **self._check_limits()}
+
+    def _check_database(self) -> dict[str, str]:
         problems: dict[str, str] = {}
         if self.pool_min_size < 0:
             problems["DB_POOL_MIN_SIZE"] = "must not be negative"
@@ -118,11 +121,19 @@ class Settings:
             problems["STATE_CACHE_SIZE"] = "must not be negative"
         if self.state_index_max_users < 0:
             problems["STATE_INDEX_MAX_USERS"] = "must not be negative"
+        return problems
+
+    def _check_tls(self) -> dict[str, str]:
+        problems: dict[str, str] = {}
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             missing = "TLS_KEY_FILE" if self.tls_cert_file else "TLS_CERT_FILE"
             problems[missing] = "TLS_CERT_FILE and TLS_KEY_FILE must be set together"
         if self.tls_client_ca_file and not self.tls_cert_file:
             problems["TLS_CLIENT_CA_FILE"] = "mTLS needs TLS_CERT_FILE and TLS_KEY_FILE too"
+        return problems
+
+    def _check_limits(self) -> dict[str, str]:
+        problems: dict[str, str] = {}
         if self.max_request_bytes < MIN_REQUEST_BYTES:
             problems["MAX_REQUEST_BYTES"] = (
                 f"must be at least {MIN_REQUEST_BYTES} so a 1000-id batch fits"
@@ -167,20 +178,7 @@ class Settings:
         `overrides` (attribute names) win over the environment, e.g. CLI flags.
         """
         source = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        problems: dict[str, str] = {}
-        for var in ENV_VARS:
-            if var.attr in overrides:
-                continue
-            raw = source.get(var.name)
-            if raw is None or (raw.strip() == "" and var.required):
-                if var.required:
-                    problems[var.name] = "is required"
-                continue
-            try:
-                values[var.attr] = var.parse(raw)
-            except ValueError as exc:
-                problems[var.name] = str(exc) or "invalid value"
+        values, problems = _parse_env(source, overrides)
         values.update(overrides)
         # Settings built in code (tests, `auth-service dev`) may leave Kafka out and
         # get no relay; a deployment must say where to publish or turn the relay off.
@@ -192,17 +190,7 @@ class Settings:
                 else "is required unless RELAY_ENABLED=false",
             )
         if problems:
-            # Also judge the cross-field rules (defaults standing in for the bad
-            # values), so one error names every problem.
-            probe = {"database_url": "postgresql://placeholder/db", **values}
-            try:
-                cls(**probe)
-            except ConfigError as exc:
-                for key, why in exc.problems.items():
-                    problems.setdefault(key, why)
-            except TypeError:  # pragma: no cover - programming error in overrides
-                pass
-            raise ConfigError(problems)
+            raise ConfigError({**problems, **cls._cross_problems(values, problems)})
         try:
             return cls(**values)
         except ConfigError:
@@ -210,8 +198,43 @@ class Settings:
         except TypeError as exc:  # pragma: no cover - programming error in overrides
             raise ConfigError({"<overrides>": str(exc)}) from exc
 
+    @classmethod
+    def _cross_problems(cls, values: dict[str, Any], known: Mapping[str, str]) -> dict[str, str]:
+        """The cross-field rules' problems not in `known`, judged with defaults
+        standing in for the bad values, so one error names every problem."""
+        probe = {"database_url": "postgresql://placeholder/db", **values}
+        try:
+            cls(**probe)
+        except ConfigError as exc:
+            return {key: why for key, why in exc.problems.items() if key not in known}
+        except TypeError:  # pragma: no cover - programming error in overrides
+            pass
+        return {}
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+def _parse_env(
+    source: Mapping[str, str], overrides: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The values of every variable `source` sets (those `overrides` replace left
+    out), and the problem of each that is missing or does not parse."""
+    values: dict[str, Any] = {}
+    problems: dict[str, str] = {}
+    for var in ENV_VARS:
+        if var.attr in overrides:
+            continue
+        raw = source.get(var.name)
+        if raw is None or (raw.strip() == "" and var.required):
+            if var.required:
+                problems[var.name] = "is required"
+            continue
+        try:
+            values[var.attr] = var.parse(raw)
+        except ValueError as exc:
+            problems[var.name] = str(exc) or "invalid value"
+    return values, problems
 
 
 def cli_default(name: str, default: str | None = None) -> str | None:

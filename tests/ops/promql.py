@@ -220,72 +220,97 @@ def problems(
     scrape jobs of prometheus.yml to the process each one scrapes; selectors without
     such a job (auth_client_* in the calling services' jobs) are looked up in `client`.
     With `anywhere` (the docs' examples, which leave the job out), any process will do."""
-    jobs = set(processes)
-    targets = target_labels()
+    check = _QueryCheck(query, processes, client, anywhere)
     refs = references(query.expr)
-    out: list[str] = []
     if not refs.selectors:
-        out.append(f"{query.where}: queries no metric")
+        check.out.append(f"{query.where}: queries no metric")
+    for selector in refs.selectors:
+        check.selector(selector)
+    check.label_uses(refs)
+    return check.out
 
-    def sources(selector: Selector) -> list[tuple[str, Exported]]:
-        if anywhere:
-            candidates = [*processes.items(), ("client", client)]
+
+@dataclass
+class _QueryCheck:
+    """The problems of one query, collected in `out`."""
+
+    query: Query
+    processes: dict[str, Exported]
+    client: Exported
+    anywhere: bool
+    targets: set[str] = field(default_factory=target_labels)
+    out: list[str] = field(default_factory=list)
+
+    @property
+    def every_source(self) -> list[Exported]:
+        return [*self.processes.values(), self.client]
+
+    def sources(self, selector: Selector) -> list[tuple[str, Exported]]:
+        """(scrape job, process) pairs that `selector` may be answered by."""
+        if self.anywhere:
+            candidates = [*self.processes.items(), ("client", self.client)]
             names = {selector.name, f"{selector.name}_count"}
             having = [(n, e) for n, e in candidates if names & set(e.samples)]
             return having[:1] or candidates[:1]
+        jobs = set(self.processes)
         for label, op, value in selector.matchers:
             if label == "job" and op in {"=", "=~"} and "$" not in value:
                 wanted = value.split("|") if op == "=~" else [value]
                 unknown = [job for job in wanted if job not in jobs]
                 if unknown:
-                    out.append(
-                        f"{query.where}: job {unknown} is not a scrape job of "
+                    self.out.append(
+                        f"{self.query.where}: job {unknown} is not a scrape job of "
                         f"{PROMETHEUS_CONFIG.name} ({sorted(jobs)})"
                     )
-                return [(job, processes[job]) for job in wanted if job in jobs]
-        return [("client", client)]
+                return [(job, self.processes[job]) for job in wanted if job in jobs]
+        return [("client", self.client)]
 
-    def exported_labels(name: str, where: Exported) -> Labels | None:
+    def exported_labels(self, name: str, where: Exported) -> Labels | None:
         if name == "up":  # synthetic: one per target, with the target's labels only
-            return {"job": jobs, **{label: set() for label in targets - {"job"}}}
+            return {
+                "job": set(self.processes),
+                **{label: set() for label in self.targets - {"job"}},
+            }
         found = where.samples.get(name)
-        if found is None and anywhere:  # prose may name a histogram by its family name
+        if found is None and self.anywhere:  # prose may name a histogram by its family name
             found = where.samples.get(f"{name}_count")
         if found is None:
             return None
-        return {**found, **{label: found.get(label, set()) for label in targets}}
+        return {**found, **{label: found.get(label, set()) for label in self.targets}}
 
-    for selector in refs.selectors:
-        for source, exported in sources(selector):
-            labels = exported_labels(selector.name, exported)
-            where = f"{query.where}: {selector.name} (scrape of {source})"
+    def selector(self, selector: Selector) -> None:
+        for source, exported in self.sources(selector):
+            labels = self.exported_labels(selector.name, exported)
+            where = f"{self.query.where}: {selector.name} (scrape of {source})"
             if labels is None:
-                out.append(f"{where}: not exported")
+                self.out.append(f"{where}: not exported")
                 continue
             for label, op, value in selector.matchers:
                 if label not in labels:
-                    out.append(f"{where}: no label {label!r}")
-                elif label not in targets or (label == "job" and selector.name == "up"):
+                    self.out.append(f"{where}: no label {label!r}")
+                elif label not in self.targets or (label == "job" and selector.name == "up"):
                     problem = _value_problem(op, value, labels[label])
                     if problem:
-                        out.append(f"{where}: label {label}: {problem}")
-    all_sources = [*processes.values(), client]
-    for label, names in refs.labels:
-        if label in targets:
-            continue
-        if not any(
-            label in (exported.samples.get(name) or {})
-            for name in names
-            for exported in all_sources
+                        self.out.append(f"{where}: label {label}: {problem}")
+
+    def label_uses(self, refs: References) -> None:
+        """Labels the query groups or joins by, and label_values' label, exist."""
+        for label, names in refs.labels:
+            if label not in self.targets and not any(
+                label in (exported.samples.get(name) or {})
+                for name in names
+                for exported in self.every_source
+            ):
+                self.out.append(
+                    f"{self.query.where}: label {label!r} is on none of {sorted(names)}"
+                )
+        wanted = self.query.label
+        if wanted is not None and not any(
+            wanted in (exported.samples.get(s.name) or {}) or wanted in self.targets
+            for s in refs.selectors
+            for exported in self.every_source
         ):
-            out.append(f"{query.where}: label {label!r} is on none of {sorted(names)}")
-    if query.label is not None and not any(
-        query.label in (exported.samples.get(s.name) or {}) or query.label in targets
-        for s in refs.selectors
-        for exported in all_sources
-    ):
-        out.append(f"{query.where}: label_values label {query.label!r} is not exported")
-    return out
+            self.out.append(f"{self.query.where}: label_values label {wanted!r} is not exported")
 
 
 def queried_names() -> set[str]:
