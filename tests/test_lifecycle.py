@@ -5,6 +5,7 @@ cannot be started again. Real PostgreSQL; real sockets."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -16,10 +17,14 @@ from auth_service.api.callers import TokenFile
 from auth_service.api.health import HealthMonitor
 from auth_service.api.metrics_endpoint import MetricsServer
 from auth_service.api.server import AuthServer
+from auth_service.errors import UnavailableError
 from auth_service.lifecycle import Lifecycle, Owner
 from auth_service.store.erasure import ErasureJob
+from auth_service.store.lookup import StateLookup
+from auth_service.store.pool import Budget
 from auth_service.store.state_cache import StateCache
 from auth_service.store.user_changes import UserChangeFeed
+from auth_service.store.users import UserRepository
 from tests.conftest import make_settings
 
 
@@ -74,3 +79,16 @@ async def test_closing_an_owner_that_never_started(database_url: str) -> None:
     for close in closers:
         await close()
         await close()
+
+
+async def test_state_lookups_refuse_queries_once_closed(database_url: str) -> None:
+    """A closed StateLookup answers what memory has and refuses lookups that need a
+    query (UNAVAILABLE), instead of queueing them for a query that never runs."""
+    pool = await asyncpg.create_pool(database_url, min_size=0, max_size=1)
+    try:
+        lookup = StateLookup(UserRepository(pool))
+        await _one_lifecycle(lookup)  # type: ignore[arg-type]
+        with pytest.raises(UnavailableError, match="shutting down"):
+            await lookup.state(str(uuid.uuid4()), Budget(1.0))
+    finally:
+        await pool.close()

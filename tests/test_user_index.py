@@ -68,7 +68,8 @@ def test_ids_announced_while_an_index_loads_are_stale_in_it() -> None:
 
 
 def test_an_index_is_wanted_again_once_much_of_it_changed() -> None:
-    cache = StateCache(max_size=10)
+    # The bound is a twentieth of the cache's size (10,000 at the default 200,000)...
+    cache = StateCache()
     cache.enabled = True
     assert cache.index_outdated()  # none yet
     cache.begin_load()
@@ -80,6 +81,16 @@ def test_an_index_is_wanted_again_once_much_of_it_changed() -> None:
     assert cache.index is not None
     assert len(cache.index.stale) == 10_100
     assert cache.index_outdated()
+
+    # ...and at least 1,000 for a small cache
+    small = StateCache(max_size=10)
+    small.enabled = True
+    small.begin_load()
+    small.install(_index({uuid.uuid4(): False for _ in range(100)}))
+    small.on_notify(",".join(str(uuid.uuid4()) for _ in range(1_000)))
+    assert not small.index_outdated()
+    small.on_notify(str(uuid.uuid4()))
+    assert small.index_outdated()
 
 
 # --- real PostgreSQL -----------------------------------------------------------------

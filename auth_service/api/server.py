@@ -154,15 +154,17 @@ class AuthServer:
         cache = await self._follow_user_changes(stack)
         users = UserRepository(self._pool, self.database, changed=cache.changed)
         path = self.path = call_path(s, self.tokens, self.database)
-        self._lookup = lookup = StateLookup(
-            users,
-            cache=cache,
-            max_in_flight=s.lookup_concurrency,
-            max_window=s.lookup_window_ms / 1000,
-            # The collection window only when calls queue up anyway.
-            backlog=lambda: path.admission.limits.in_flight,
+        self._lookup = lookup = await stack.enter_async_context(
+            StateLookup(
+                users,
+                cache=cache,
+                max_in_flight=s.lookup_concurrency,
+                max_window=s.lookup_window_ms / 1000,
+                target_batch=s.lookup_target_batch,
+                # The collection window only when calls queue up anyway.
+                backlog=lambda: path.admission.limits.in_flight,
+            )
         )
-        stack.push_async_callback(lookup.aclose)
         if self.metrics is not None:
             stack.push_async_callback(track_lookup(lookup))
         declare_callers([ANONYMOUS.name, *self.tokens.callers])

@@ -8,7 +8,7 @@ from typing import Any
 
 from auth_client.toolkit.flags import add_tls_flags, wants_tls
 from auth_service.cli.common import fail, host_port, metrics_flag, run_async
-from auth_service.config import ConfigError, Settings, cli_default
+from auth_service.config import ConfigError, Settings, cli_default, otel_from_env
 
 
 def _serve_settings(args: argparse.Namespace) -> Settings:
@@ -104,6 +104,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         kafka_listen=args.kafka_listen,
         kafka_bootstrap_servers=cli_default("KAFKA_BOOTSTRAP_SERVERS"),
         metrics_listen=args.metrics_listen,
+        otel=otel_from_env(),
     )
     try:
         return run_async(run_dev(options))
@@ -113,8 +114,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 def cmd_relay(args: argparse.Namespace) -> int:
     from auth_service.api import logs  # noqa: PLC0415
-    from auth_service.api.metrics_endpoint import optional_server  # noqa: PLC0415
-    from auth_service.events.relay import run_relay  # noqa: PLC0415
+    from auth_service.cli.relay import run_relay  # noqa: PLC0415
 
     overrides: dict[str, Any] = {"relay_enabled": True}
     if args.metrics_listen:
@@ -122,12 +122,8 @@ def cmd_relay(args: argparse.Namespace) -> int:
     settings = Settings.from_env(command="relay", **overrides)
     logs.configure(settings.log_level, settings.log_format)
 
-    async def relay_with_metrics() -> int:
-        async with optional_server(settings.metrics_listen):
-            return await run_relay(settings)
-
     try:
-        return run_async(relay_with_metrics())
+        return run_async(run_relay(settings))
     except OSError as exc:  # the metrics port is taken
         return fail(f"cannot serve metrics on {settings.metrics_listen}: {exc}")
 

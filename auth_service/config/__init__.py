@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ __all__ = [
     "EnvVar",
     "Settings",
     "cli_default",
+    "otel_from_env",
 ]
 
 
@@ -69,6 +70,7 @@ class Settings:
     pii_erasure_interval_s: float = 60.0
     lookup_concurrency: int = 2
     lookup_window_ms: float = 2.0
+    lookup_target_batch: int = 8
     state_cache_size: int = 200_000
     state_index_max_users: int = 5_000_000
     # Not from the environment: set for the processes of `serve --workers N`.
@@ -215,14 +217,28 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
+def otel_from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The tracing settings (`OTEL_*`) that `env` (default: the process environment)
+    sets, as Settings attributes: `auth-service dev` takes these and no other
+    variable from the environment. ConfigError names every bad one."""
+    source = os.environ if env is None else env
+    otel = [var for var in ENV_VARS if var.name.startswith("OTEL_")]
+    values, problems = _parse_env(source, {}, otel)
+    if problems:
+        raise ConfigError(problems)
+    return values
+
+
 def _parse_env(
-    source: Mapping[str, str], overrides: Mapping[str, Any]
+    source: Mapping[str, str],
+    overrides: Mapping[str, Any],
+    variables: Iterable[EnvVar] = ENV_VARS,
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """The values of every variable `source` sets (those `overrides` replace left
-    out), and the problem of each that is missing or does not parse."""
+    """The values of each of `variables` that `source` sets (those `overrides`
+    replace left out), and the problem of each that is missing or does not parse."""
     values: dict[str, Any] = {}
     problems: dict[str, str] = {}
-    for var in ENV_VARS:
+    for var in variables:
         if var.attr in overrides:
             continue
         raw = source.get(var.name)

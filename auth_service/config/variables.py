@@ -148,6 +148,12 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "under load, how long a UserExists lookup may wait to share a query with others (0 = never wait); a quiet server never waits",
     ),
     EnvVar(
+        "DB_LOOKUP_TARGET_BATCH",
+        "lookup_target_batch",
+        p.positive_int,
+        "how many lookups a collection window aims to gather: it waits the expected time for that many (at most DB_LOOKUP_WINDOW_MS), and only while more than 2 x DB_LOOKUP_CONCURRENCY x this many calls are in flight",
+    ),
+    EnvVar(
         "STATE_CACHE_SIZE",
         "state_cache_size",
         p.non_negative_int,

@@ -30,13 +30,11 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
 from auth_client.backoff import Backoff
-from auth_service import tracing
 from auth_service.errors import UnavailableError
 from auth_service.events.publisher import Publisher, PublishError
 from auth_service.events.relay_config import RelayConfig
 from auth_service.lifecycle import Lifecycle, LifecycleGuard
 from auth_service.notices import RepeatingNotice
-from auth_service.signals import wait_for_shutdown_signal
 from auth_service.store.connection import describe
 from auth_service.store.listen import Listener
 from auth_service.store.outbox import NOTIFY_CHANNEL, Lag, OutboxRecord, OutboxStore
@@ -44,7 +42,6 @@ from auth_service.store.outbox import NOTIFY_CHANNEL, Lag, OutboxRecord, OutboxS
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from auth_service.config import Settings
     from auth_service.store.pool import Conn
 
 log = logging.getLogger(__name__)
@@ -424,15 +421,3 @@ def _warn_lag(lag: Lag) -> None:
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-async def run_relay(settings: Settings) -> int:
-    """`auth-service relay`: run until SIGTERM/SIGINT. Started top to bottom, stopped
-    bottom to top."""
-    async with contextlib.AsyncExitStack() as stack:
-        # Last out: export the spans still buffered.
-        await stack.enter_async_context(tracing.exporting(settings.tracing))
-        await stack.enter_async_context(Relay(RelayConfig.from_settings(settings)))
-        sig = await wait_for_shutdown_signal()
-        log.info("received %s: stopping the relay", sig.name)
-    return 0

@@ -61,7 +61,8 @@ class DevOptions:
     kafka_bootstrap_servers: str | None = None
     # Prometheus /metrics endpoint (off unless set).
     metrics_listen: str | None = None
-    # Tracing: the OTEL_* settings read from the environment (config.otel_from_env).
+    # Tracing: the OTEL_* settings read from the environment (config.otel_from_env),
+    # as Settings attributes.
     otel: Mapping[str, Any] = field(default_factory=dict)
 
 

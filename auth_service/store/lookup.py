@@ -13,11 +13,13 @@ release), so there a lookup also waits a short collection window. The window is
 only worth its latency when the process is queueing work anyway, so it is gated on
 the calls in flight (`backlog()`, the API calls admitted and not yet answered):
 
-- few calls in flight (at most `busy_calls`): no wait, the lookup goes out at once
-  (a moderately loaded server adds only the round trip);
-- many calls in flight and lookups arriving fast: wait about `target_batch` average
-  gaps, at most `max_window` (2 ms), so a saturated server answers many lookups with
-  one query. `windows` counts the queries that waited.
+- few calls in flight (at most 2 x `max_in_flight` x `target_batch`, 32 at the
+  defaults): no wait, the lookup goes out at once (a moderately loaded server adds
+  only the round trip);
+- more calls in flight and lookups arriving fast: wait about `target_batch` average
+  gaps (`DB_LOOKUP_TARGET_BATCH`), at most `max_window` (`DB_LOOKUP_WINDOW_MS`), so a
+  saturated server answers many lookups with one query. `windows` counts the
+  queries that waited.
 
 Each caller has its own future: a caller that is cancelled (deadline, disconnect)
 takes nothing down with it.
@@ -31,11 +33,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from auth_client.contract import UserState
 from auth_service import tracing
 from auth_service.errors import DeadlineExceededError, ServiceError, UnavailableError
+from auth_service.lifecycle import Lifecycle, LifecycleGuard
 from auth_service.store.pool import Budget
 from auth_service.store.state_cache import StateCache
 from auth_service.store.users import BY_NUMBER, UserRepository
@@ -54,7 +57,8 @@ class StateLookup:
     """`UserState` lookups: from the server's state cache when it has the answer,
     else through the repository, concurrent single lookups merged into shared
     queries. Not thread-safe (one event loop). `max_in_flight=0`: one query per
-    lookup."""
+    lookup. Closing fails the queued lookups and waits for the running queries; a
+    closed one answers what memory has and refuses the rest (UNAVAILABLE)."""
 
     def __init__(
         self,
@@ -66,8 +70,8 @@ class StateLookup:
         max_window: float = 0.002,
         target_batch: int = 8,
         backlog: Callable[[], int] | None = None,
-        busy_calls: int = 32,
     ) -> None:
+        self._life = LifecycleGuard("the state lookups")
         self._users = users
         self.cache = cache if cache is not None else StateCache(max_size=0)
         self._merge = max_in_flight > 0
@@ -81,8 +85,11 @@ class StateLookup:
         self._timer: asyncio.TimerHandle | None = None
         self._last_arrival = 0.0
         self._gap = 1.0  # moving average of the time between lookups, seconds
-        self._backlog = backlog if backlog is not None else (lambda: busy_calls + 1)
-        self._busy_calls = busy_calls
+        # A window is worth waiting for only while more calls are in flight than the
+        # queries running at once can take at the target batch size, twice over
+        # (32 at the defaults: 2 queries x 8 lookups x 2); below that a query goes at once.
+        self._busy_calls = 2 * self._max_in_flight * target_batch
+        self._backlog = backlog if backlog is not None else (lambda: self._busy_calls + 1)
         self.hits = 0  # lookups answered from the state cache
         self.batches = 0  # queries sent
         self.lookups = 0  # lookups those queries answered
@@ -104,6 +111,8 @@ class StateLookup:
             return cached
         # Refused at once, not queued behind queries that wait on the database.
         self._users.status.require()
+        if self._life.state is Lifecycle.CLOSED:
+            raise UnavailableError("the server is shutting down")
         if not self._merge:
             return await self._users.state(user_id, budget)
         loop = asyncio.get_running_loop()
@@ -197,7 +206,20 @@ class StateLookup:
             out = [state or answers[key] for key, state in zip(keys, out, strict=True)]
         return out
 
+    async def start(self) -> None:
+        self._life.start()
+
     async def aclose(self) -> None:
+        await self._life.close(self._close)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _close(self) -> None:
         """Fail queued lookups and wait for running queries to finish."""
         if self._timer is not None:
             self._timer.cancel()

@@ -39,8 +39,6 @@ from auth_service.store.user_index import UserIndex
 log = logging.getLogger(__name__)
 
 _FORGET_ALL = "*"
-# An index is loaded again once this many of its ids (or a tenth) have changed.
-_STALE_RELOAD = 10_000
 
 
 class StateCache:
@@ -51,6 +49,7 @@ class StateCache:
         "_generation",
         "_invalidated",
         "_loading",
+        "_max_changed",
         "_max_size",
         "_states",
         "enabled",
@@ -61,6 +60,11 @@ class StateCache:
     def __init__(self, max_size: int = 200_000) -> None:
         self._states: OrderedDict[str, UserState] = OrderedDict()
         self._max_size = max_size
+        # How many announced ids are tracked (against racing queries) before every
+        # answer is dropped instead; an index is loaded again once this many of its
+        # ids, or a tenth of it, have changed. A twentieth of the cache, at least
+        # 1,000 (10,000 at the default size).
+        self._max_changed = max(1_000, max_size // 20)
         self._generation = 0
         self._cleared_at = 0
         # id -> generation of its last announcement (bounded: cleared when large).
@@ -118,7 +122,7 @@ class StateCache:
             self.index.stale.update(keys)
         if self._loading is not None:
             self._loading.update(keys)
-        if len(self._invalidated) > 10_000:
+        if len(self._invalidated) > self._max_changed:
             self._drop_answers()  # the index stays: its stale ids are exact
             return
         for key in keys:
@@ -160,7 +164,7 @@ class StateCache:
     def index_outdated(self) -> bool:
         """No index, or so much of it changed that a fresh load is worth it."""
         index = self.index
-        return index is None or len(index.stale) > max(_STALE_RELOAD, len(index) // 10)
+        return index is None or len(index.stale) > max(self._max_changed, len(index) // 10)
 
     def on_notify(self, payload: str) -> None:
         if payload == _FORGET_ALL:
