@@ -27,6 +27,8 @@ import pytest
 from auth_client.contract import admin_pb2_grpc, auth_pb2_grpc
 from auth_service.api.server import AuthServer
 from auth_service.config import Settings
+from auth_service.local.apache_kafka import ApacheKafka
+from auth_service.local.apache_kafka import missing as apache_kafka_missing
 from auth_service.local.broker import EmbeddedKafka
 from auth_service.local.embedded import EmbeddedError, EmbeddedPostgres
 from auth_service.store.migrations import migrate
@@ -210,7 +212,7 @@ def admin_stub(channel: grpc.aio.Channel) -> admin_pb2_grpc.UserAdminServiceStub
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
+def embedded_kafka_bootstrap() -> Iterator[str]:
     """Bootstrap servers of a Kafka-protocol broker (embedded Tansu by default)."""
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if external:
@@ -218,6 +220,31 @@ def kafka_bootstrap() -> Iterator[str]:
         return
     with embedded(EmbeddedKafka) as broker:
         yield broker.bootstrap_servers
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(embedded_kafka_bootstrap: str) -> str:
+    """The broker of tests outside tests/events (which run on Apache Kafka too)."""
+    return embedded_kafka_bootstrap
+
+
+@pytest.fixture(scope="session")
+def apache_kafka() -> Iterator[ApacheKafka]:
+    """Apache Kafka itself: one KRaft node with docker-compose.yml's broker settings
+    (auto.create.topics.enable=false). Without Java 17+ or Maven the test is skipped
+    with what to install; with CI=true it fails instead."""
+    problem = apache_kafka_missing()
+    if problem is not None:
+        _missing("Apache Kafka", EmbeddedError(problem))
+    try:
+        kafka = ApacheKafka()
+        kafka.start()
+    except EmbeddedError as exc:
+        _missing("Apache Kafka", exc)
+    try:
+        yield kafka
+    finally:
+        kafka.close()
 
 
 @pytest.fixture

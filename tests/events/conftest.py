@@ -1,4 +1,9 @@
-"""Fixtures for the event tests: a server with its relay, topics, a private broker."""
+"""Fixtures for the event tests: a server with its relay, topics, a private broker.
+
+Every test here that takes `kafka_bootstrap` runs twice: on the embedded broker
+(Tansu, or the one KAFKA_BOOTSTRAP_SERVERS names) and on Apache Kafka itself (a
+KRaft node started from Maven Central's artifacts with the compose file's
+settings: auto.create.topics.enable=false, producers idempotent)."""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import pytest
 
 from auth_service.api.server import AuthServer
 from tests.conftest import make_settings
-from tests.events.support import create_topic
+from tests.events.support import IDEMPOTENT_BROKERS, create_topic, idempotent
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -19,6 +24,7 @@ if TYPE_CHECKING:
 def event_settings(database_url: str, bootstrap: str, topic: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "kafka_bootstrap_servers": bootstrap,
+        "kafka_enable_idempotence": idempotent(bootstrap),
         "kafka_topic": topic,
         "kafka_request_timeout_s": 3.0,
         "relay_poll_interval_s": 0.5,
@@ -26,6 +32,16 @@ def event_settings(database_url: str, bootstrap: str, topic: str, **overrides: A
     }
     values.update(overrides)
     return make_settings(database_url, **values)
+
+
+@pytest.fixture(scope="session", params=["embedded", "apache-kafka"])
+def kafka_bootstrap(request: pytest.FixtureRequest) -> str:
+    """The broker of the event tests: each test runs on both."""
+    if request.param == "embedded":
+        return str(request.getfixturevalue("embedded_kafka_bootstrap"))
+    kafka = request.getfixturevalue("apache_kafka")
+    IDEMPOTENT_BROKERS.add(kafka.bootstrap_servers)
+    return str(kafka.bootstrap_servers)
 
 
 @pytest.fixture

@@ -141,13 +141,56 @@ async def admin_stub(address: str) -> AsyncIterator[admin_pb2_grpc.UserAdminServ
         yield admin_pb2_grpc.UserAdminServiceStub(channel)
 
 
+# Bootstrap addresses of the Apache Kafka brokers the tests started: their producers
+# run idempotent, as production's (KAFKA_ENABLE_IDEMPOTENCE=true).
+IDEMPOTENT_BROKERS: set[str] = set()
+
+
+def idempotent(bootstrap: str) -> bool:
+    """Whether producers for `bootstrap` turn idempotence on (Apache Kafka; the
+    embedded broker cannot: InitProducerId fails there)."""
+    return bootstrap in IDEMPOTENT_BROKERS
+
+
 async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
+    """The topic `name` and, unless it is one, its dead-letter topic `name.dlq`: as
+    ops create them (docker-compose.yml's kafka-topics; Apache Kafka here runs with
+    auto.create.topics.enable=false, like production)."""
+    names = [name] if name.endswith(".dlq") else [name, f"{name}.dlq"]
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        existing = set(await admin.list_topics())
+        new = [
+            NewTopic(topic, num_partitions=partitions, replication_factor=1)
+            for topic in names
+            if topic not in existing
+        ]
+        if new:
+            await admin.create_topics(new)
+        await _leaders_elected(admin, names)
     finally:
         await admin.close()
+
+
+async def _leaders_elected(admin: AIOKafkaAdminClient, topics: list[str]) -> None:
+    """Until every partition of `topics` has a leader: Apache Kafka elects them a
+    moment after CreateTopics answers, and a client that asks before gets no
+    partitions (the embedded broker answers at once)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while True:
+        described = await admin.describe_topics(topics)
+        if all(
+            t["error_code"] == 0
+            and t["partitions"]
+            and all(p["leader"] >= 0 for p in t["partitions"])
+            for t in described
+        ):
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"topics {topics} have no leaders after 30 s: {described}")
+        await asyncio.sleep(0.1)
 
 
 class Collector:

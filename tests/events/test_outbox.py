@@ -10,6 +10,7 @@ import asyncpg
 import grpc
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from auth_client.contract import events_pb2
 from auth_service.api.server import AuthServer
@@ -154,12 +155,17 @@ async def _all_published(server: AuthServer, bootstrap: str, topic: str) -> int:
     assert relay is not None
     polls = relay.polls
     await eventually(lambda: _true(relay.polls >= polls + 2), timeout=30)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    partitions = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+    assert partitions, topic
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:
-        await consumer.topics()  # fresh metadata
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        assert partitions, topic
         ends = await consumer.end_offsets(partitions)
         starts = await consumer.beginning_offsets(partitions)
     finally:
