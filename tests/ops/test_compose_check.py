@@ -187,7 +187,7 @@ BROKEN_COMPOSE = [
     ),
     pytest.param(
         (
-            "    image: apache/kafka:3.9.1\n    environment:",
+            "    image: apache/kafka:4.1.0\n    environment:",
             "    image: apache/kafka\n    environment:",
         ),
         "kafka: image 'apache/kafka' is not pinned to a version tag",
