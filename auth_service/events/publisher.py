@@ -89,6 +89,27 @@ class Publisher:
                 raise RuntimeError("the Kafka publisher was closed while starting")
             self._producer = producer
 
+    async def metadata(self, *, as_a_send: bool = True) -> Any:
+        """The brokers' metadata (aiokafka's ClusterMetadata), asked now. `as_a_send`:
+        for this publisher's topics, the way a send asks for them, so a broker that
+        creates topics on first use (auto.create.topics.enable, the embedded one)
+        creates them; else every topic, which creates nothing and makes aiokafka log
+        nothing about a missing one. What `events.topics` checks."""
+        if self._producer is None:
+            raise PublishError("producer not started")
+        client = self._producer.client
+        try:
+            async with asyncio.timeout(self.config.request_timeout_s):
+                if not as_a_send:
+                    return await client.fetch_all_metadata()
+                client.set_topics(list(self.config.topics.values()))
+                updated = await client.force_metadata_update()
+        except TimeoutError:
+            updated = False
+        if not updated:
+            raise PublishError("no metadata from the brokers within the request timeout")
+        return client.cluster
+
     async def publish(self, records: Sequence[OutboxRecord]) -> list[BaseException | None]:
         """Send every record and wait for the brokers' acknowledgements. Returns one
         entry per record: None when acknowledged, else the error."""

@@ -33,6 +33,7 @@ from auth_client.backoff import Backoff
 from auth_service.errors import UnavailableError
 from auth_service.events.publisher import Publisher, PublishError
 from auth_service.events.relay_config import RelayConfig
+from auth_service.events.topics import TopicWatch
 from auth_service.lifecycle import Lifecycle, LifecycleGuard
 from auth_service.notices import RepeatingNotice
 from auth_service.store.connection import describe
@@ -123,6 +124,11 @@ class Relay:
         self._life = LifecycleGuard("the outbox relay")
         self._stack = contextlib.AsyncExitStack()
         self._publisher = Publisher(config.producer)
+        self.topics = TopicWatch(
+            config.producer.topics.values(),
+            config.producer.bootstrap_servers,
+            self._publisher.metadata,
+        )
         self._pool: asyncpg.Pool | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
@@ -258,6 +264,7 @@ class Relay:
             if cause is Cause.DATABASE:
                 self._database_failed(error)
             elif cause is Cause.KAFKA:
+                self.topics.suspect()
                 self._kafka_failed(error)
             else:
                 self._unexpected_failed(error)
@@ -316,7 +323,8 @@ class Relay:
         while not self._closing.is_set():
             self._wake.clear()
             try:
-                claimed = await self.publish_batch() if await self._start_publisher() else -1
+                ready = await self._start_publisher() and await self.topics.ready()
+                claimed = await self.publish_batch() if ready else -1
             except Exception as exc:
                 self._failed(exc)
                 claimed = -1

@@ -46,7 +46,7 @@ def test_auth_service_commands_parse() -> None:
     subcommands = {"serve", "relay", "migrate", "health", "users", "dev"}
     parsed = []
     for block in re.findall(r"```sh\n(.*?)```", GUIDE, flags=re.DOTALL):
-        for line in block.splitlines():
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():  # continuations joined
             words = shlex.split(line.split(" #", 1)[0].replace("$(date +%F)", "x"))
             starts = [
                 i

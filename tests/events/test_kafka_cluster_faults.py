@@ -1,0 +1,261 @@
+"""Deletion events on a 3-node Apache Kafka cluster (replication 3,
+min.insync.replicas=2, idempotent producer) while brokers fail (#26 item 4): every
+acknowledged deletion's event reaches an independent consumer, and a duplicate only
+where the relay retried a send.
+
+Real processes throughout: three KRaft JVMs, PostgreSQL, a server with its relay,
+and a raw consumer of its own group."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shlex
+import uuid
+from collections import Counter
+from typing import TYPE_CHECKING
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from auth_client.contract import decode_user_deleted
+from auth_client.events import UserDeletedConsumer, UserDeletedEvent
+from auth_service.api.server import AuthServer
+from auth_service.events.relay import Relay
+from auth_service.events.relay_config import RelayConfig
+from auth_service.local.apache_kafka import ApacheKafka
+from auth_service.local.apache_kafka import missing as apache_kafka_missing
+from auth_service.local.embedded import EmbeddedError
+from tests.conftest import _missing, eventually
+from tests.events.conftest import event_settings
+from tests.events.support import IDEMPOTENT_BROKERS, REPO, Collector, admin_stub, outbox_rows
+from tests.events.test_consumer_rebalance import make_event
+from tests.events.test_consumer_rebalance import produce as produce_on
+from tests.helpers import create_user, delete_user
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+pytestmark = pytest.mark.slow
+
+DELETIONS = 240
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[ApacheKafka]:
+    problem = apache_kafka_missing()
+    if problem is not None:
+        _missing("Apache Kafka", EmbeddedError(problem))
+    kafka = ApacheKafka(nodes=3, heap="256m")
+    try:
+        kafka.start(timeout=180)
+    except EmbeddedError as exc:
+        kafka.close()
+        _missing("a 3-node Apache Kafka cluster", exc)
+    IDEMPOTENT_BROKERS.add(kafka.bootstrap_servers)
+    try:
+        yield kafka
+    finally:
+        kafka.close()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _replicated_topic(bootstrap: str, name: str, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 3)])
+        for _ in range(300):
+            [described] = await admin.describe_topics([name])
+            parts = described["partitions"]
+            if parts and all(p["leader"] >= 0 and len(p["isr"]) == 3 for p in parts):
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{name}: replicas never all in sync: {described}")
+    finally:
+        await admin.close()
+
+
+async def _leader_of(bootstrap: str, topic: str, partition: int) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return int(next(p["leader"] for p in described["partitions"] if p["partition"] == partition))
+
+
+async def _delete_stream(admin: object, users: list[str], acknowledged: list[str]) -> None:
+    """Delete every user in turn, as fast as DeleteUser answers; record the ones
+    the server acknowledged (a deletion that fails is not promised an event)."""
+    for user_id in users:
+        try:
+            await delete_user(admin, user_id)  # type: ignore[arg-type]
+        except Exception:
+            continue
+        acknowledged.append(user_id)
+        await asyncio.sleep(0.02)
+
+
+async def _check_every_acknowledged_event_arrived(
+    database_url: str, collector: Collector, acknowledged: list[str]
+) -> None:
+    def delivered() -> set[str]:
+        return {decode_user_deleted(r.value).user_id for r in collector.records}
+
+    await eventually(lambda: _true(set(acknowledged) <= delivered()), timeout=180)
+    counts = Counter(decode_user_deleted(r.value).event_id for r in collector.records)
+    duplicated = {event_id for event_id, n in counts.items() if n > 1}
+    retried = {str(r["event_id"]) for r in await outbox_rows(database_url) if r["attempts"] > 0}
+    # A duplicate only where the relay sent again after an unacknowledged send.
+    assert duplicated <= retried, (duplicated, retried)
+
+
+async def test_the_partition_leader_killed_mid_stream_loses_no_acknowledged_deletion(
+    database_url: str, cluster: ApacheKafka
+) -> None:
+    bootstrap = cluster.bootstrap_servers
+    topic = f"t-{uuid.uuid4().hex[:12]}"
+    await _replicated_topic(bootstrap, topic, 3)
+    settings = event_settings(database_url, bootstrap, topic, relay_batch_size=20)
+    acknowledged: list[str] = []
+    async with (
+        AuthServer(settings) as server,
+        admin_stub(server.address) as admin,
+        Collector(bootstrap, topic) as collector,
+    ):
+        users = [(await create_user(admin)).id for _ in range(DELETIONS)]
+        leader = await _leader_of(bootstrap, topic, 0)
+        index = next(i for i, n in enumerate(cluster.nodes) if n.node_id == leader)
+        stream = asyncio.create_task(_delete_stream(admin, users, acknowledged))
+        await eventually(lambda: _true(len(acknowledged) >= DELETIONS // 3), timeout=60)
+        await asyncio.to_thread(cluster.stop_node, index, kill=True)  # SIGKILL the leader
+
+        async def moved() -> bool:  # the cluster elected another leader meanwhile
+            try:
+                return await _leader_of(bootstrap, topic, 0) not in {leader, -1}
+            except Exception:  # a metadata request met the dead node
+                return False
+
+        await eventually(moved, timeout=60)
+        await stream
+        await asyncio.to_thread(cluster.start_node, index)  # back, with its log
+        await _check_every_acknowledged_event_arrived(database_url, collector, acknowledged)
+    assert len(acknowledged) == DELETIONS  # deletions never wait for Kafka
+
+
+async def test_a_broker_frozen_longer_than_the_request_timeout_loses_no_deletion(
+    database_url: str, cluster: ApacheKafka
+) -> None:
+    bootstrap = cluster.bootstrap_servers
+    topic = f"t-{uuid.uuid4().hex[:12]}"
+    await _replicated_topic(bootstrap, topic, 3)
+    # Requests time out after 3 s; the broker stays frozen for 12, longer than the
+    # controller waits for its heartbeats (broker.session.timeout.ms, 9 s).
+    settings = event_settings(database_url, bootstrap, topic, relay_batch_size=20)
+    acknowledged: list[str] = []
+    async with (
+        AuthServer(settings) as server,
+        admin_stub(server.address) as admin,
+        Collector(bootstrap, topic) as collector,
+    ):
+        users = [(await create_user(admin)).id for _ in range(DELETIONS)]
+        leader = await _leader_of(bootstrap, topic, 1)
+        index = next(i for i, n in enumerate(cluster.nodes) if n.node_id == leader)
+        stream = asyncio.create_task(_delete_stream(admin, users, acknowledged))
+        await eventually(lambda: _true(len(acknowledged) >= DELETIONS // 3), timeout=60)
+        cluster.pause_node(index)  # SIGSTOP: connections open, nothing answered
+        try:
+            await asyncio.sleep(12)
+        finally:
+            cluster.resume_node(index)
+        await stream
+        await _check_every_acknowledged_event_arrived(database_url, collector, acknowledged)
+
+
+TOOLS = {
+    "kafka-topics.sh": "org.apache.kafka.tools.TopicCommand",
+    "kafka-consumer-groups.sh": "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+}
+
+
+def _guide_commands(heading: str) -> list[str]:
+    """The commands of the first ```sh block under `heading` in docs/operations.md,
+    continuation lines joined."""
+    text = (REPO / "docs" / "operations.md").read_text()
+    section = text.split(f"\n{heading}\n", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.strip() for line in re.sub(r"\\\n\s*", " ", block).splitlines() if line.strip()]
+
+
+async def test_the_guides_topic_commands_create_the_topics_the_relay_checks_for(
+    database_url: str, cluster: ApacheKafka
+) -> None:
+    """docs/operations.md, "Kafka topics": its commands run as written (Kafka's own
+    tools on the broker's classpath, KAFKA:9092 replaced by the cluster) and create
+    what it says; a relay then finds them in place."""
+    first = cluster.bootstrap_servers.split(",")[0]
+    commands = _guide_commands("### Kafka topics")
+    assert len(commands) == 2
+    for command in commands:
+        program, *args = shlex.split(command.replace("KAFKA:9092", first))
+        await asyncio.to_thread(cluster.tool, TOOLS[program], *args)
+    for topic in ("user_deleted", "user_deleted.dlq"):
+        described = await asyncio.to_thread(
+            cluster.tool, TOOLS["kafka-topics.sh"], "--bootstrap-server", first,
+            "--describe", "--topic", topic,
+        )  # fmt: skip
+        summary = described.splitlines()[0]
+        assert "PartitionCount: 6" in summary, described
+        assert "ReplicationFactor: 3" in summary, described
+        assert "min.insync.replicas=2" in summary, described
+
+    config = RelayConfig.from_settings(
+        event_settings(database_url, cluster.bootstrap_servers, "user_deleted")
+    )
+    async with Relay(config) as relay:
+        await eventually(lambda: _true(relay.topics.checks > 0), timeout=30)
+        assert relay.topics.last is not None
+        assert relay.topics.last.publishable
+        assert not relay.topics.last.under_replicated
+
+
+async def test_the_guides_lag_command_shows_a_cleanup_groups_lag(
+    cluster: ApacheKafka,
+) -> None:
+    """docs/operations.md, "Consumer lag": the command runs as written against a
+    group of UserDeletedConsumers and shows its lag, 0 once every event is handled."""
+    first = cluster.bootstrap_servers.split(",")[0]
+    topic = f"t-{uuid.uuid4().hex[:12]}"
+    await _replicated_topic(bootstrap=cluster.bootstrap_servers, name=topic, partitions=2)
+    await _replicated_topic(cluster.bootstrap_servers, f"{topic}.dlq", 2)
+    events = [make_event() for _ in range(10)]
+    for index, event in enumerate(events):
+        await produce_on(cluster.bootstrap_servers, topic, index % 2, event)
+    [command] = _guide_commands("### Consumer lag")
+    handled: list[str] = []
+
+    async def handler(event: UserDeletedEvent) -> None:
+        handled.append(event.event_id)
+
+    group = f"messaging-cleanup-{uuid.uuid4().hex[:6]}"
+    async with UserDeletedConsumer(
+        handler, bootstrap_servers=cluster.bootstrap_servers, group_id=group, topic=topic
+    ) as consumer:
+        run = asyncio.create_task(consumer.run())
+        await eventually(lambda: _true(len(set(handled)) == len(events)), timeout=60)
+        consumer.stop()
+        await run
+    program, *args = shlex.split(
+        command.replace("KAFKA:9092", first).replace("messaging-cleanup", group)
+    )
+    out = await asyncio.to_thread(cluster.tool, TOOLS[program], *args)
+    rows = [line.split() for line in out.splitlines() if line.startswith(group)]
+    assert len(rows) == 2, out  # one per partition
+    header = next(line.split() for line in out.splitlines() if "LAG" in line)
+    lag = header.index("LAG")
+    assert all(row[lag] == "0" for row in rows), out
