@@ -67,6 +67,19 @@ class Publisher:
     def started(self) -> bool:
         return self._producer is not None
 
+    def broken(self) -> BaseException | None:
+        """Why the producer can send nothing any more, or None: aiokafka's sender
+        task ends for good on an error it does not retry (an idempotent producer's
+        OutOfOrderSequenceNumber, ProducerFenced), and every later send would wait
+        out its timeout. The relay then replaces the publisher."""
+        sender = getattr(self._producer, "_sender", None)
+        task = getattr(sender, "sender_task", None)
+        if task is None or not task.done():
+            return None
+        if task.cancelled():
+            return PublishError("the producer's sender task was cancelled")
+        return task.exception() or PublishError("the producer's sender task ended")
+
     async def start(self) -> None:
         with self._life.starting():
             c = self.config

@@ -23,7 +23,7 @@ import enum
 import logging
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import asyncpg
 from aiokafka.errors import KafkaError
@@ -85,6 +85,10 @@ _DATABASE_ERRORS: tuple[type[BaseException], ...] = (
 )
 # The producer's own failures; the publisher reports every other one as it is.
 _KAFKA_ERRORS: tuple[type[BaseException], ...] = (KafkaError, PublishError)
+# Batches failed by Kafka in a row after which the relay replaces its producer: a
+# producer can be stuck in a state only a new one leaves (an idempotent producer's
+# sequence numbers after a leader change), and a new one costs a reconnect.
+_KAFKA_STREAK = 3
 # Distinct unexpected causes the relay keeps a notice for (beyond: one per type).
 _MAX_CAUSES = 32
 
@@ -127,8 +131,10 @@ class Relay:
         self.topics = TopicWatch(
             config.producer.topics.values(),
             config.producer.bootstrap_servers,
-            self._publisher.metadata,
+            self._metadata,
         )
+        self._kafka_streak = 0  # batches failed by Kafka in a row
+        self.publisher_restarts = 0
         self._pool: asyncpg.Pool | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
@@ -189,7 +195,8 @@ class Relay:
             },
         )
         stack.push_async_callback(self._close_pool, self._pool)
-        stack.push_async_callback(self._publisher.aclose)  # started by the publish loop
+        # Started by the publish loop; whichever publisher is current then.
+        stack.push_async_callback(self._close_publisher)
         await stack.enter_async_context(self._listener)
         self._tasks = [
             asyncio.create_task(self._publish_loop(), name="relay-publish"),
@@ -265,6 +272,7 @@ class Relay:
                 self._database_failed(error)
             elif cause is Cause.KAFKA:
                 self.topics.suspect()
+                self._kafka_streak += 1
                 self._kafka_failed(error)
             else:
                 self._unexpected_failed(error)
@@ -300,8 +308,30 @@ class Relay:
             exception="".join(traceback.format_exception(exc)).rstrip(),
         )
 
+    async def _metadata(self, *, as_a_send: bool = True) -> Any:
+        return await self._publisher.metadata(as_a_send=as_a_send)
+
+    async def _close_publisher(self) -> None:
+        await self._publisher.aclose()
+
+    async def _replace_publisher(self, why: str) -> None:
+        """A new producer for a broken one (a closed Publisher cannot start again)."""
+        log.warning("outbox relay: %s; starting a new Kafka producer", why)
+        old, self._publisher = self._publisher, Publisher(self.config.producer)
+        self._kafka_streak = 0
+        self.publisher_restarts += 1
+        await old.aclose()
+
     async def _start_publisher(self) -> bool:
-        """Start the producer unless it runs; False (and said why) when it cannot."""
+        """Start the producer unless it runs; False (and said why) when it cannot.
+        A producer that can send nothing any more, or whose last batches all failed
+        in Kafka, is replaced first."""
+        if self._publisher.started:
+            broken = self._publisher.broken()
+            if broken is not None:
+                await self._replace_publisher(f"the Kafka producer stopped ({_describe(broken)})")
+            elif self._kafka_streak >= _KAFKA_STREAK:
+                await self._replace_publisher(f"{self._kafka_streak} batches in a row failed")
         if self._publisher.started:
             return True
         try:
@@ -332,6 +362,7 @@ class Relay:
                 await self._sleep(backoff.next())
                 continue
             self._database_ok()
+            self._kafka_streak = 0
             self._kafka_down.clear("outbox relay: publishing to Kafka again")
             backoff.reset()
             if claimed >= self.config.batch_size:

@@ -9,12 +9,14 @@ and a raw consumer of its own group."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import shlex
 import uuid
 from collections import Counter
 from typing import TYPE_CHECKING
 
+import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -57,6 +59,20 @@ def cluster() -> Iterator[ApacheKafka]:
         yield kafka
     finally:
         kafka.close()
+
+
+@pytest.fixture(autouse=True)
+def _quiet_aiokafka() -> Iterator[None]:
+    """aiokafka logs every refused connection to a stopped broker (thousands of
+    lines per test here), with tracebacks; the relay's and the tests' own lines are
+    what these tests read."""
+    logger = logging.getLogger("aiokafka")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 async def _true(value: bool) -> bool:
@@ -107,7 +123,17 @@ async def _check_every_acknowledged_event_arrived(
     def delivered() -> set[str]:
         return {decode_user_deleted(r.value).user_id for r in collector.records}
 
-    await eventually(lambda: _true(set(acknowledged) <= delivered()), timeout=180)
+    try:
+        await eventually(lambda: _true(set(acknowledged) <= delivered()), timeout=180)
+    except AssertionError:
+        rows = await outbox_rows(database_url)
+        missing = set(acknowledged) - delivered()
+        unpublished = [r for r in rows if r["published_at"] is None]
+        raise AssertionError(
+            f"{len(missing)} of {len(acknowledged)} acknowledged deletions never arrived;"
+            f" {len(unpublished)} outbox rows unpublished (attempts"
+            f" {sorted({r['attempts'] for r in unpublished})})"
+        ) from None
     counts = Counter(decode_user_deleted(r.value).event_id for r in collector.records)
     duplicated = {event_id for event_id, n in counts.items() if n > 1}
     retried = {str(r["event_id"]) for r in await outbox_rows(database_url) if r["attempts"] > 0}
@@ -259,3 +285,94 @@ async def test_the_guides_lag_command_shows_a_cleanup_groups_lag(
     header = next(line.split() for line in out.splitlines() if "LAG" in line)
     lag = header.index("LAG")
     assert all(row[lag] == "0" for row in rows), out
+
+
+async def test_a_rolling_restart_of_every_broker_loses_no_acknowledged_deletion(
+    database_url: str, cluster: ApacheKafka
+) -> None:
+    bootstrap = cluster.bootstrap_servers
+    topic = f"t-{uuid.uuid4().hex[:12]}"
+    await _replicated_topic(bootstrap, topic, 3)
+    settings = event_settings(database_url, bootstrap, topic, relay_batch_size=20)
+    acknowledged: list[str] = []
+    async with (
+        AuthServer(settings) as server,
+        admin_stub(server.address) as admin,
+        Collector(bootstrap, topic) as collector,
+    ):
+        users = [(await create_user(admin)).id for _ in range(DELETIONS)]
+        stream = asyncio.create_task(_delete_stream(admin, users, acknowledged))
+        for index in range(len(cluster.nodes)):  # one at a time, as an upgrade does
+            await asyncio.to_thread(cluster.stop_node, index)  # SIGTERM: controlled shutdown
+            await asyncio.to_thread(cluster.start_node, index)
+        await stream
+        await _check_every_acknowledged_event_arrived(database_url, collector, acknowledged)
+    assert len(acknowledged) == DELETIONS
+
+
+async def _relay_transaction_age(database_url: str) -> float:
+    """Seconds the relay's oldest open transaction has been open (0 when none): how
+    long it holds the outbox rows it claimed."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        age = await conn.fetchval(
+            "SELECT coalesce(max(extract(epoch FROM now() - xact_start)), 0)"
+            " FROM pg_stat_activity WHERE application_name = 'auth-service-relay'"
+            " AND xact_start IS NOT NULL AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await conn.close()
+    return float(age)
+
+
+async def test_the_relay_through_a_lost_quorum_backs_off_holds_no_rows_and_drains(
+    database_url: str, cluster: ApacheKafka, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two of three brokers down (no controller quorum, fewer in-sync replicas than
+    min.insync.replicas) for 25 s: deletions go on, the relay says so once per kind
+    of failure, never keeps a transaction (and with it claimed outbox rows) open
+    longer than one send's bound, and drains the backlog when the brokers return."""
+    caplog.set_level(logging.INFO, logger="auth_service.events.relay")
+    bootstrap = cluster.bootstrap_servers
+    topic = f"t-{uuid.uuid4().hex[:12]}"
+    await _replicated_topic(bootstrap, topic, 3)
+    settings = event_settings(
+        database_url, bootstrap, topic, relay_batch_size=20, relay_max_backoff_s=1.0
+    )
+    bound = settings.kafka_request_timeout_s * 2 + 5  # the publisher's whole-batch bound
+    async with (
+        AuthServer(settings) as server,
+        admin_stub(server.address) as admin,
+        Collector(bootstrap, topic) as collector,
+    ):
+        users = [(await create_user(admin)).id for _ in range(60)]
+        for user_id in users[:10]:
+            await delete_user(admin, user_id)
+        await eventually(lambda: _true(len(collector.records) >= 10), timeout=60)
+
+        for index in (1, 2):
+            await asyncio.to_thread(cluster.stop_node, index, kill=True)
+        before = len(caplog.records)
+        oldest = 0.0
+        loop = asyncio.get_running_loop()
+        outage_ends = loop.time() + 25
+        pending = users[10:]
+        while loop.time() < outage_ends:
+            if pending:
+                await delete_user(admin, pending.pop())  # deletions never wait for Kafka
+            oldest = max(oldest, await _relay_transaction_age(database_url))
+            await asyncio.sleep(0.2)
+        assert not pending
+        during = [
+            r.getMessage()
+            for r in caplog.records[before:]
+            if r.name == "auth_service.events.relay" and r.levelno >= logging.WARNING
+        ]
+        assert during, "the relay said nothing about the outage"
+        kinds = Counter(message.split(":")[1].split(" at ")[0] for message in during)
+        assert all(n == 1 for n in kinds.values()), during  # once per kind, not per retry
+        assert oldest < bound, f"a relay transaction stayed open {oldest:.1f}s"
+
+        for index in (1, 2):
+            await asyncio.to_thread(cluster.start_node, index)
+        await _check_every_acknowledged_event_arrived(database_url, collector, users)

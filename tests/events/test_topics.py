@@ -111,3 +111,43 @@ def test_the_report_tells_missing_leaderless_and_under_replicated_partitions() -
     assert found.under_replicated == ("thin[0] (2/3 in sync)",)
     assert not found.publishable
     assert report(metadata, ["ok", "thin"]).publishable
+
+
+async def test_a_producer_whose_sender_died_is_replaced_and_publishing_resumes(
+    database_url: str,
+    apache_kafka: ApacheKafka,
+    topic_name: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """aiokafka's sender task ends for good on errors it does not retry (an
+    idempotent producer's OutOfOrderSequenceNumber after a leader change); every
+    later send then waits out its timeout. The relay replaces such a producer. The
+    sender's end is brought about here by cancelling it, on the real broker."""
+    caplog.set_level(logging.INFO, logger=RELAY_LOG)
+    bootstrap = apache_kafka.bootstrap_servers
+    await create_topic(bootstrap, topic_name, 1)
+    settings = event_settings(database_url, bootstrap, topic_name, relay_max_backoff_s=0.5)
+    conn = await asyncpg.connect(database_url)
+
+    async def write() -> None:
+        async with conn.transaction():
+            await write_event(
+                conn, event_type=USER_DELETED_TYPE, key=str(uuid.uuid4()), payload=b"\x0a\x00"
+            )
+
+    try:
+        async with (
+            Relay(RelayConfig.from_settings(settings)) as relay,
+            Collector(bootstrap, topic_name) as collector,
+        ):
+            await write()
+            relay.wake()
+            await eventually(lambda: _true(len(collector.records) == 1), timeout=30)
+            relay._publisher._producer._sender.sender_task.cancel()
+            await write()
+            relay.wake()
+            await eventually(lambda: _true(len(collector.records) == 2), timeout=60)
+            assert relay.publisher_restarts == 1
+            assert _lines(caplog, "starting a new Kafka producer")
+    finally:
+        await conn.close()
