@@ -12,6 +12,7 @@ its publish span (a child of the stored one), else the stored one as it is.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
@@ -177,6 +178,10 @@ class Publisher:
                 await producer.stop()
         except Exception as exc:
             log.warning("kafka producer did not stop cleanly: %s", type(exc).__name__)
+            # Its connections still go (a stop cut short, e.g. by brokers that do not
+            # answer, would leave them open).
+            with contextlib.suppress(Exception):
+                await producer.client.close()
 
     async def aclose(self) -> None:
         await self._life.close(self._close)

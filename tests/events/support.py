@@ -158,8 +158,8 @@ async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
     auto.create.topics.enable=false, like production)."""
     names = [name] if name.endswith(".dlq") else [name, f"{name}.dlq"]
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    try:  # closed even when start() fails half-way
+        await admin.start()
         existing = set(await admin.list_topics())
         new = [
             NewTopic(topic, num_partitions=partitions, replication_factor=1)

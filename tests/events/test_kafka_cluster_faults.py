@@ -81,8 +81,8 @@ async def _true(value: bool) -> bool:
 
 async def _replicated_topic(bootstrap: str, name: str, partitions: int) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    try:  # closed even when start() fails half-way
+        await admin.start()
         await admin.create_topics([NewTopic(name, partitions, 3)])
         for _ in range(300):
             [described] = await admin.describe_topics([name])
@@ -97,8 +97,8 @@ async def _replicated_topic(bootstrap: str, name: str, partitions: int) -> None:
 
 async def _leader_of(bootstrap: str, topic: str, partition: int) -> int:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    try:  # closed even when start() fails half-way
+        await admin.start()
         [described] = await admin.describe_topics([topic])
     finally:
         await admin.close()

@@ -156,8 +156,8 @@ async def _all_published(server: AuthServer, bootstrap: str, topic: str) -> int:
     polls = relay.polls
     await eventually(lambda: _true(relay.polls >= polls + 2), timeout=30)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    try:  # closed even when start() fails half-way
+        await admin.start()
         [described] = await admin.describe_topics([topic])
     finally:
         await admin.close()

@@ -3,12 +3,14 @@ console script in a child process) against real servers."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import TYPE_CHECKING
 
 from auth_service.api.server import AuthServer
 from auth_service.local.embedded import free_port
 from tests.conftest import make_settings
+from tests.go_tools import GRPC_HEALTH_PROBE, go_binary
 from tests.ops.support import clean_env, run_cli
 from tests.security.pki import Authority
 
@@ -101,3 +103,28 @@ async def test_tls_and_mtls_servers(database_url: str, tmp_path: Path) -> None:
             "health", "--target", server.address, "--ca-file", str(ca_file), env=clean_env()
         )
         assert code == 1  # no client certificate
+
+
+async def test_grpc_health_probe_checks_serve_as_kubernetes_users_run_it(
+    database_url: str,
+) -> None:
+    """grpc-health-probe (the Go CLI many Kubernetes deployments probe with) against
+    a real server: SERVING for the server and each service, its own exit code for a
+    service the server does not know."""
+    probe = str(go_binary(*GRPC_HEALTH_PROBE))
+    async with AuthServer(make_settings(database_url)) as server:
+
+        async def run(*args: str) -> tuple[int, str]:
+            proc = await asyncio.create_subprocess_exec(
+                probe, f"-addr={server.address}", "-connect-timeout=5s", "-rpc-timeout=5s", *args,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            )  # fmt: skip
+            out, _ = await proc.communicate()
+            return int(proc.returncode or 0), out.decode()
+
+        for service in ("", "auth.v1.AuthService", "auth.v1.UserAdminService"):
+            code, out = await run(f"-service={service}")
+            assert (code, out.strip()) == (0, "status: SERVING"), (service, out)
+        code, out = await run("-service=nope.v1.Nope")
+        assert code == 3, out  # the probe's "RPC failed" (the server answers NOT_FOUND)
+        assert "NotFound" in out or "NOT_FOUND" in out, out

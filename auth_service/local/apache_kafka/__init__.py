@@ -401,8 +401,8 @@ async def _registered_brokers(bootstrap: str) -> set[int]:
     from aiokafka.admin import AIOKafkaAdminClient  # noqa: PLC0415 - extra `events`
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
-    await admin.start()
-    try:
+    try:  # closed even when start() fails half-way (its connections would leak)
+        await admin.start()
         cluster: Any = await admin.describe_cluster()
     finally:
         with contextlib.suppress(Exception):
