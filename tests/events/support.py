@@ -173,6 +173,18 @@ async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
         await admin.close()
 
 
+async def describe_topic(bootstrap: str, topic: str) -> dict[str, Any]:
+    """The brokers' description of `topic` (its partitions with leader, replicas
+    and in-sync replicas), asked through an admin client as ops would."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:  # closed even when start() fails half-way
+        await admin.start()
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return dict(described)
+
+
 async def _leaders_elected(admin: AIOKafkaAdminClient, topics: list[str]) -> None:
     """Until every partition of `topics` has a leader: Apache Kafka elects them a
     moment after CreateTopics answers, and a client that asks before gets no

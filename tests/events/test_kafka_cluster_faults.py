@@ -9,12 +9,13 @@ and a raw consumer of its own group."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import shlex
 import uuid
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 import asyncpg
 import pytest
@@ -30,7 +31,14 @@ from auth_service.local.apache_kafka import missing as apache_kafka_missing
 from auth_service.local.embedded import EmbeddedError
 from tests.conftest import _missing, eventually
 from tests.events.conftest import event_settings
-from tests.events.support import IDEMPOTENT_BROKERS, REPO, Collector, admin_stub, outbox_rows
+from tests.events.support import (
+    IDEMPOTENT_BROKERS,
+    REPO,
+    Collector,
+    admin_stub,
+    describe_topic,
+    outbox_rows,
+)
 from tests.events.test_consumer_rebalance import make_event
 from tests.events.test_consumer_rebalance import produce as produce_on
 from tests.helpers import create_user, delete_user
@@ -96,12 +104,7 @@ async def _replicated_topic(bootstrap: str, name: str, partitions: int) -> None:
 
 
 async def _leader_of(bootstrap: str, topic: str, partition: int) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    try:  # closed even when start() fails half-way
-        await admin.start()
-        [described] = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
+    described = await describe_topic(bootstrap, topic)
     return int(next(p["leader"] for p in described["partitions"] if p["partition"] == partition))
 
 
@@ -141,66 +144,94 @@ async def _check_every_acknowledged_event_arrived(
     assert duplicated <= retried, (duplicated, retried)
 
 
+class _Deletions:
+    """A server with its relay on the cluster, an independent consumer of its topic
+    (3 partitions, replication 3) and DELETIONS users to delete in a stream."""
+
+    def __init__(self, database_url: str, cluster: ApacheKafka) -> None:
+        self.database_url = database_url
+        self.cluster = cluster
+        self.topic = f"t-{uuid.uuid4().hex[:12]}"
+        self.acknowledged: list[str] = []
+        self._stack = contextlib.AsyncExitStack()
+        self._stream: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        bootstrap = self.cluster.bootstrap_servers
+        await _replicated_topic(bootstrap, self.topic, 3)
+        settings = event_settings(self.database_url, bootstrap, self.topic, relay_batch_size=20)
+        server = await self._stack.enter_async_context(AuthServer(settings))
+        self._admin = await self._stack.enter_async_context(admin_stub(server.address))
+        self.collector = await self._stack.enter_async_context(Collector(bootstrap, self.topic))
+        self.users = [(await create_user(self._admin)).id for _ in range(DELETIONS)]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def node_leading(self, partition: int) -> tuple[int, int]:
+        """(index in cluster.nodes, node id) of `partition`'s leader."""
+        leader = await _leader_of(self.cluster.bootstrap_servers, self.topic, partition)
+        return next(i for i, n in enumerate(self.cluster.nodes) if n.node_id == leader), leader
+
+    async def start(self, *, wait_for_a_third: bool = True) -> None:
+        """Start deleting; with `wait_for_a_third`, return once a third is done."""
+        self._stream = asyncio.create_task(
+            _delete_stream(self._admin, self.users, self.acknowledged)
+        )
+        if wait_for_a_third:
+            await eventually(lambda: _true(len(self.acknowledged) >= DELETIONS // 3), timeout=60)
+
+    async def stream_ended(self) -> None:
+        assert self._stream is not None
+        await self._stream
+
+    async def finish(self) -> None:
+        """Let the stream end, then check every acknowledged deletion's event."""
+        await self.stream_ended()
+        await _check_every_acknowledged_event_arrived(
+            self.database_url, self.collector, self.acknowledged
+        )
+
+
 async def test_the_partition_leader_killed_mid_stream_loses_no_acknowledged_deletion(
     database_url: str, cluster: ApacheKafka
 ) -> None:
-    bootstrap = cluster.bootstrap_servers
-    topic = f"t-{uuid.uuid4().hex[:12]}"
-    await _replicated_topic(bootstrap, topic, 3)
-    settings = event_settings(database_url, bootstrap, topic, relay_batch_size=20)
-    acknowledged: list[str] = []
-    async with (
-        AuthServer(settings) as server,
-        admin_stub(server.address) as admin,
-        Collector(bootstrap, topic) as collector,
-    ):
-        users = [(await create_user(admin)).id for _ in range(DELETIONS)]
-        leader = await _leader_of(bootstrap, topic, 0)
-        index = next(i for i, n in enumerate(cluster.nodes) if n.node_id == leader)
-        stream = asyncio.create_task(_delete_stream(admin, users, acknowledged))
-        await eventually(lambda: _true(len(acknowledged) >= DELETIONS // 3), timeout=60)
+    async with _Deletions(database_url, cluster) as run:
+        index, leader = await run.node_leading(0)
+        await run.start()
         await asyncio.to_thread(cluster.stop_node, index, kill=True)  # SIGKILL the leader
 
         async def moved() -> bool:  # the cluster elected another leader meanwhile
             try:
-                return await _leader_of(bootstrap, topic, 0) not in {leader, -1}
+                return await _leader_of(cluster.bootstrap_servers, run.topic, 0) not in {
+                    leader,
+                    -1,
+                }
             except Exception:  # a metadata request met the dead node
                 return False
 
         await eventually(moved, timeout=60)
-        await stream
+        await run.stream_ended()
         await asyncio.to_thread(cluster.start_node, index)  # back, with its log
-        await _check_every_acknowledged_event_arrived(database_url, collector, acknowledged)
-    assert len(acknowledged) == DELETIONS  # deletions never wait for Kafka
+        await run.finish()
+    assert len(run.acknowledged) == DELETIONS  # deletions never wait for Kafka
 
 
 async def test_a_broker_frozen_longer_than_the_request_timeout_loses_no_deletion(
     database_url: str, cluster: ApacheKafka
 ) -> None:
-    bootstrap = cluster.bootstrap_servers
-    topic = f"t-{uuid.uuid4().hex[:12]}"
-    await _replicated_topic(bootstrap, topic, 3)
     # Requests time out after 3 s; the broker stays frozen for 12, longer than the
     # controller waits for its heartbeats (broker.session.timeout.ms, 9 s).
-    settings = event_settings(database_url, bootstrap, topic, relay_batch_size=20)
-    acknowledged: list[str] = []
-    async with (
-        AuthServer(settings) as server,
-        admin_stub(server.address) as admin,
-        Collector(bootstrap, topic) as collector,
-    ):
-        users = [(await create_user(admin)).id for _ in range(DELETIONS)]
-        leader = await _leader_of(bootstrap, topic, 1)
-        index = next(i for i, n in enumerate(cluster.nodes) if n.node_id == leader)
-        stream = asyncio.create_task(_delete_stream(admin, users, acknowledged))
-        await eventually(lambda: _true(len(acknowledged) >= DELETIONS // 3), timeout=60)
+    async with _Deletions(database_url, cluster) as run:
+        index, _ = await run.node_leading(1)
+        await run.start()
         cluster.pause_node(index)  # SIGSTOP: connections open, nothing answered
         try:
             await asyncio.sleep(12)
         finally:
             cluster.resume_node(index)
-        await stream
-        await _check_every_acknowledged_event_arrived(database_url, collector, acknowledged)
+        await run.finish()
 
 
 TOOLS = {
@@ -290,24 +321,13 @@ async def test_the_guides_lag_command_shows_a_cleanup_groups_lag(
 async def test_a_rolling_restart_of_every_broker_loses_no_acknowledged_deletion(
     database_url: str, cluster: ApacheKafka
 ) -> None:
-    bootstrap = cluster.bootstrap_servers
-    topic = f"t-{uuid.uuid4().hex[:12]}"
-    await _replicated_topic(bootstrap, topic, 3)
-    settings = event_settings(database_url, bootstrap, topic, relay_batch_size=20)
-    acknowledged: list[str] = []
-    async with (
-        AuthServer(settings) as server,
-        admin_stub(server.address) as admin,
-        Collector(bootstrap, topic) as collector,
-    ):
-        users = [(await create_user(admin)).id for _ in range(DELETIONS)]
-        stream = asyncio.create_task(_delete_stream(admin, users, acknowledged))
+    async with _Deletions(database_url, cluster) as run:
+        await run.start(wait_for_a_third=False)
         for index in range(len(cluster.nodes)):  # one at a time, as an upgrade does
             await asyncio.to_thread(cluster.stop_node, index)  # SIGTERM: controlled shutdown
             await asyncio.to_thread(cluster.start_node, index)
-        await stream
-        await _check_every_acknowledged_event_arrived(database_url, collector, acknowledged)
-    assert len(acknowledged) == DELETIONS
+        await run.finish()
+    assert len(run.acknowledged) == DELETIONS
 
 
 async def _relay_transaction_age(database_url: str) -> float:

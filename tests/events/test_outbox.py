@@ -10,7 +10,6 @@ import asyncpg
 import grpc
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from auth_client.contract import events_pb2
 from auth_service.api.server import AuthServer
@@ -18,7 +17,7 @@ from auth_service.store.outbox import write_user_deleted
 from auth_service.store.pool import Budget
 from auth_service.store.users import Deletion, UserRepository
 from tests.conftest import eventually, make_settings
-from tests.events.support import Collector, admin_stub, outbox_rows, running
+from tests.events.support import Collector, admin_stub, describe_topic, outbox_rows, running
 from tests.helpers import create_user, delete_user
 
 
@@ -155,12 +154,7 @@ async def _all_published(server: AuthServer, bootstrap: str, topic: str) -> int:
     assert relay is not None
     polls = relay.polls
     await eventually(lambda: _true(relay.polls >= polls + 2), timeout=30)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    try:  # closed even when start() fails half-way
-        await admin.start()
-        [described] = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
+    described = await describe_topic(bootstrap, topic)
     partitions = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
     assert partitions, topic
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
