@@ -46,7 +46,10 @@ from tests.helpers import create_user, delete_user
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-pytestmark = pytest.mark.slow
+# Each test here fails by its own deadlines (eventually(), at most 180 s) before
+# pytest-timeout's: a test interrupted by that signal mid-way through aiokafka's C
+# code once crashed the whole run (a segfault in the next test's set-up).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 DELETIONS = 240
 
@@ -218,6 +221,12 @@ async def test_the_partition_leader_killed_mid_stream_loses_no_acknowledged_dele
     assert len(run.acknowledged) == DELETIONS  # deletions never wait for Kafka
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="open in #26: in 2 of 4 fresh-clone CI runs (under full-suite load) the events of"
+    " this stream had not all arrived 60+ s after the broker resumed; not reproduced alone,"
+    " cause not found",
+)
 async def test_a_broker_frozen_longer_than_the_request_timeout_loses_no_deletion(
     database_url: str, cluster: ApacheKafka
 ) -> None:
