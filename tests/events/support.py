@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import asyncpg
 import grpc
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from auth_client.contract import admin_pb2_grpc
@@ -240,6 +240,29 @@ class Collector:
 
     def event_ids(self) -> list[str]:
         return [decode_user_deleted(r.value).event_id for r in self.records]
+
+
+async def read_topic(bootstrap: str, topic: str) -> list[Any]:
+    """Every record now in `topic`, read from the start of each partition to its end
+    by a consumer of no group: what the brokers hold, whatever a group's consumer
+    has or has not fetched yet."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:  # closed even when start() fails half-way
+        await consumer.start()
+        await consumer.topics()  # metadata of every topic, this one's partitions among them
+        numbers = consumer.partitions_for_topic(topic) or set()
+        partitions = [TopicPartition(topic, number) for number in sorted(numbers)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        records: list[Any] = []
+        while any(await consumer.position(tp) < end for tp, end in ends.items()):
+            batches = await consumer.getmany(timeout_ms=1000)
+            for batch in batches.values():
+                records.extend(batch)
+        return records
+    finally:
+        await consumer.stop()
 
 
 async def outbox_rows(database_url: str) -> list[asyncpg.Record]:

@@ -13,16 +13,18 @@ import contextlib
 import logging
 import re
 import shlex
+import shutil
+import subprocess
 import uuid
 from collections import Counter
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from auth_client.contract import decode_user_deleted
-from auth_client.events import UserDeletedConsumer, UserDeletedEvent
+from auth_client.events import RetryPolicy, UserDeletedConsumer, UserDeletedEvent
 from auth_service.api.server import AuthServer
 from auth_service.events.relay import Relay
 from auth_service.events.relay_config import RelayConfig
@@ -38,13 +40,16 @@ from tests.events.support import (
     admin_stub,
     describe_topic,
     outbox_rows,
+    read_topic,
+    received,
 )
-from tests.events.test_consumer_rebalance import make_event
+from tests.events.support import running as running_proc
+from tests.events.test_consumer_rebalance import committed, make_event, running
 from tests.events.test_consumer_rebalance import produce as produce_on
 from tests.helpers import create_user, delete_user
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Awaitable, Callable, Iterator
 
 # Each test here fails by its own deadlines (eventually(), at most 180 s) before
 # pytest-timeout's: a test interrupted by that signal mid-way through aiokafka's C
@@ -52,6 +57,10 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 DELETIONS = 240
+GROUP_PARTITIONS = 6
+SESSION_S = 10
+REVOKE_S = 2.0
+SLOW_HANDLER_S = 20.0
 
 
 @pytest.fixture(scope="module")
@@ -123,22 +132,42 @@ async def _delete_stream(admin: object, users: list[str], acknowledged: list[str
         await asyncio.sleep(0.02)
 
 
+async def _why_missing(
+    database_url: str, collector: Collector, missing: set[str], bootstrap: str, topic: str
+) -> str:
+    """Where the missing events are: still in the outbox, in the topic but not
+    fetched by the collector (and where it stands), or nowhere."""
+    rows = {r["partition_key"]: r for r in await outbox_rows(database_url)}
+    unpublished = {u for u in missing if rows.get(u) is None or rows[u]["published_at"] is None}
+    in_topic = await read_topic(bootstrap, topic)
+    held = {decode_user_deleted(r.value).user_id: r.partition for r in in_topic}
+    fetched = Counter(r.partition for r in collector.records)
+    consumer = collector.consumer
+    positions = {tp.partition: await consumer.position(tp) for tp in consumer.assignment()}
+    return (
+        f"{len(missing)} acknowledged deletions never arrived: {len(unpublished)} unpublished"
+        f" in the outbox (attempts {sorted({rows[u]['attempts'] for u in unpublished if u in rows})}),"
+        f" {len(missing & held.keys())} in the topic (partitions"
+        f" {sorted(Counter(held[u] for u in missing & held.keys()).items())}),"
+        f" {len(missing - unpublished - held.keys())} published but not in the topic."
+        f" The collector fetched {sorted(fetched.items())} per partition, the topic holds"
+        f" {sorted(Counter(r.partition for r in in_topic).items())}; its positions {positions}"
+    )
+
+
 async def _check_every_acknowledged_event_arrived(
-    database_url: str, collector: Collector, acknowledged: list[str]
+    database_url: str, collector: Collector, acknowledged: list[str], bootstrap: str, topic: str
 ) -> None:
     def delivered() -> set[str]:
         return {decode_user_deleted(r.value).user_id for r in collector.records}
 
     try:
         await eventually(lambda: _true(set(acknowledged) <= delivered()), timeout=180)
-    except AssertionError:
-        rows = await outbox_rows(database_url)
-        missing = set(acknowledged) - delivered()
-        unpublished = [r for r in rows if r["published_at"] is None]
+    except pytest.fail.Exception:  # what eventually() raises
         raise AssertionError(
-            f"{len(missing)} of {len(acknowledged)} acknowledged deletions never arrived;"
-            f" {len(unpublished)} outbox rows unpublished (attempts"
-            f" {sorted({r['attempts'] for r in unpublished})})"
+            await _why_missing(
+                database_url, collector, set(acknowledged) - delivered(), bootstrap, topic
+            )
         ) from None
     counts = Counter(decode_user_deleted(r.value).event_id for r in collector.records)
     duplicated = {event_id for event_id, n in counts.items() if n > 1}
@@ -193,7 +222,11 @@ class _Deletions:
         """Let the stream end, then check every acknowledged deletion's event."""
         await self.stream_ended()
         await _check_every_acknowledged_event_arrived(
-            self.database_url, self.collector, self.acknowledged
+            self.database_url,
+            self.collector,
+            self.acknowledged,
+            self.cluster.bootstrap_servers,
+            self.topic,
         )
 
 
@@ -404,4 +437,191 @@ async def test_the_relay_through_a_lost_quorum_backs_off_holds_no_rows_and_drain
 
         for index in (1, 2):
             await asyncio.to_thread(cluster.start_node, index)
-        await _check_every_acknowledged_event_arrived(database_url, collector, users)
+        await _check_every_acknowledged_event_arrived(
+            database_url, collector, users, bootstrap, topic
+        )
+
+
+def received_ids(lines: list[dict[str, Any]]) -> list[str]:
+    return [str(r["event_id"]) for r in received(lines)]
+
+
+async def _first(seen: list[str]) -> None:
+    await eventually(lambda: _true(bool(seen)), timeout=60)
+
+
+async def test_a_group_of_three_over_six_partitions_survives_a_kill_a_join_and_a_slow_handler(
+    cluster: ApacheKafka,
+) -> None:
+    """Three UserDeletedConsumers share six partitions: one (a process) is SIGKILLed
+    mid-stream, a fourth joins while another's handler has been running longer than
+    the session timeout. Every event is handled (at least once: ids are the dedupe
+    key), the joiner gets partitions within the revoke bound plus the group's
+    rounds, and at the end every partition's committed offset is its end."""
+    bootstrap = cluster.bootstrap_servers
+    topic, g = f"t-{uuid.uuid4().hex[:12]}", f"cleanup-{uuid.uuid4().hex[:6]}"
+    await _replicated_topic(bootstrap, topic, GROUP_PARTITIONS)
+    await _replicated_topic(bootstrap, f"{topic}.dlq", 1)
+    produced: list[str] = []
+    per_partition = Counter[int]()
+
+    async def burst(n: int) -> None:
+        events = [make_event() for _ in range(n)]
+        for index, event in enumerate(events):
+            await produce_on(bootstrap, topic, index % GROUP_PARTITIONS, event)
+            per_partition[index % GROUP_PARTITIONS] += 1
+        produced.extend(e.event_id for e in events)
+
+    seen: dict[str, list[str]] = {"b": [], "c": [], "d": []}
+    slow, slow_started = asyncio.Event(), asyncio.Event()
+
+    def recording(name: str) -> Callable[[UserDeletedEvent], Awaitable[None]]:
+        async def handle(event: UserDeletedEvent) -> None:
+            if name == "c" and slow.is_set() and not slow_started.is_set():
+                slow_started.set()  # longer than the session: heartbeats go on
+                await asyncio.sleep(SLOW_HANDLER_S)
+            seen[name].append(event.event_id)
+
+        return handle
+
+    def member(name: str) -> UserDeletedConsumer:
+        return UserDeletedConsumer(
+            recording(name),
+            bootstrap_servers=bootstrap,
+            group_id=g,
+            topic=topic,
+            dlq_topic=f"{topic}.dlq",
+            session_timeout_ms=SESSION_S * 1000,  # also aiokafka's rebalance timeout
+            heartbeat_interval_ms=500,
+            revoke_timeout_s=REVOKE_S,
+        )
+
+    def handled() -> set[str]:
+        return {*received_ids(doomed.lines), *(i for ids in seen.values() for i in ids)}
+
+    async def all_handled() -> None:
+        await eventually(lambda: _true(handled() >= set(produced)), timeout=120)
+
+    args = ("toolkit", "--bootstrap", bootstrap, "--topic", topic, "--group", g)
+    b, c, d = member("b"), member("c"), member("d")
+    async with running_proc("tests.events.proc_consumer", *args) as doomed:
+        await doomed.wait_for(lambda lines: any("ready" in line for line in lines))
+        async with running(b), running(c):
+            await burst(60)
+            await all_handled()
+            # A crash mid-stream: what it handled but had not committed goes again
+            # to the partitions' next owners once its session expires.
+            before = len(received_ids(doomed.lines))
+            sending = asyncio.create_task(burst(120))
+            await doomed.wait_for(lambda lines: len(received_ids(lines)) > before)
+            await doomed.kill()
+            await sending
+            await all_handled()
+
+            slow.set()
+            await burst(GROUP_PARTITIONS)  # one per partition: c gets some of them
+            await asyncio.wait_for(slow_started.wait(), 60)
+            loop = asyncio.get_running_loop()
+            joined_at = loop.time()
+            async with running(d):
+                sending = asyncio.create_task(burst(60))
+                await _first(seen["d"])
+                took = loop.time() - joined_at
+                await sending
+                await all_handled()
+    # The group waited REVOKE_S for c's handler (then ~2 JoinGroup rounds and a
+    # fetch: 2.4 s in all here), not until the coordinator gave c up at the
+    # rebalance timeout (SESSION_S; 6.1 s with a 6 s session and no revoke bound).
+    assert took < REVOKE_S + 5 < SESSION_S, f"the new member got no partition for {took:.1f}s"
+    assert c.stats.handlers_cancelled == 1
+    for partition in range(GROUP_PARTITIONS):  # no partition stuck or uncommitted
+        offset = await committed(bootstrap, topic, g, partition)
+        assert offset == per_partition[partition], (partition, offset, per_partition)
+
+
+def _kcat() -> str:
+    path = shutil.which("kcat")
+    if path is None:
+        _missing("kcat", RuntimeError("Debian's kcat is not installed (apt-get install kcat)"))
+    return path
+
+
+async def test_the_guides_kcat_command_lists_a_groups_dead_letters(cluster: ApacheKafka) -> None:
+    """docs/operations.md, "Dead letters": Debian's kcat, as written, lists what a
+    consumer dead-lettered: its key and the headers saying why."""
+    kcat = _kcat()
+    first = cluster.bootstrap_servers.split(",")[0]
+    topic = f"t-{uuid.uuid4().hex[:12]}"
+    dlq = f"{topic}.dlq"
+    await _replicated_topic(cluster.bootstrap_servers, topic, 2)
+    await _replicated_topic(cluster.bootstrap_servers, dlq, 2)
+    poison = make_event()
+    await produce_on(cluster.bootstrap_servers, topic, 1, poison)
+
+    async def refuse(event: UserDeletedEvent) -> None:
+        raise ValueError(f"cannot clean up {event.user_id}")
+
+    consumer = UserDeletedConsumer(
+        refuse,
+        bootstrap_servers=cluster.bootstrap_servers,
+        group_id=f"cleanup-{uuid.uuid4().hex[:6]}",
+        topic=topic,
+        dlq_topic=dlq,
+        retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.05, max_backoff_s=0.1),
+    )
+    async with running(consumer):
+        await eventually(lambda: _true(consumer.stats.dead_lettered == 1), timeout=60)
+    [command] = _guide_commands("### Dead letters")
+    _program, *args = shlex.split(command.replace("KAFKA:9092", first))
+    args = [arg.replace("user_deleted.dlq", dlq) for arg in args]
+    done = await asyncio.to_thread(
+        subprocess.run, [kcat, *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 1, done.stdout
+    _partition, offset, key, headers = lines[0].split(" ", 3)
+    assert (offset, key) == ("0", poison.user_id)
+    assert "dlq-source-partition=1" in headers, headers
+    assert f"dlq-error=ValueError: cannot clean up {poison.user_id}" in headers, headers
+    assert "dlq-attempts=2" in headers, headers
+
+
+async def test_the_guides_replay_command_has_a_stopped_group_handle_its_events_again(
+    cluster: ApacheKafka,
+) -> None:
+    """docs/operations.md, "Replaying a group's events": with the group's consumers
+    stopped, the command as written moves its offsets back to the given time and
+    the restarted consumer handles every event again."""
+    first = cluster.bootstrap_servers.split(",")[0]
+    topic = f"t-{uuid.uuid4().hex[:12]}"
+    await _replicated_topic(cluster.bootstrap_servers, topic, 2)
+    await _replicated_topic(cluster.bootstrap_servers, f"{topic}.dlq", 2)
+    events = [make_event() for _ in range(8)]
+    for index, event in enumerate(events):
+        await produce_on(cluster.bootstrap_servers, topic, index % 2, event)
+    group_id = f"messaging-cleanup-{uuid.uuid4().hex[:6]}"
+    handled: list[str] = []
+
+    async def handler(event: UserDeletedEvent) -> None:
+        handled.append(event.event_id)
+
+    async def handle_everything() -> None:
+        consumer = UserDeletedConsumer(
+            handler, bootstrap_servers=cluster.bootstrap_servers, group_id=group_id, topic=topic
+        )
+        async with running(consumer):
+            await eventually(lambda: _true(len(handled) >= len(events)), timeout=60)
+
+    await handle_everything()
+    assert sorted(handled) == sorted(e.event_id for e in events)
+    [command] = _guide_commands("### Replaying a group's events")
+    program, *args = shlex.split(
+        command.replace("KAFKA:9092", first).replace("messaging-cleanup", group_id)
+    )
+    args = [topic if arg == "user_deleted" else arg for arg in args]
+    out = await asyncio.to_thread(cluster.tool, TOOLS[program], *args)
+    assert topic in out, out  # the tool prints each partition's new offset
+    handled.clear()
+    await handle_everything()
+    assert sorted(handled) == sorted(e.event_id for e in events)
