@@ -115,6 +115,12 @@ class AuthServer:
         return self._pool
 
     @property
+    def lookup(self) -> StateLookup:
+        """The read path's lookups (state cache, index, merged queries)."""
+        assert self._lookup is not None, "server not started"
+        return self._lookup
+
+    @property
     def admission(self) -> Admission:
         assert self.path is not None, "server not started"
         return self.path.admission

@@ -163,7 +163,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
         "STATE_INDEX_MAX_USERS",
         "state_index_max_users",
         p.non_negative_int,
-        "this process reads every user's state at start-up (17 bytes per user) and answers any id from memory, kept exact by the same change feed; not loaded if the table holds more users than this; 0 = off",
+        "this process reads every user's state at start-up (17 bytes per user) and answers every existing user from memory (an unknown id is confirmed by a query: never a false `NOT_FOUND`), kept exact by the same change feed; not loaded if the table holds more users than this; 0 = off",
     ),
     EnvVar(
         "DB_STALL_TIMEOUT_MS",

@@ -97,11 +97,15 @@ class StateLookup:
 
     def cached(self, user_id: str) -> UserState | None:
         """The state of one canonical id if memory has it (state cache or index):
-        no coroutine, no budget, for the calls that need neither."""
+        no coroutine, no budget, for the calls that need neither. Never NOT_FOUND:
+        memory may not have heard of a user another replica created a moment ago,
+        so only a query on the primary says that (docs/architecture.md, "How fresh
+        an answer is")."""
         cached = self.cache.get(user_id)
-        if cached is not None:
-            self.hits += 1
-            tracing.note("auth.state_cache.hit", value=True)
+        if cached is None or cached is UserState.NOT_FOUND:
+            return None
+        self.hits += 1
+        tracing.note("auth.state_cache.hit", value=True)
         return cached
 
     async def state(self, user_id: str, budget: Budget) -> UserState:
@@ -192,7 +196,8 @@ class StateLookup:
             self.lookups += len(keys)
             return await self._users.states(",".join(keys), budget)
         get = cache.get
-        out: list[int] = [get(key) or 0 for key in keys]
+        # NOT_FOUND from memory is only a hint: it is asked again (see `cached`).
+        out: list[int] = [_TRUSTED.get(get(key), 0) for key in keys]
         missing = [key for key, state in zip(keys, out, strict=True) if not state]
         self.hits += len(keys) - len(missing)
         tracing.note("auth.state_cache.hits", value=len(keys) - len(missing))
@@ -228,6 +233,13 @@ class StateLookup:
         _fail(queued, UnavailableError("the server is shutting down"))
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+# The answers memory may give without a query: a state's number, else 0 (ask).
+_TRUSTED: dict[UserState | None, int] = {
+    UserState.ACTIVE: int(UserState.ACTIVE),
+    UserState.DELETED: int(UserState.DELETED),
+}
 
 
 def _fail(waiters: Sequence[_Waiter], exc: BaseException) -> None:

@@ -101,6 +101,8 @@ class StateCache:
             return
         states, invalidated = self._states, self._invalidated
         for key, state in answers.items():
+            if state is UserState.NOT_FOUND:
+                continue  # never answered from memory (store/lookup.py)
             if invalidated and invalidated.get(key, -1) > since:
                 continue
             states[key] = state
