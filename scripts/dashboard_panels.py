@@ -285,6 +285,28 @@ SERVER_ROWS: tuple[Row, ...] = (
                 width=6,
             ),
             Panel(
+                "Read replicas",
+                "Whether each read replica (DATABASE_READ_URL) is read, how far behind the "
+                "primary it is, the queries it answers, and the ids memory or a replica "
+                "called NOT_FOUND that the primary was asked about again.",
+                (
+                    q(f"auth_db_replica_up{{{API}}}", "{{instance}} {{replica}} read"),
+                    q(
+                        f"max by (replica) (auth_db_replica_lag_seconds{{{API}}})",
+                        "{{replica}} lag (s)",
+                    ),
+                    q(
+                        f"sum by (replica) (rate(auth_db_replica_reads_total{{{API}}}{RATE}))",
+                        "{{replica}} reads/s",
+                    ),
+                    q(
+                        f"sum(rate(auth_lookup_confirmations_total{{{API}}}{RATE}))",
+                        "NOT_FOUND confirmed on the primary/s",
+                    ),
+                ),
+                width=6,
+            ),
+            Panel(
                 "Personal data awaiting erasure",
                 "Deleted users whose PII_RETENTION_S is over but whose data is not erased "
                 "yet, the age of the oldest, and erasures per second.",

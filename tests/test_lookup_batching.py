@@ -80,7 +80,7 @@ async def test_a_quiet_server_never_waits_for_company(database_url: str) -> None
 
         async def quiet() -> bool:
             """No lookup queued, in a query, or waiting for a collection window."""
-            return lookup._in_flight == 0 and not lookup._queue and lookup._timer is None
+            return lookup.idle()
 
         for _ in range(5):
             await eventually(quiet)  # each lookup arrives alone at a quiet server

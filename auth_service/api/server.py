@@ -39,7 +39,7 @@ from auth_service.api.metrics_endpoint import MetricsServer
 from auth_service.api.observation import Observation
 from auth_service.api.rpc import CallPath
 from auth_service.api.servicers import AuthServicer, UserAdminServicer
-from auth_service.api.store_metrics import track_lookup, track_pool
+from auth_service.api.store_metrics import track_lookup, track_pool, track_replicas
 from auth_service.api.tls import ServerTLS, server_tls
 from auth_service.config import ConfigError, Settings
 from auth_service.config.tokens import TokenFormatError, admin_entries
@@ -53,6 +53,7 @@ from auth_service.store.erasure import ErasureJob
 from auth_service.store.lookup import StateLookup
 from auth_service.store.migrations import bundled_versions
 from auth_service.store.outbox import write_user_deleted
+from auth_service.store.replicas import ReadReplicas
 from auth_service.store.state_cache import StateCache
 from auth_service.store.status import DatabaseStatus
 from auth_service.store.user_changes import UserChangeFeed
@@ -96,6 +97,7 @@ class AuthServer:
         self.relay: Relay | None = None
         self.erasure: ErasureJob | None = None
         self.user_changes: UserChangeFeed | None = None
+        self.replicas: ReadReplicas | None = None
         self.metrics: MetricsServer | None = None
         self._lookup: StateLookup | None = None
         self._pool: asyncpg.Pool | None = None
@@ -157,8 +159,9 @@ class AuthServer:
                 self._pool, retention_s=s.pii_retention_s, interval_s=s.pii_erasure_interval_s
             ),
         )
-        cache = await self._follow_user_changes(stack)
-        users = UserRepository(self._pool, self.database, changed=cache.changed)
+        replicas = await self._read_replicas(stack)
+        cache = await self._follow_user_changes(stack, replicas)
+        users = UserRepository(self._pool, self.database, changed=cache.changed, reads=replicas)
         path = self.path = call_path(s, self.tokens, self.database)
         self._lookup = lookup = await stack.enter_async_context(
             StateLookup(
@@ -193,12 +196,40 @@ class AuthServer:
         stack.push_async_callback(metrics.aclose)
         stack.push_async_callback(track_pool(self.pool))
 
-    async def _follow_user_changes(self, stack: contextlib.AsyncExitStack) -> StateCache:
+    async def _read_replicas(self, stack: contextlib.AsyncExitStack) -> ReadReplicas | None:
+        """The read replicas of DATABASE_READ_URL (store/replicas.py), if any."""
+        s = self.settings
+        if not s.database_read_urls:
+            return None
+        replicas = self.replicas = await _started(
+            stack,
+            ReadReplicas(
+                s.database_read_urls,
+                self.pool,
+                max_lag_s=s.read_max_lag_ms / 1000,
+                pool_max_size=s.pool_max_size,
+                connect_timeout_s=s.connect_timeout_s,
+                statement_timeout_ms=s.statement_timeout_ms,
+            ),
+        )
+        if self.metrics is not None:
+            stack.push_async_callback(track_replicas(replicas))
+        return replicas
+
+    async def _follow_user_changes(
+        self, stack: contextlib.AsyncExitStack, replicas: ReadReplicas | None
+    ) -> StateCache:
         """User states cached in this process, and an index of every user, kept exact
         by the users table's change notifications (store/state_cache.py); off with
-        STATE_CACHE_SIZE=0 and STATE_INDEX_MAX_USERS=0."""
+        STATE_CACHE_SIZE=0 and STATE_INDEX_MAX_USERS=0. With read replicas, the index
+        is read from one that has caught up with the primary."""
         s = self.settings
         cache = StateCache(max_size=s.state_cache_size)
+
+        async def index_source() -> str:
+            replica = None if replicas is None else await replicas.caught_up(timeout=2.0)
+            return s.database_url if replica is None else replica.url
+
         if s.state_cache_size > 0 or s.state_index_max_users > 0:
             self.user_changes = await _started(
                 stack,
@@ -208,6 +239,7 @@ class AuthServer:
                     index_max_users=s.state_index_max_users,
                     connect_timeout_s=s.connect_timeout_s,
                     max_backoff_s=s.relay_max_backoff_s,
+                    index_source=index_source,
                 ),
             )
         return cache

@@ -1,6 +1,7 @@
 """Prometheus gauges and counters read from the store at scrape time: the database
-pools (db_pool_*) and UserExists' read path (auth_state_cache_*, auth_lookup_*).
-`track_pool` / `track_lookup` register a live object and return its untrack."""
+pools (db_pool_*), UserExists' read path (auth_state_cache_*, auth_lookup_*) and
+the read replicas (auth_db_replica_*). `track_pool` / `track_lookup` /
+`track_replicas` register a live object and return its untrack."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from auth_service.store.lookup import StateLookup
+from auth_service.store.replicas import ReadReplicas
 
 
 class _PoolCollector(Collector):
@@ -79,6 +81,12 @@ class _LookupCollector(Collector):
             "auth_lookup_queries", "State queries sent for UserExists lookups", total("batches")
         )
         yield CounterMetricFamily(
+            "auth_lookup_confirmations",
+            "Ids memory or a read replica called NOT_FOUND, asked again of the primary"
+            " (only the primary's NOT_FOUND is answered)",
+            total("confirmations"),
+        )
+        yield CounterMetricFamily(
             "auth_lookup_windows",
             "State queries that waited for a collection window (many calls in flight)",
             total("windows"),
@@ -128,3 +136,50 @@ def track_lookup(lookup: StateLookup) -> Callable[[], Awaitable[None]]:
 
 
 __all__ = ["track_lookup", "track_pool"]
+
+
+class _ReplicaCollector(Collector):
+    """The read replicas (DATABASE_READ_URL, store/replicas.py): whether each is
+    read, its lag, the queries it answered. Labelled by `replica` (host:port)."""
+
+    def __init__(self) -> None:
+        self.sets: list[ReadReplicas] = []
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "auth_db_replica_up",
+            "1 while the read replica is read (answering, lag within DATABASE_READ_MAX_LAG_MS)",
+            labels=["replica"],
+        )
+        lag = GaugeMetricFamily(
+            "auth_db_replica_lag_seconds",
+            "How long ago the primary was where the read replica's replay is now",
+            labels=["replica"],
+        )
+        reads = CounterMetricFamily(
+            "auth_db_replica_reads",
+            "Read queries the replica answered (UserExists, BatchUserExists, GetUser)",
+            labels=["replica"],
+        )
+        for replicas in list(self.sets):
+            for replica in replicas.replicas:
+                up.add_metric([replica.name], int(replica.readable))
+                if replica.lag_s is not None:
+                    lag.add_metric([replica.name], replica.lag_s)
+                reads.add_metric([replica.name], replica.reads)
+        yield from (up, lag, reads)
+
+
+_REPLICAS = _ReplicaCollector()
+REGISTRY.register(_REPLICAS)
+
+
+def track_replicas(replicas: ReadReplicas) -> Callable[[], Awaitable[None]]:
+    """Report `replicas` in the auth_db_replica_* families; returns its untrack."""
+    _REPLICAS.sets.append(replicas)
+
+    async def untrack() -> None:
+        with contextlib.suppress(ValueError):
+            _REPLICAS.sets.remove(replicas)
+
+    return untrack

@@ -46,6 +46,8 @@ class Settings:
     """Validated configuration of one auth-service process."""
 
     database_url: str = field(repr=False)
+    database_read_urls: tuple[str, ...] = field(default=(), repr=False)
+    read_max_lag_ms: int = 1000
     listen: str = "127.0.0.1:50051"
     max_connection_age_s: float = 300.0
     admin_tokens: tuple[str, ...] = field(default=(), repr=False)

@@ -72,6 +72,11 @@ def database_url(raw: str) -> str:
     return value
 
 
+def database_urls(raw: str) -> tuple[str, ...]:
+    """Comma-separated PostgreSQL URLs (none when empty)."""
+    return tuple(database_url(part) for part in raw.split(",") if part.strip())
+
+
 def one_of(*values: str, upper: bool = False) -> Callable[[str], str]:
     """A parser that accepts one of `values` (case-insensitive; upper- or
     lower-cased as they are written)."""

@@ -41,6 +41,18 @@ ENV_VARS: tuple[EnvVar, ...] = (
         required=True,
     ),
     EnvVar(
+        "DATABASE_READ_URL",
+        "database_read_urls",
+        p.database_urls,
+        "PostgreSQL URLs of read replicas (hot standbys of DATABASE_URL), comma-separated: UserExists, GetUser, BatchUserExists and the index loads read them; writes, the change feed, the outbox and NOT_FOUND answers use the primary; empty = read the primary",
+    ),
+    EnvVar(
+        "DATABASE_READ_MAX_LAG_MS",
+        "read_max_lag_ms",
+        p.positive_int,
+        "a replica further behind the primary than this (or not answering) is not read until it catches up: lookups go to the primary meanwhile; its lag is checked four times per this period",
+    ),
+    EnvVar(
         "GRPC_LISTEN",
         "listen",
         p.address,

@@ -209,6 +209,36 @@ class EmbeddedPostgres:
         except subprocess.CalledProcessError as exc:
             raise EmbeddedError(f"initdb failed: {exc.stderr.decode(errors='replace')}") from exc
 
+    def standby(self) -> EmbeddedPostgres:
+        """A hot standby of this running server, not started yet: a new server in a
+        temporary directory whose data `pg_basebackup -R` copied from this one, so
+        it streams this server's WAL and answers read-only queries once started."""
+        standby = EmbeddedPostgres(host=self.host)
+        if standby._user is not None:
+            _open_path_for(standby.base_dir)
+            entry = pwd.getpwnam(standby._user)
+            os.chown(standby.base_dir, entry.pw_uid, entry.pw_gid)
+        try:
+            standby._run_as(
+                [
+                    str(self._bin / "pg_basebackup"),
+                    "-D", str(standby.data_dir),
+                    "-R",  # standby.signal + primary_conninfo: stream from this server
+                    "-X", "stream",
+                    "-c", "fast",
+                    "--no-sync",
+                    "-h", self.host,
+                    "-p", str(self.port),
+                    "-U", "postgres",
+                ]
+            )  # fmt: skip
+        except subprocess.CalledProcessError as exc:
+            standby.close()
+            raise EmbeddedError(
+                f"pg_basebackup failed: {exc.stderr.decode(errors='replace')}"
+            ) from exc
+        return standby
+
     def start(self, timeout: float = 30.0) -> None:
         if self.running:
             return

@@ -1,56 +1,42 @@
-"""Merging concurrent single-user lookups into one `= ANY($1)` query.
+"""UserState lookups for UserExists and BatchUserExists: memory first (the state
+cache and the index of every user), then queries shared by concurrent lookups
+(store/lookup_merge.py).
 
-The request path, not PostgreSQL, limits this service: every query costs the Python
-process a pool acquire, a round trip and a release. `StateLookup` keeps at most
-`max_in_flight` state queries running; a lookup that arrives while they are all busy
-waits for the next one, which carries every id queued meanwhile (up to `max_batch`).
+Where an answer may come from (docs/architecture.md, "How fresh an answer is"):
 
-Measured on grpc.aio, that alone rarely merges anything: the event loop takes in
-one RPC per wake-up, so a query is usually back before the next lookup arrives, and
-every lookup pays a database round trip and its loop wake-ups. Near saturation that
-costs throughput (each query costs the process a pool acquire, a round trip and a
-release), so there a lookup also waits a short collection window. The window is
-only worth its latency when the process is queueing work anyway, so it is gated on
-the calls in flight (`backlog()`, the API calls admitted and not yet answered):
+- ACTIVE and DELETED: memory, a read replica (DATABASE_READ_URL) or the primary.
+  DELETED is final (ids are never reused); an ACTIVE from a replica is at most its
+  lag old, and the deletion's event cleans up after it as ever.
+- NOT_FOUND: only a query on the primary. Memory may not have heard yet of a user
+  another auth-service replica created a moment ago, and a read replica may not
+  have replayed it, so an id either calls NOT_FOUND is asked of the primary again
+  (a second merger, `confirmations` counts them). With no replicas the read queries
+  go to the primary and one merger does both.
 
-- few calls in flight (at most 2 x `max_in_flight` x `target_batch`, 32 at the
-  defaults): no wait, the lookup goes out at once (a moderately loaded server adds
-  only the round trip);
-- more calls in flight and lookups arriving fast: wait about `target_batch` average
-  gaps (`DB_LOOKUP_TARGET_BATCH`), at most `max_window` (`DB_LOOKUP_WINDOW_MS`), so a
-  saturated server answers many lookups with one query. `windows` counts the
-  queries that waited.
-
-Each caller has its own future: a caller that is cancelled (deadline, disconnect)
-takes nothing down with it.
-
-While tracing, each queued lookup carries its call's span context: the query's span is a child of the first call it answers and links every one; a call
-answered by the state cache gets `auth.state_cache.hit` instead of a query span.
+While tracing, each queued lookup carries its call's span context: the query's span
+is a child of the first call it answers and links every one; a call answered by the
+state cache gets `auth.state_cache.hit` instead of a query span.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Self
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Self
 
 from auth_client.contract import UserState
 from auth_service import tracing
-from auth_service.errors import DeadlineExceededError, ServiceError, UnavailableError
+from auth_service.errors import ServiceError, UnavailableError
 from auth_service.lifecycle import Lifecycle, LifecycleGuard
+from auth_service.store.lookup_merge import QueryMerger, Waiter, fail
 from auth_service.store.pool import Budget
 from auth_service.store.state_cache import StateCache
 from auth_service.store.users import BY_NUMBER, UserRepository
 
-if TYPE_CHECKING:
-    from opentelemetry.trace import SpanContext
-
 log = logging.getLogger(__name__)
 
-# (canonical id text, the caller's future, the caller's budget, the caller's span
-# context while tracing)
-_Waiter = tuple[str, "asyncio.Future[UserState]", Budget, "SpanContext | None"]
+_NOT_FOUND = int(UserState.NOT_FOUND)
 
 
 class StateLookup:
@@ -75,32 +61,44 @@ class StateLookup:
         self._users = users
         self.cache = cache if cache is not None else StateCache(max_size=0)
         self._merge = max_in_flight > 0
-        self._max_in_flight = max(1, max_in_flight)
-        self._max_batch = max_batch
-        self._max_window = max_window
-        self._target_batch = target_batch
-        self._queue: list[_Waiter] = []
-        self._in_flight = 0
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._timer: asyncio.TimerHandle | None = None
-        self._last_arrival = 0.0
-        self._gap = 1.0  # moving average of the time between lookups, seconds
-        # A window is worth waiting for only while more calls are in flight than the
-        # queries running at once can take at the target batch size, twice over
-        # (32 at the defaults: 2 queries x 8 lookups x 2); below that a query goes at once.
-        self._busy_calls = 2 * self._max_in_flight * target_batch
-        self._backlog = backlog if backlog is not None else (lambda: self._busy_calls + 1)
+
+        def merger(run: Callable[[list[Waiter]], Awaitable[None]]) -> QueryMerger:
+            return QueryMerger(
+                run,
+                max_in_flight=max_in_flight,
+                max_batch=max_batch,
+                max_window=max_window,
+                target_batch=target_batch,
+                backlog=backlog,
+            )
+
+        # NOT_FOUND answers are confirmed on the primary; without read replicas the
+        # read queries go there already and one merger does both.
+        self._confirms = merger(self._confirm)
+        self._reads = merger(self._read) if users.reads is not None else self._confirms
         self.hits = 0  # lookups answered from the state cache
         self.batches = 0  # queries sent
         self.lookups = 0  # lookups those queries answered
-        self.windows = 0  # queries that waited for a collection window
+        self.confirmations = 0  # NOT_FOUND of memory or a replica asked of the primary
+
+    @property
+    def _mergers(self) -> list[QueryMerger]:
+        return [self._reads] if self._reads is self._confirms else [self._reads, self._confirms]
+
+    @property
+    def windows(self) -> int:
+        """Queries that waited for a collection window."""
+        return sum(m.windows for m in self._mergers)
+
+    def idle(self) -> bool:
+        """No lookup queued, in a query, or waiting for a collection window."""
+        return all(m.idle() for m in self._mergers)
 
     def cached(self, user_id: str) -> UserState | None:
         """The state of one canonical id if memory has it (state cache or index):
         no coroutine, no budget, for the calls that need neither. Never NOT_FOUND:
         memory may not have heard of a user another replica created a moment ago,
-        so only a query on the primary says that (docs/architecture.md, "How fresh
-        an answer is")."""
+        so only a query on the primary says that."""
         cached = self.cache.get(user_id)
         if cached is None or cached is UserState.NOT_FOUND:
             return None
@@ -110,58 +108,58 @@ class StateLookup:
 
     async def state(self, user_id: str, budget: Budget) -> UserState:
         """The state of one canonical (lower-case) id, sharing a query with others."""
-        cached = self.cached(user_id)
-        if cached is not None:
-            return cached
+        hint = self.cache.get(user_id)
+        if hint is UserState.ACTIVE or hint is UserState.DELETED:
+            self.hits += 1
+            tracing.note("auth.state_cache.hit", value=True)
+            return hint
         # Refused at once, not queued behind queries that wait on the database.
         self._users.status.require()
         if self._life.state is Lifecycle.CLOSED:
             raise UnavailableError("the server is shutting down")
         if not self._merge:
-            return await self._users.state(user_id, budget)
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        self._gap += (min(now - self._last_arrival, 1.0) - self._gap) * 0.1
-        self._last_arrival = now
-        fut: asyncio.Future[UserState] = loop.create_future()
-        queue = self._queue
-        queue.append((user_id, fut, budget, tracing.current_span_context()))
-        if self._in_flight < self._max_in_flight and self._timer is None:
-            if (
-                len(queue) >= self._max_batch
-                or 2 * self._gap >= self._max_window
-                or self._backlog() <= self._busy_calls
-            ):
-                self._dispatch()
-            else:
-                self.windows += 1
-                wait = min(self._max_window, self._gap * self._target_batch)
-                self._timer = loop.call_later(wait, self._window_closed)
+            return await self._alone(user_id, budget, unknown=hint is not None)
+        fut: asyncio.Future[UserState] = asyncio.get_running_loop().create_future()
+        # An id memory does not know goes straight to the primary.
+        merger = self._confirms if hint is not None else self._reads
+        merger.submit((user_id, fut, budget, tracing.current_span_context()))
         return await fut
 
-    def _window_closed(self) -> None:
-        self._timer = None
-        if self._queue and self._in_flight < self._max_in_flight:
-            self._dispatch()
+    async def _alone(self, user_id: str, budget: Budget, *, unknown: bool) -> UserState:
+        """One lookup, one query (DB_LOOKUP_CONCURRENCY=0)."""
+        self.batches += 1
+        self.lookups += 1
+        answers = await self._resolve(
+            [] if unknown else [user_id], [user_id] if unknown else [], budget
+        )
+        return BY_NUMBER[answers[user_id]]
 
-    def _dispatch(self) -> None:
-        batch = self._queue[: self._max_batch]
-        del self._queue[: self._max_batch]
-        self._in_flight += 1
-        task = asyncio.get_running_loop().create_task(self._run(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _run(self, batch: list[_Waiter]) -> None:
+    async def _read(self, batch: list[Waiter]) -> None:
+        """A merged read query (a replica when one is readable); its NOT_FOUND
+        answers are handed to the confirmations unless the primary gave them."""
+        live = [w for w in batch if not w[1].done()]
+        if not live:
+            return
+        budget = max((w[2] for w in live), key=lambda b: b.seconds)
+        self.batches += 1
+        self.lookups += len(live)
+        keys = [w[0] for w in live]
         try:
-            await self._query(batch)
-        finally:
-            self._in_flight -= 1
-            # Lookups queued while every query was busy have waited long enough.
-            if self._queue and self._in_flight < self._max_in_flight and self._timer is None:
-                self._dispatch()
+            found, final = await self._users.read_states(
+                ",".join(keys), budget, [w[3] for w in live]
+            )
+        except Exception as exc:
+            _failed(live, exc)
+            return
+        for waiter, number in zip(live, found, strict=True):
+            if number == _NOT_FOUND and not final:
+                self.confirmations += 1
+                self._confirms.submit(waiter)
+            elif not waiter[1].done():
+                waiter[1].set_result(BY_NUMBER[number])
 
-    async def _query(self, batch: list[_Waiter]) -> None:
+    async def _confirm(self, batch: list[Waiter]) -> None:
+        """A merged query on the primary: every answer final, and kept in the cache."""
         live = [w for w in batch if not w[1].done()]
         if not live:
             return
@@ -174,12 +172,8 @@ class StateLookup:
         since = self.cache.generation()
         try:
             found = await self._users.states(",".join(keys), budget, [w[3] for w in live])
-        except ServiceError as exc:
-            _fail(live, exc)
-            return
-        except Exception as exc:  # a bug: answer INTERNAL, do not hang callers
-            log.exception("batched lookup failed")
-            _fail(live, exc)
+        except Exception as exc:
+            _failed(live, exc)
             return
         answers = dict(zip(keys, map(BY_NUMBER.__getitem__, found), strict=True))
         self.cache.store(answers, since)
@@ -189,27 +183,47 @@ class StateLookup:
 
     async def states(self, keys: Sequence[str], budget: Budget) -> list[int]:
         """The UserState number of each canonical id, in order (BatchUserExists):
-        cached answers, and one query for the rest."""
-        cache = self.cache
-        if not cache.enabled:
+        memory's answers, one read query for the rest, and one query on the primary
+        for the ids neither memory nor the replica knows."""
+        get = self.cache.get
+        # NOT_FOUND from memory is only a hint (see `cached`): asked of the primary.
+        hints = [get(key) for key in keys] if self.cache.enabled else [None] * len(keys)
+        out: list[int] = [_TRUSTED.get(hint, 0) for hint in hints]
+        misses = [k for k, h in zip(keys, hints, strict=True) if h is None]
+        unknown = [k for k, h in zip(keys, hints, strict=True) if h is UserState.NOT_FOUND]
+        hits = len(keys) - len(misses) - len(unknown)
+        self.hits += hits
+        tracing.note("auth.state_cache.hits", value=hits)
+        if misses or unknown:
             self.batches += 1
-            self.lookups += len(keys)
-            return await self._users.states(",".join(keys), budget)
-        get = cache.get
-        # NOT_FOUND from memory is only a hint: it is asked again (see `cached`).
-        out: list[int] = [_TRUSTED.get(get(key), 0) for key in keys]
-        missing = [key for key, state in zip(keys, out, strict=True) if not state]
-        self.hits += len(keys) - len(missing)
-        tracing.note("auth.state_cache.hits", value=len(keys) - len(missing))
-        if missing:
-            self.batches += 1
-            self.lookups += len(missing)
-            since = cache.generation()
-            found = await self._users.states(",".join(missing), budget)
-            answers = dict(zip(missing, map(BY_NUMBER.__getitem__, found), strict=True))
-            cache.store(answers, since)
+            self.lookups += len(misses) + len(unknown)
+            answers = await self._resolve(misses, unknown, budget)
             out = [state or answers[key] for key, state in zip(keys, out, strict=True)]
         return out
+
+    async def _resolve(
+        self, misses: list[str], unknown: list[str], budget: Budget
+    ) -> dict[str, int]:
+        """State numbers of `misses` (read from a replica if one is readable) and of
+        `unknown` (ids memory calls NOT_FOUND: asked of the primary, with the
+        replica's NOT_FOUNDs)."""
+        answers: dict[str, int] = {}
+        cache = self.cache
+        if misses:
+            since = cache.generation()
+            found, final = await self._users.read_states(",".join(misses), budget)
+            answers.update(zip(misses, found, strict=True))
+            if final:
+                cache.store({k: BY_NUMBER[n] for k, n in zip(misses, found, strict=True)}, since)
+            else:
+                unknown = [*unknown, *(k for k, n in answers.items() if n == _NOT_FOUND)]
+        if unknown:
+            self.confirmations += len(unknown)
+            since = cache.generation()
+            found = await self._users.states(",".join(unknown), budget)
+            answers.update(zip(unknown, found, strict=True))
+            cache.store({k: BY_NUMBER[n] for k, n in zip(unknown, found, strict=True)}, since)
+        return answers
 
     async def start(self) -> None:
         self._life.start()
@@ -226,13 +240,15 @@ class StateLookup:
 
     async def _close(self) -> None:
         """Fail queued lookups and wait for running queries to finish."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        queued, self._queue = self._queue, []
-        _fail(queued, UnavailableError("the server is shutting down"))
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        shutting_down = UnavailableError("the server is shutting down")
+        await self._reads.close(shutting_down)
+        await self._confirms.close(shutting_down)
+
+
+def _failed(live: list[Waiter], exc: BaseException) -> None:
+    if not isinstance(exc, ServiceError):  # a bug: answer INTERNAL, do not hang callers
+        log.error("batched lookup failed", exc_info=exc)
+    fail(live, exc)
 
 
 # The answers memory may give without a query: a state's number, else 0 (ask).
@@ -240,12 +256,3 @@ _TRUSTED: dict[UserState | None, int] = {
     UserState.ACTIVE: int(UserState.ACTIVE),
     UserState.DELETED: int(UserState.DELETED),
 }
-
-
-def _fail(waiters: Sequence[_Waiter], exc: BaseException) -> None:
-    for _, fut, budget, _ in waiters:
-        if fut.done():
-            continue
-        # The query ran on the most patient caller's budget: whether its timing out
-        # is this caller's deadline or our own bound depends on this caller's budget.
-        fut.set_exception(budget.timed_out() if isinstance(exc, DeadlineExceededError) else exc)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from auth_client.backoff import Backoff
 from auth_service.lifecycle import Owner
@@ -42,11 +43,15 @@ class UserChangeFeed(Owner):
         index_max_users: int = 0,
         connect_timeout_s: float = 5.0,
         max_backoff_s: float = 30.0,
+        index_source: Callable[[], Awaitable[str]] | None = None,
     ) -> None:
         super().__init__("the user change feed")
         self.cache = cache
         self._url = database_url
         self._index_max_users = index_max_users
+        # Where an index is read from, asked after each load began (a read replica
+        # must have caught up with the primary by then); default: `database_url`.
+        self._index_source = index_source
         self._connect_timeout_s = connect_timeout_s
         self._listener = Listener(
             database_url,
@@ -100,9 +105,12 @@ class UserChangeFeed(Owner):
             self._load_again = False
             self.cache.begin_load()
             started = time.monotonic()
+            url = self._url
             try:
+                if self._index_source is not None:
+                    url = await self._index_source()
                 index = await load_index(
-                    self._url,
+                    url,
                     max_users=self._index_max_users,
                     connect_timeout_s=self._connect_timeout_s,
                 )
@@ -110,7 +118,7 @@ class UserChangeFeed(Owner):
                 self.cache.abort_load()
                 self._failing.notice(
                     "user index: %s; ids are answered by the cache and queries meanwhile; retrying",
-                    describe(self._url, exc),
+                    describe(url, exc),
                 )
                 self._load_again = True
                 await asyncio.sleep(self._backoff.next())

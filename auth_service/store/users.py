@@ -19,12 +19,14 @@ import asyncpg
 
 from auth_client.contract import UserState
 from auth_service import tracing
-from auth_service.errors import AlreadyExistsError
+from auth_service.errors import AlreadyExistsError, UnavailableError
 from auth_service.store.pool import Budget, Conn, connection, translate_errors
 from auth_service.store.status import DatabaseStatus
 
 if TYPE_CHECKING:
     from opentelemetry.trace import SpanContext
+
+    from auth_service.store.replicas import ReadReplicas, Replica
 
 
 # A state number (of the state query, or the wire) -> UserState, without a call.
@@ -124,7 +126,12 @@ class UserRepository:
     """Queries against the users table. Every method takes a time `Budget`; every
     query is counted in `status`. `changed(id)` is told of every user this replica
     creates or deletes, once committed (the state cache forgets it: read your
-    writes without waiting for the change notification)."""
+    writes without waiting for the change notification).
+
+    With `reads` (DATABASE_READ_URL), `read_states` and `get` read a replica when
+    one is readable and fall back to the primary when it cannot answer; a user a
+    replica does not have is looked up on the primary (`get`) or left to the caller
+    to confirm there (`read_states` says where its answer came from)."""
 
     def __init__(
         self,
@@ -132,10 +139,12 @@ class UserRepository:
         status: DatabaseStatus | None = None,
         *,
         changed: Callable[[str], None] = lambda _key: None,
+        reads: ReadReplicas | None = None,
     ) -> None:
         self._pool = pool
         self.status = status if status is not None else DatabaseStatus()
         self.changed = changed
+        self.reads = reads
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -150,25 +159,78 @@ class UserRepository:
         return BY_NUMBER[(await self.states(key, budget))[0]]
 
     async def states(
-        self, joined: str, budget: Budget, served: Sequence[SpanContext | None] = ()
+        self,
+        joined: str,
+        budget: Budget,
+        served: Sequence[SpanContext | None] = (),
+        *,
+        on: Replica | None = None,
     ) -> list[int]:
         """The UserState number of each id of `joined` (canonical, lower-case ids
-        separated by commas), in order. `served`: when tracing, the calls this one
-        query answers (default: the current one)."""
+        separated by commas), in order, from the primary (or the replica `on`).
+        `served`: when tracing, the calls this one query answers (default: the
+        current one)."""
         if not joined:
             return []
+        source = "primary" if on is None else "replica"
         with tracing.query("SELECT", "users", served=served) as span:
             span.set_attribute("auth.ids", joined.count(",") + 1)
-            async with self.connection(budget) as conn:
+            span.set_attribute("auth.db.source", source)
+            async with self._connection(budget, on) as conn:
                 found: list[int] = await conn.fetchval(_STATES, joined, timeout=budget.seconds)
         return found
 
+    async def read_states(
+        self, joined: str, budget: Budget, served: Sequence[SpanContext | None] = ()
+    ) -> tuple[list[int], bool]:
+        """`states` from a readable replica if there is one, else (or when it
+        cannot answer) from the primary; and whether the primary answered (only
+        its NOT_FOUND is final)."""
+        replica = self.reads.pick() if self.reads is not None else None
+        if replica is not None:
+            try:
+                found = await self.states(joined, budget, served, on=replica)
+            except UnavailableError as exc:
+                self._replica_failed(replica, exc)
+            else:
+                replica.reads += 1
+                return found, False
+        return await self.states(joined, budget, served), True
+
     async def get(self, user_id: uuid.UUID, budget: Budget) -> User | None:
-        """The user, deleted or not; None when the id was never created."""
-        with tracing.query("SELECT", "users"):
-            async with self.connection(budget) as conn:
+        """The user, deleted or not; None when the id was never created. From a
+        readable replica if there is one, but None only ever from the primary."""
+        replica = self.reads.pick() if self.reads is not None else None
+        if replica is not None:
+            try:
+                user = await self._get(user_id, budget, replica)
+            except UnavailableError as exc:
+                self._replica_failed(replica, exc)
+            else:
+                replica.reads += 1
+                if user is not None:
+                    return user
+        return await self._get(user_id, budget, None)
+
+    async def _get(self, user_id: uuid.UUID, budget: Budget, on: Replica | None) -> User | None:
+        source = "primary" if on is None else "replica"
+        with tracing.query("SELECT", "users") as span:
+            span.set_attribute("auth.db.source", source)
+            async with self._connection(budget, on) as conn:
                 row = await conn.fetchrow(_GET, user_id, timeout=budget.seconds)
         return None if row is None else _user(row)
+
+    def _connection(
+        self, budget: Budget, on: Replica | None
+    ) -> contextlib.AbstractAsyncContextManager[Conn]:
+        if on is None:
+            return self.connection(budget)
+        assert on.pool is not None
+        return connection(on.pool, budget, on.status)
+
+    def _replica_failed(self, replica: Replica, exc: UnavailableError) -> None:
+        assert self.reads is not None
+        self.reads.failed(replica, exc.__cause__ or exc)
 
     async def create(
         self, username: str, display_name: str, email: str | None, budget: Budget

@@ -64,6 +64,9 @@ async def _scrapes(database_url: str, kafka_bootstrap: str) -> AsyncIterator[dic
         GRPC_LISTEN=target,
         METRICS_LISTEN=serve_url.removeprefix("http://").removesuffix("/metrics"),
         RELAY_ENABLED="false",
+        # The database as its own read replica (a primary answers the replica checks
+        # too): the auth_db_replica_* families are exported with a replica in them.
+        DATABASE_READ_URL=database_url,
         ADMIN_TOKENS=ADMIN_TOKEN,
         AUTH_TOKENS=f"drift users:read {READER_TOKEN}",
     )

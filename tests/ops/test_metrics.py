@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 import uuid
 
+import asyncpg
 import grpc
 import pytest
 from prometheus_client import REGISTRY, generate_latest
@@ -265,8 +266,19 @@ async def test_state_cache_and_merged_lookups_are_counted(database_url: str) -> 
     """The dashboard's "Reads" row: ids answered from the state cache vs ids that
     went to the database, the queries they took, and the cache's size and state."""
     settings = make_settings(database_url, metrics_listen="127.0.0.1:0")
-    # Ids nobody creates: no change notification can race the cache in this test.
+    # Users created before the server starts: no change notification can race the
+    # cache in this test (NOT_FOUND is never kept in memory, so they must exist).
     first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO users (id, username, display_name)"
+            " VALUES ($1::uuid, 'first', 'f'), ($2::uuid, 'second', 's')",
+            first,
+            second,
+        )
+    finally:
+        await conn.close()
     async with AuthServer(settings) as server:
         assert server.metrics is not None
         url = server.metrics.url
@@ -277,11 +289,11 @@ async def test_state_cache_and_merged_lookups_are_counted(database_url: str) -> 
                 reply = await reads.UserExists(
                     auth_pb2.UserExistsRequest(user_id=first), timeout=10
                 )
-                assert reply.state == auth_pb2.USER_STATE_NOT_FOUND
+                assert reply.state == auth_pb2.USER_STATE_ACTIVE
             batch = await reads.BatchUserExists(  # one from memory, one query
                 auth_pb2.BatchUserExistsRequest(user_ids=[first, second]), timeout=10
             )
-            assert [r.exists for r in batch.results] == [False, False]
+            assert [r.exists for r in batch.results] == [True, True]
         after = await samples(url)
 
     assert delta(before, after, "auth_state_cache_hits_total") == 3
