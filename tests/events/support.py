@@ -246,20 +246,21 @@ async def read_topic(bootstrap: str, topic: str) -> list[Any]:
     """Every record now in `topic`, read from the start of each partition to its end
     by a consumer of no group: what the brokers hold, whatever a group's consumer
     has or has not fetched yet."""
+    described = await describe_topic(bootstrap, topic)
+    numbers = sorted(int(p["partition"]) for p in described["partitions"])
+    partitions = [TopicPartition(topic, number) for number in numbers]
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     try:  # closed even when start() fails half-way
         await consumer.start()
-        await consumer.topics()  # metadata of every topic, this one's partitions among them
-        numbers = consumer.partitions_for_topic(topic) or set()
-        partitions = [TopicPartition(topic, number) for number in sorted(numbers)]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
         records: list[Any] = []
-        while any(await consumer.position(tp) < end for tp, end in ends.items()):
-            batches = await consumer.getmany(timeout_ms=1000)
-            for batch in batches.values():
-                records.extend(batch)
+        for tp, end in ends.items():
+            while await consumer.position(tp) < end:
+                batches = await consumer.getmany(tp, timeout_ms=1000)
+                for batch in batches.values():
+                    records.extend(batch)
         return records
     finally:
         await consumer.stop()

@@ -139,11 +139,11 @@ async def _why_missing(
     fetched by the collector (and where it stands), or nowhere."""
     rows = {r["partition_key"]: r for r in await outbox_rows(database_url)}
     unpublished = {u for u in missing if rows.get(u) is None or rows[u]["published_at"] is None}
-    in_topic = await read_topic(bootstrap, topic)
-    held = {decode_user_deleted(r.value).user_id: r.partition for r in in_topic}
     fetched = Counter(r.partition for r in collector.records)
     consumer = collector.consumer
     positions = {tp.partition: await consumer.position(tp) for tp in consumer.assignment()}
+    in_topic = await read_topic(bootstrap, topic)
+    held = {decode_user_deleted(r.value).user_id: r.partition for r in in_topic}
     return (
         f"{len(missing)} acknowledged deletions never arrived: {len(unpublished)} unpublished"
         f" in the outbox (attempts {sorted({rows[u]['attempts'] for u in unpublished if u in rows})}),"
