@@ -12,17 +12,20 @@ from pathlib import Path
 from tests.conftest import _missing
 
 GRPC_HEALTH_PROBE = ("github.com/grpc-ecosystem/grpc-health-probe", "v0.4.63")
+# golang-migrate's CLI with its PostgreSQL driver (drivers are chosen by build tags).
+GOLANG_MIGRATE = ("github.com/golang-migrate/migrate/v4/cmd/migrate", "v4.20.1", ("postgres",))
 
 
-def _bin_dir(version: str) -> Path:
+def _bin_dir(version: str, tags: tuple[str, ...] = ()) -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "auth-service" / "go-bin" / version
+    return Path(base) / "auth-service" / "go-bin" / "-".join((version, *sorted(tags)))
 
 
-def go_binary(module: str, version: str) -> Path:
-    """The binary of `module` at `version`, built on first use (a minute or two)."""
+def go_binary(module: str, version: str, tags: tuple[str, ...] = ()) -> Path:
+    """The binary of `module` at `version` built with the build `tags`, built on
+    first use (a minute or two) into a directory of its own per version and tags."""
     name = module.rstrip("/").split("/")[-1]
-    target = _bin_dir(version) / name
+    target = _bin_dir(version, tags) / name
     if target.exists():
         return target
     go = shutil.which("go") or (
@@ -36,8 +39,9 @@ def go_binary(module: str, version: str) -> Path:
             ),
         )
     env = {**os.environ, "GOBIN": str(target.parent), "CGO_ENABLED": "0"}
+    flags = ["-tags", ",".join(sorted(tags))] if tags else []
     done = subprocess.run(
-        [go, "install", f"{module}@{version}"],
+        [go, "install", *flags, f"{module}@{version}"],
         env=env,
         capture_output=True,
         text=True,
@@ -45,5 +49,10 @@ def go_binary(module: str, version: str) -> Path:
         check=False,
     )
     if done.returncode != 0 or not target.exists():
-        _missing(name, RuntimeError(f"go install {module}@{version} failed: {done.stderr[-1500:]}"))
+        _missing(
+            name,
+            RuntimeError(
+                f"go install {' '.join(flags)} {module}@{version} failed: {done.stderr[-1500:]}"
+            ),
+        )
     return target

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 import subprocess
 import sys
 import uuid
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,3 +233,29 @@ async def plant(url: str, target: str, active: list[str], deleted: list[str]) ->
     finally:
         await conn.close()
     return Platform(url, target, active, deleted, never)
+
+
+def migrate_url(url: str) -> str:
+    """`url` as golang-migrate's postgres driver (lib/pq) takes it: lib/pq insists
+    on TLS unless told `sslmode`; the test server has none."""
+    return url + ("&" if "?" in url else "?") + "sslmode=disable"
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height of a PNG whose every chunk's CRC is right."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    at, kinds, idat = 8, [], b""
+    while at < len(data):
+        (length,) = struct.unpack(">I", data[at : at + 4])
+        kind, body = data[at + 4 : at + 8], data[at + 8 : at + 8 + length]
+        (crc,) = struct.unpack(">I", data[at + 8 + length : at + 12 + length])
+        assert zlib.crc32(kind + body) == crc, kind
+        kinds.append(kind)
+        idat += body if kind == b"IDAT" else b""
+        at += 12 + length
+    assert kinds[0] == b"IHDR"
+    assert kinds[-1] == b"IEND"
+    width, height = struct.unpack(">II", data[16:24])
+    assert len(zlib.decompress(idat)) == height * (1 + 3 * width)
+    return width, height

