@@ -7,8 +7,13 @@ Before, the messaging service read the auth database and relied on an FK:
     SELECT username FROM users WHERE id = $1                -- for "alice joined"
     INSERT INTO group_members (group_id, user_id) ...       -- user_id REFERENCES users(id)
 
-Now it asks auth-service (`require_user`, `get_user`) and inserts into its own
-database, whose schema is `messaging_schema.sql` (no reference to `users`).
+Now its SQLAlchemy model declares the reference instead of the foreign key
+(`mapped_column(info=user_reference())`), and `check_user_references` has every flush
+check the references it writes against auth-service (one batched lookup per flush):
+adding a user that does not exist or is deleted fails the flush with
+`UserReferenceError` naming the column and id. `get_user` gives the profile for the
+"joined" message. Its own database's schema is `messaging_schema.sql` (no reference
+to `users`). Needs `pip install 'auth-client[sqlalchemy]'`.
 
 Run it against `auth-service dev` (from the repository root):
 
@@ -37,10 +42,15 @@ import argparse
 import asyncio
 import json
 import sys
+import uuid
+from datetime import datetime
 from pathlib import Path
 
 from otel_setup import span, start_tracing
 from service_db import EXIT_DATABASE_UNAVAILABLE, DatabaseUnavailableError, connect_creating
+from sqlalchemy import ForeignKey, Identity, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from auth_client import (
     AuthClient,
@@ -48,20 +58,42 @@ from auth_client import (
     ServiceUnavailableError,
     UserNotFoundError,
 )
+from auth_client.integrations.sqlalchemy import check_user_references, user_reference
 
 SCHEMA = Path(__file__).with_name("messaging_schema.sql")
 
-ADD_MEMBER = """
-WITH chat AS (
-    INSERT INTO chat_groups (name) VALUES ($1)
-    ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
-    RETURNING id
-)
-INSERT INTO group_members (group_id, user_id)
-SELECT id, $2 FROM chat
-ON CONFLICT DO NOTHING
-RETURNING group_id
-"""
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ChatGroup(Base):
+    __tablename__ = "chat_groups"
+    id: Mapped[int] = mapped_column(Identity(always=True), primary_key=True)
+    name: Mapped[str] = mapped_column(unique=True)
+
+
+class GroupMember(Base):
+    __tablename__ = "group_members"
+    group_id: Mapped[int] = mapped_column(ForeignKey("chat_groups.id"), primary_key=True)
+    # Was ForeignKey("users.id"): now checked against auth-service before each flush.
+    user_id: Mapped[uuid.UUID] = mapped_column(primary_key=True, info=user_reference())
+    added_at: Mapped[datetime] = mapped_column(server_default="now()")
+
+
+class GroupMessage(Base):
+    __tablename__ = "group_messages"
+    id: Mapped[int] = mapped_column(Identity(always=True), primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("chat_groups.id"))
+    sender_id: Mapped[uuid.UUID | None] = mapped_column(info=user_reference())  # NULL: system
+    body: Mapped[str]
+
+
+def _user_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise InvalidRequestError("user id must be a UUID in hyphenated text form") from None
 
 
 async def add_member(args: argparse.Namespace) -> dict[str, object]:
@@ -69,27 +101,49 @@ async def add_member(args: argparse.Namespace) -> dict[str, object]:
         return await _add_member(args)
 
 
+async def _group(session: AsyncSession, name: str) -> ChatGroup:
+    group = await session.scalar(select(ChatGroup).where(ChatGroup.name == name))
+    if group is None:
+        group = ChatGroup(name=name)
+        session.add(group)
+        await session.flush()
+    return group
+
+
 async def _add_member(args: argparse.Namespace) -> dict[str, object]:
-    db = await connect_creating(args.database_url)
+    db = await connect_creating(args.database_url)  # creates the database on first use
     try:
         await db.execute(SCHEMA.read_text())
+    finally:
+        await db.close()
+    user_id = _user_id(args.user_id)
+    url = args.database_url.replace("postgresql://", "postgresql+asyncpg://", 1)
+    engine = create_async_engine(url)
+    try:
+        sessions = async_sessionmaker(engine, expire_on_commit=False)
         async with AuthClient(args.target, token=args.token, timeout=args.timeout) as auth:
-            # Validate first: raises UserNotFoundError for unknown or deleted
-            # users, ServiceUnavailableError when auth-service cannot answer.
-            await auth.require_user(args.user_id)
-            user = await auth.get_user(args.user_id)  # the profile, for the message
-            if user is None:  # deleted in between
-                raise UserNotFoundError([args.user_id])
-        with span("INSERT group_members"):  # the service's own database
-            async with db.transaction():
-                group_id = await db.fetchval(ADD_MEMBER, args.group, user.id)
-                added = group_id is not None
+            check_user_references(sessions, auth)
+            async with sessions() as session, session.begin():
+                group = await _group(session, args.group)
+                added = await session.get(GroupMember, (group.id, user_id)) is None
                 if added:
-                    await db.execute(
-                        "INSERT INTO group_messages (group_id, body) VALUES ($1, $2)",
-                        group_id,
-                        f"{user.display_name} (@{user.username}) joined",
-                    )
+                    session.add(GroupMember(group_id=group.id, user_id=user_id))
+                    # The flush checks the new reference: UserReferenceError for an
+                    # unknown or deleted user, ServiceUnavailableError when
+                    # auth-service cannot answer (the client's fallback policy).
+                    await session.flush()
+                user = await auth.get_user(user_id)  # the profile, for the message
+                if user is None:  # deleted in between
+                    raise UserNotFoundError([user_id])
+                with span("INSERT group_members"):  # the service's own database
+                    if added:
+                        session.add(
+                            GroupMessage(
+                                group_id=group.id,
+                                body=f"{user.display_name} (@{user.username}) joined",
+                            )
+                        )
+                    await session.flush()
         return {
             "group": args.group,
             "user_id": str(user.id),
@@ -97,7 +151,7 @@ async def _add_member(args: argparse.Namespace) -> dict[str, object]:
             "added": added,
         }
     finally:
-        await db.close()
+        await engine.dispose()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -188,4 +188,11 @@ def test_the_client_needs_only_what_a_lookup_needs() -> None:
     client = tomllib.loads((REPO / "clients" / "pyproject.toml").read_text())["project"]
     names = {re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0] for d in client["dependencies"]}
     assert names == {"grpcio", "protobuf", "pybreaker"}
-    assert set(client["optional-dependencies"]) == {"events", "toolkit", "prometheus", "tracing"}
+    assert set(client["optional-dependencies"]) == {
+        "events",
+        "toolkit",
+        "prometheus",
+        "tracing",
+        "sqlalchemy",
+        "django",
+    }

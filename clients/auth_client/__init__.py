@@ -4,15 +4,21 @@
         await auth.require_user(user_id)      # raises UserNotFoundError
         ...insert the row...
 
+    with SyncAuthClient("auth-service:50051", token=TOKEN) as auth:   # no event loop
+        auth.require_user(user_id)
+
 See docs/client.md for fallback policies, TTLs and rollout modes.
 
 Public modules (everything else starting with `_` is private):
 
-    auth_client            AuthClient, its configuration, errors and values
+    auth_client            AuthClient, SyncAuthClient, their configuration, errors, values
     auth_client.contract   the wire contract: messages, stubs, event codec, limits
     auth_client.backoff    the retry delay formula
     auth_client.events     UserDeletedConsumer and helpers   (extra: events)
     auth_client.toolkit    fk-audit, migrations, reconcile   (extra: toolkit)
+    auth_client.integrations.sqlalchemy   user references in SQLAlchemy models
+                                          (extra: sqlalchemy)
+    auth_client.integrations.django       the same for Django models (extra: django)
 """
 
 from auth_client._client import AuthClient, OnUnverified
@@ -35,9 +41,11 @@ from auth_client._errors import (
     ServiceUnavailableError,
     UnauthenticatedError,
     UserNotFoundError,
+    UserReferenceError,
 )
 from auth_client._metrics import ClientStats
 from auth_client._models import User, UserId
+from auth_client._sync import SyncAuthClient
 from auth_client._transport import create_channel
 from auth_client.contract import UserState
 
@@ -60,11 +68,13 @@ __all__ = [
     "RetryConfig",
     "RolloutMode",
     "ServiceUnavailableError",
+    "SyncAuthClient",
     "TLSConfig",
     "UnauthenticatedError",
     "User",
     "UserId",
     "UserNotFoundError",
+    "UserReferenceError",
     "UserState",
     "create_channel",
 ]

@@ -2,6 +2,8 @@
 
     AuthClientError                  anything this library raises
     ├── UserNotFoundError            the user does not exist or is deleted (`.user_ids`)
+    │   └── UserReferenceError       a row being written references such users: the ORM
+    │                                integrations' refusal (`.references`: column, id)
     ├── InvalidRequestError          a malformed id (raised before any network call),
     │                                or INVALID_ARGUMENT / OUT_OF_RANGE from the server
     ├── PermissionDeniedError        PERMISSION_DENIED: this caller may not ask
@@ -66,6 +68,24 @@ class UserNotFoundError(AuthClientError):
         more = f" and {len(self.user_ids) - 10} more" if len(self.user_ids) > 10 else ""
         noun = "user does" if len(self.user_ids) == 1 else "users do"
         super().__init__(f"{noun} not exist: {shown}{more}", code=code)
+
+
+class UserReferenceError(UserNotFoundError):
+    """Rows being written (an ORM flush or save) reference users that do not exist
+    or are deleted. `references` holds each (column, user id), the column as
+    "table.column"; `user_ids` the distinct ids."""
+
+    def __init__(self, references: Iterable[tuple[str, uuid.UUID]]) -> None:
+        self.references: tuple[tuple[str, uuid.UUID], ...] = tuple(references)
+        self.user_ids = tuple(dict.fromkeys(user_id for _, user_id in self.references))
+        shown = ", ".join(f"{column} = {user_id}" for column, user_id in self.references[:10])
+        more = len(self.references) - 10
+        AuthClientError.__init__(
+            self,
+            "no such user (never created, or deleted): "
+            + shown
+            + (f" and {more} more" if more > 0 else ""),
+        )
 
 
 class InvalidRequestError(AuthClientError):
@@ -178,6 +198,7 @@ __all__ = [
     "ServiceUnavailableError",
     "UnauthenticatedError",
     "UserNotFoundError",
+    "UserReferenceError",
     "counts_against_breaker",
     "raise_for_rpc_error",
 ]

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -50,6 +50,25 @@ USER_AGENT = "auth-client-python"
 _KNOWN_STATES = frozenset({ACTIVE, DELETED, NOT_FOUND})
 
 
+def _options(
+    config: ChannelConfig | None, tls: TLSConfig | None
+) -> tuple[list[tuple[str, str | int]], grpc.ChannelCredentials | None]:
+    """The channel options AuthClient and SyncAuthClient configure, and the TLS
+    credentials (None: plaintext)."""
+    if config is None:
+        config = ChannelConfig()
+    options: list[tuple[str, str | int]] = [
+        *config.options(),
+        ("grpc.primary_user_agent", USER_AGENT),
+    ]
+    if tls is None:
+        return options, None
+    root, key, chain = tls.load()
+    if tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return options, grpc.ssl_channel_credentials(root, key, chain)
+
+
 def create_channel(
     target: str,
     *,
@@ -62,19 +81,27 @@ def create_channel(
     read methods, keepalive, bounded reconnect backoff, TLS when `tls` is given.
     For the admin API or to share one channel (`AuthClient(channel=...)`); the
     caller closes it."""
-    if config is None:
-        config = ChannelConfig()
-    options: list[tuple[str, str | int]] = [
-        *config.options(),
-        ("grpc.primary_user_agent", USER_AGENT),
-    ]
-    if tls is None:
+    options, credentials = _options(config, tls)
+    if credentials is None:
         return grpc.aio.insecure_channel(target, options, interceptors=interceptors)
-    root, key, chain = tls.load()
-    if tls.server_name:
-        options.append(("grpc.ssl_target_name_override", tls.server_name))
-    credentials = grpc.ssl_channel_credentials(root, key, chain)
     return grpc.aio.secure_channel(target, credentials, options, interceptors=interceptors)
+
+
+def create_sync_channel(
+    target: str,
+    *,
+    tls: TLSConfig | None = None,
+    config: ChannelConfig | None = None,
+    interceptors: Sequence[grpc.UnaryUnaryClientInterceptor[Any, Any]] = (),
+) -> grpc.Channel:
+    """The same channel on grpc's synchronous stack, for `SyncAuthClient` (which
+    survives fork(): grpc.aio does not)."""
+    options, credentials = _options(config, tls)
+    if credentials is None:
+        channel = grpc.insecure_channel(target, options)
+    else:
+        channel = grpc.secure_channel(target, credentials, options)
+    return grpc.intercept_channel(channel, *interceptors) if interceptors else channel
 
 
 def _state(exists: bool, state: int) -> int:

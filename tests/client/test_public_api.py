@@ -53,11 +53,13 @@ def test_public_names_are_pinned() -> None:
         "RetryConfig",
         "RolloutMode",
         "ServiceUnavailableError",
+        "SyncAuthClient",
         "TLSConfig",
         "UnauthenticatedError",
         "User",
         "UserId",
         "UserNotFoundError",
+        "UserReferenceError",
         "UserState",
         "create_channel",
     ]
@@ -89,6 +91,7 @@ def test_error_tree() -> None:
     assert issubclass(UnauthenticatedError, PermissionDeniedError)
     assert issubclass(CircuitOpenError, ServiceUnavailableError)
     assert issubclass(DeadlineExceededError, ServiceUnavailableError)
+    assert issubclass(auth_client.UserReferenceError, UserNotFoundError)
     assert ServiceUnavailableError.retriable
     assert not UserNotFoundError.retriable
     assert not InvalidRequestError.retriable
