@@ -26,9 +26,13 @@ from bench.dataset import Dataset
 from bench.load import Generator, H2Load, PythonLoad, ensure_h2load, h2load_version
 from bench.server import Features, ServerProcess
 
-# Benchmarks in the order they run; those marked True need the dataset and server.
-NAMES = ("serving", "batch", "inserts", "workers", "tracing", "client", "relay")
+# Benchmarks in the order they run: those in _NEEDS_SERVER need the dataset and server;
+# those in _OWN_PROCESSES start their own (bench/<name>: `run(ctx) -> Section`; the
+# relay-vs-Debezium comparison needs Java and Maven, and says so in one line without
+# them); the others are bench_client / bench_relay (external.py).
+NAMES = ("serving", "batch", "inserts", "workers", "tracing", "client", "relay", "debezium")
 _NEEDS_SERVER = {"serving", "batch", "inserts", "workers", "tracing"}
+_OWN_PROCESSES = {"debezium"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -228,7 +232,9 @@ async def run(
     if server_names:
         sections += await _server_benchmarks(ctx, server_names, extra)
     for name in names:
-        if name not in _NEEDS_SERVER:
+        if name in _OWN_PROCESSES:
+            sections.append(await _guarded(name, _module_step(ctx, name)))
+        elif name not in _NEEDS_SERVER:
             sections.append(await _self_contained(name))
     busy.finish()
     extra["started"] = started.strftime("%Y-%m-%d %H:%M UTC")

@@ -33,6 +33,7 @@ MODULES = [
     "bench.pyload",
     "bench.bench_client",
     "bench.bench_relay",
+    "bench.debezium",
 ]
 USER_EXISTS = "/auth.v1.AuthService/UserExists"
 

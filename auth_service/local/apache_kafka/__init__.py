@@ -108,27 +108,32 @@ def missing() -> str | None:
     return None
 
 
-def _cache_file() -> Path:
+def cache_file(name: str) -> Path:
+    """Where a resolved Maven classpath called `name` is cached."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "auth-service" / f"apache-kafka-{kafka_version()}.classpath"
+    return Path(base) / "auth-service" / f"{name}.classpath"
 
 
-def classpath() -> str:
-    """The broker's and tools' classpath: resolved from Maven Central once (a minute
-    or two the first time), then read from the cache while every jar is there."""
-    cache = _cache_file()
+def _cache_file() -> Path:
+    return cache_file(f"apache-kafka-{kafka_version()}")
+
+
+def maven_classpath(pom: Path, cache: Path, what: str, *properties: str) -> str:
+    """The classpath `pom` describes (`-Dkey=value` `properties` passed to Maven):
+    resolved from Maven Central once, then read from `cache` while every jar is
+    there. EmbeddedError naming `what` without Maven or when it fails."""
     if cache.exists():
         cached = cache.read_text().strip()
         if cached and all(Path(jar).exists() for jar in cached.split(os.pathsep)):
             return cached
     mvn = shutil.which("mvn")
     if mvn is None:
-        raise EmbeddedError(f"Apache Kafka's classpath needs Maven: {INSTALL_HINT}")
+        raise EmbeddedError(f"{what}'s classpath needs Maven: {INSTALL_HINT}")
     cache.parent.mkdir(parents=True, exist_ok=True)
     partial = cache.with_suffix(f".{os.getpid()}.tmp")
     done = subprocess.run(
-        [mvn, "-q", "-B", "-f", str(POM), "dependency:build-classpath",
-         f"-Dmdep.outputFile={partial}"],
+        [mvn, "-q", "-B", "-f", str(pom), "dependency:build-classpath",
+         *properties, f"-Dmdep.outputFile={partial}"],
         capture_output=True,
         text=True,
         timeout=900,
@@ -136,9 +141,15 @@ def classpath() -> str:
     )  # fmt: skip
     if done.returncode != 0 or not partial.exists():
         tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
-        raise EmbeddedError(f"mvn could not resolve Apache Kafka {kafka_version()}: {tail}")
+        raise EmbeddedError(f"mvn could not resolve {what}: {tail}")
     partial.replace(cache)
     return cache.read_text().strip()
+
+
+def classpath() -> str:
+    """The broker's and tools' classpath: resolved from Maven Central once (a minute
+    or two the first time), then read from the cache while every jar is there."""
+    return maven_classpath(POM, _cache_file(), f"Apache Kafka {kafka_version()}")
 
 
 def compose_settings(compose_file: Path = COMPOSE_FILE) -> dict[str, str]:
