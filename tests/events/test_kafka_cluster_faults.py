@@ -156,24 +156,48 @@ async def _why_missing(
 
 
 async def _check_every_acknowledged_event_arrived(
-    database_url: str, collector: Collector, acknowledged: list[str], bootstrap: str, topic: str
+    database_url: str,
+    collector: Collector,
+    acknowledged: list[str],
+    bootstrap: str,
+    topic: str,
+    *,
+    consumer_stall: str | None = None,
 ) -> None:
-    def delivered() -> set[str]:
-        return {decode_user_deleted(r.value).user_id for r in collector.records}
+    """Every acknowledged deletion's event is in the topic (read from the start by
+    a consumer of no group), with duplicates only where the relay sent again; then
+    the independent group consumer has received them all. `consumer_stall`: the
+    known issue that makes a missing event at the group consumer alone an xfail."""
+    wanted = set(acknowledged)
+    in_topic: list[Any] = []
+
+    async def published() -> bool:
+        in_topic[:] = await read_topic(bootstrap, topic)
+        return wanted <= {decode_user_deleted(r.value).user_id for r in in_topic}
 
     try:
-        await eventually(lambda: _true(set(acknowledged) <= delivered()), timeout=180)
+        await eventually(published, timeout=180, interval=2.0)
     except pytest.fail.Exception:  # what eventually() raises
+        held = {decode_user_deleted(r.value).user_id for r in in_topic}
         raise AssertionError(
-            await _why_missing(
-                database_url, collector, set(acknowledged) - delivered(), bootstrap, topic
-            )
+            await _why_missing(database_url, collector, wanted - held, bootstrap, topic)
         ) from None
-    counts = Counter(decode_user_deleted(r.value).event_id for r in collector.records)
+    counts = Counter(decode_user_deleted(r.value).event_id for r in in_topic)
     duplicated = {event_id for event_id, n in counts.items() if n > 1}
     retried = {str(r["event_id"]) for r in await outbox_rows(database_url) if r["attempts"] > 0}
     # A duplicate only where the relay sent again after an unacknowledged send.
     assert duplicated <= retried, (duplicated, retried)
+
+    def delivered() -> set[str]:
+        return {decode_user_deleted(r.value).user_id for r in collector.records}
+
+    try:
+        await eventually(lambda: _true(wanted <= delivered()), timeout=60)
+    except pytest.fail.Exception:
+        why = await _why_missing(database_url, collector, wanted - delivered(), bootstrap, topic)
+        if consumer_stall is not None:
+            pytest.xfail(f"{consumer_stall}: {why}")
+        raise AssertionError(why) from None
 
 
 class _Deletions:
@@ -218,7 +242,7 @@ class _Deletions:
         assert self._stream is not None
         await self._stream
 
-    async def finish(self) -> None:
+    async def finish(self, *, consumer_stall: str | None = None) -> None:
         """Let the stream end, then check every acknowledged deletion's event."""
         await self.stream_ended()
         await _check_every_acknowledged_event_arrived(
@@ -227,6 +251,7 @@ class _Deletions:
             self.acknowledged,
             self.cluster.bootstrap_servers,
             self.topic,
+            consumer_stall=consumer_stall,
         )
 
 
@@ -254,12 +279,16 @@ async def test_the_partition_leader_killed_mid_stream_loses_no_acknowledged_dele
     assert len(run.acknowledged) == DELETIONS  # deletions never wait for Kafka
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open in #26: in 2 of 4 fresh-clone CI runs (under full-suite load) the events of"
-    " this stream had not all arrived 60+ s after the broker resumed; not reproduced alone,"
-    " cause not found",
+# Open in #26: in about 1 run in 4 under full-suite load, the independent consumer
+# (a plain aiokafka group member) stops fetching the partition whose leader was
+# frozen, after its group rebalanced, although the brokers hold every event: the
+# relay's guarantee is asserted on the topic itself; that consumer's stall alone is
+# an xfail, with where it stands in the reason.
+CONSUMER_STALL = (
+    "known issue (#26): the aiokafka group consumer stalled on a partition after the freeze"
 )
+
+
 async def test_a_broker_frozen_longer_than_the_request_timeout_loses_no_deletion(
     database_url: str, cluster: ApacheKafka
 ) -> None:
@@ -273,7 +302,7 @@ async def test_a_broker_frozen_longer_than_the_request_timeout_loses_no_deletion
             await asyncio.sleep(12)
         finally:
             cluster.resume_node(index)
-        await run.finish()
+        await run.finish(consumer_stall=CONSUMER_STALL)
 
 
 TOOLS = {
