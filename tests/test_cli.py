@@ -7,7 +7,10 @@ import json
 import os
 import sys
 
+from auth_service.api.server import AuthServer
+from auth_service.config.tokens import parse_tokens
 from auth_service.local.embedded import free_port
+from tests.conftest import make_settings
 from tests.helpers import ADMIN_TOKEN
 from tests.ops.support import clean_env, run_cli
 
@@ -74,11 +77,42 @@ async def test_flags_override_environment(server) -> None:
     assert json.loads(out)["username"] == "kim"
 
 
-async def test_missing_token_is_reported(server) -> None:
+async def test_missing_token_is_reported_with_a_hint(server) -> None:
+    """#29: a first try without a token said only `UNAUTHENTICATED: missing or
+    malformed bearer token`; the hint names the flag and the variable."""
     code, out, err = await _cli("create", "leo", token=None, target=server.address)
     assert code == 1
     assert out == ""
-    assert "UNAUTHENTICATED" in err
+    error, hint = err.strip().splitlines()
+    assert error.startswith("error: UNAUTHENTICATED: ")
+    assert hint.startswith("hint: no token was sent: pass --token TOKEN or set AUTH_SERVICE_TOKEN")
+
+
+async def test_an_unknown_token_and_a_token_without_the_scope_get_hints(database_url) -> None:
+    reader = "reader-token-0123456789abcdef"
+    settings = make_settings(
+        database_url, auth_tokens=tuple(parse_tokens(f"reporting users:read {reader}"))
+    )
+    async with AuthServer(settings) as server:
+        code, _, err = await _cli(
+            "create", "leo", token="unknown-token-0123456789", target=server.address
+        )
+        assert code == 1
+        assert "error: UNAUTHENTICATED" in err
+        assert "hint: the server does not know the token from --token / AUTH_SERVICE_TOKEN" in err
+
+        code, _, err = await _cli("create", "leo", token=reader, target=server.address)
+        assert code == 1
+        assert "error: PERMISSION_DENIED" in err
+        assert "hint: the token's caller lacks the scope: create and delete need users:admin" in err
+
+
+async def test_no_server_at_the_target_gets_a_hint() -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+    code, _, err = await _cli("get", "0" * 8, "--timeout", "5", target=nowhere)
+    assert code == 1
+    assert "error: UNAVAILABLE" in err
+    assert f"hint: is auth-service running at {nowhere}? (--target HOST:PORT" in err
 
 
 async def test_connection_options_are_accepted_after_the_action(server) -> None:

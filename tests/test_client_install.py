@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import textwrap
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 import asyncpg
@@ -21,6 +23,7 @@ from auth_service.api.server import AuthServer
 from tests.conftest import ADMIN_MD
 from tests.events.conftest import event_settings
 from tests.events.support import create_topic
+from tests.helpers import create_user, delete_user
 
 pytestmark = pytest.mark.slow
 
@@ -62,15 +65,23 @@ class Venv:
         ).stdout
         return {p["name"].lower().replace("_", "-") for p in json.loads(out)}
 
-    async def run(self, code: str, *args: str, timeout: float = 120) -> str:
+    async def run(
+        self,
+        code: str,
+        *args: str,
+        timeout: float = 120,
+        env: Mapping[str, str] | None = None,
+    ) -> str:
         """Run `code` with the venv's python, outside the checkout (so nothing of it
-        is importable from the working directory)."""
+        is importable from the working directory); in `env` when given, else in this
+        process's environment."""
         proc = await asyncio.create_subprocess_exec(
             self.python,
             "-c",
             textwrap.dedent(code),
             *args,
             cwd=self.path,
+            env=None if env is None else dict(env),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
@@ -128,6 +139,31 @@ async def test_the_client_alone_answers_user_exists(venv: Venv, server: AuthServ
         str(uuid.uuid4()),
     )
     assert out.split() == ["True", "False"]
+
+
+async def test_the_sync_client_alone_serves_threads_and_a_forked_child(
+    venv: Venv, server: AuthServer, admin_stub: admin_pb2_grpc.UserAdminServiceStub
+) -> None:
+    """Done-when of #29 item 1, from a client-only install: 32 threads share one
+    SyncAuthClient with every answer right, a child forked after the parent used it
+    works with its own client, closing leaves no thread (tests/client/sync_scenario.py).
+    gRPC core's fork support as users have it, on: this suite turns it off for itself
+    (tests/__init__.py), and without it the child's new client never connects."""
+    active = [(await create_user(admin_stub)).id for _ in range(5)]
+    deleted = [(await create_user(admin_stub)).id for _ in range(3)]
+    for user_id in deleted:
+        await delete_user(admin_stub, user_id)
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_ENABLE_FORK_SUPPORT"}
+    out = await venv.run(
+        (REPO / "tests" / "client" / "sync_scenario.py").read_text(),
+        server.address,
+        ",".join(active),
+        ",".join(deleted),
+        env=env,
+    )
+    figures = json.loads(out)
+    assert figures["checks"] == 32 * 3
+    assert figures["rpcs"] >= 1
 
 
 async def test_with_events_the_consumer_receives_a_real_deletion(

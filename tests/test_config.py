@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,3 +112,60 @@ def test_bad_tracing_variables_are_named_at_start_up() -> None:
     with pytest.raises(ConfigError) as info:
         Settings.from_env(pointless)
     assert set(info.value.problems) == {"OTEL_TRACES_SAMPLER_ARG"}
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "why"),
+    [
+        ("DB_POOL_MAX_SIZE", "abc", "must be a whole number, got 'abc'"),
+        ("DB_POOL_MIN_SIZE", "1.5", "must be a whole number, got '1.5'"),
+        ("DB_LOOKUP_CONCURRENCY", "two", "must be a whole number, got 'two'"),
+        ("DB_POOL_MAX_SIZE", "-3", "must be a whole number greater than 0, got '-3'"),
+        ("RATE_LIMIT_BURST", "-1", "must be a whole number, 0 or more, got '-1'"),
+        ("RATE_LIMIT_RPS", "fast", "must be a number, got 'fast'"),
+        ("SHUTDOWN_GRACE_S", "-2", "must be a number, 0 or more, got '-2'"),
+        ("HEALTH_CHECK_INTERVAL_S", "0", "must be a number greater than 0, got '0'"),
+        ("DB_CONNECT_TIMEOUT_S", "nan", "must be a finite number, got 'nan'"),
+        ("ALLOW_INSECURE", "maybe", "must be true or false (or 1/0, yes/no, on/off), got 'maybe'"),
+    ],
+)
+def test_numbers_and_switches_are_refused_in_plain_words(name: str, raw: str, why: str) -> None:
+    """#29: `DB_POOL_MAX_SIZE=abc` said `invalid literal for int() with base 10: 'abc'`."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**GOOD, name: raw})
+    assert info.value.problems[name] == why
+    assert f"  {name}: {why}" in str(info.value)
+
+
+def test_no_variable_answers_junk_with_pythons_own_words() -> None:
+    """Whatever a variable's parser, a value it cannot read is explained, not
+    reported as Python's exception text (a bare `int` as a parser would be)."""
+    python_words = ("invalid literal", "could not convert", "base 10", "object has no")
+    for junk in ("abc", "1.5.6", "--", "x" * 80):
+        env = {**GOOD, **{var.name: junk for var in ENV_VARS if var.name != "DATABASE_URL"}}
+        with pytest.raises(ConfigError) as info:
+            Settings.from_env(env)
+        for name, why in info.value.problems.items():
+            assert not any(words in why for words in python_words), f"{name}: {why}"
+            assert len(why) < 200, f"{name}: {why}"
+
+
+def test_serve_prints_the_problem_in_plain_words() -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in {v.name for v in ENV_VARS}},
+        **GOOD,
+        "DB_POOL_MAX_SIZE": "abc",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "auth_service", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "auth-service: invalid configuration (1 problem(s)):",
+        "  DB_POOL_MAX_SIZE: must be a whole number, got 'abc'",
+    ]

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from auth_service.cli import build_parser
 from auth_service.local.embedded import free_port
 from tests.dev import REPO, DevProcess, dev_env
 
@@ -129,6 +132,88 @@ def test_the_banners_try_it_commands_run_as_printed() -> None:
                 commands[0], shell=True, cwd=REPO, capture_output=True, text=True, check=True
             ).stdout
         )
+
+
+def _readme_commands(section: str) -> list[str]:
+    """The commands of the README section `section`'s sh blocks, one per line
+    (continuations joined, comments dropped), as a user pastes them."""
+    readme = (REPO / "README.md").read_text()
+    text = readme.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    commands = []
+    for block in re.findall(r"```sh\n(.*?)```", text, re.DOTALL):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            command = line.split(" #", 1)[0].strip()
+            if command:
+                commands.append(command)
+    return commands
+
+
+def _shell(command: str, env: dict[str, str]) -> dict[str, Any]:
+    """Run `command` as a user's shell in the checkout would, with unset variables an
+    error (`bash -u`); the JSON it printed."""
+    result = subprocess.run(
+        ["bash", "-u", "-c", command],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, f"{command}\n{result.stdout}{result.stderr}"
+    answer: dict[str, Any] = json.loads(result.stdout)
+    return answer
+
+
+def _created(answer: dict[str, Any]) -> tuple[str, str] | None:
+    """(username, id) of the user an answer shows (CreateUser's, or the CLI's)."""
+    user = answer.get("user", answer)
+    return (user["username"], user["id"]) if "username" in user else None
+
+
+@pytest.mark.skipif(not BUF.exists(), reason="buf-bin not installed")
+def test_the_readmes_commands_run_as_written_after_the_banners() -> None:
+    """#29: done in order after the Quick start, the banner's try-it, the README's
+    API section and its Admin CLI section all work against one `dev`: no variable
+    nothing defines (`bash -u`; the API section used `$TOKEN`), no user created twice
+    (all three created "dave"). Placeholders are filled in as a reader would: the
+    banner's admin token and demo ids, and the id the section's create printed."""
+    for command in _readme_commands("Quick start"):
+        words = shlex.split(command)
+        if words[0] == ".venv/bin/auth-service":
+            build_parser().parse_args(words[1:])  # SystemExit = a flag that does not exist
+    with DevProcess() as dev:
+        banner = dev.read_banner()
+        token = re.findall(r"admin token\s+(\S+)", banner)[0]
+        demo = list(dev.users.values())
+        env = {k: v for k, v in dev_env().items() if not k.startswith("AUTH_SERVICE_")}
+        created = dict(filter(None, (_created(_shell(c, env)) for c in dev.try_it)))
+        for section in ("API", "Admin CLI"):
+            latest: str | None = None
+            for template in _readme_commands(section):
+                command = (
+                    template.replace("127.0.0.1:50051", dev.target)
+                    .replace("<admin token>", token)
+                    .replace("<id1>", demo[1])
+                    .replace("<id2>", demo[2])
+                    .replace("<id>", latest or demo[0])
+                    .replace(".venv/bin/", f"{BUF.parent}/")
+                )
+                if command.startswith("export "):
+                    env.update(word.split("=", 1) for word in shlex.split(command)[1:])
+                    continue
+                answer = _shell(command, env)
+                user = _created(answer)
+                if user and user[1] not in created.values():  # a new user, not a `get`
+                    assert user[0] not in created, f"{section}: {user[0]} was created before"
+                    created[user[0]] = latest = user[1]
+            assert latest is not None, f"the {section} section creates no user"
+        assert set(created) == {"dave", "erin", "frank"}
+        assert answer == {  # the Admin CLI section ends by deleting its user
+            "user_id": created["frank"],
+            "already_deleted": False,
+            "deleted_at": answer["deleted_at"],
+        }
 
 
 def test_an_exported_database_url_is_named_and_an_unreachable_one_fails_at_once(

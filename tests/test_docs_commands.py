@@ -62,3 +62,17 @@ def test_project_tools_are_called_as_the_quick_start_installs_them() -> None:
                 if not (VENV_BIN / tool).exists():
                     problems.append(f"{where}  (.venv/bin/{tool} is not installed)")
     assert problems == []
+
+
+def test_the_docs_index_lists_every_document_and_the_readme_links_it() -> None:
+    """#29: docs/ had seven files and no index. docs/README.md has one row per
+    document (who it is for, what it answers); a new document needs its row."""
+    index = (REPO / "docs" / "README.md").read_text()
+    row = r"^\| \[([\w.-]+\.md)\]\(\1\) \| ([^|]+) \| ([^|]+) \|$"
+    rows = {name: (who, what) for name, who, what in re.findall(row, index, re.MULTILINE)}
+    documents = {p.name for p in (REPO / "docs").glob("*.md")} - {"README.md"}
+    assert set(rows) == documents
+    assert all(who.strip() and what.strip() for who, what in rows.values())
+    for target in re.findall(r"\]\(([^)#]+)", index):
+        assert (REPO / "docs" / target).resolve().exists(), target
+    assert "(docs/README.md)" in (REPO / "README.md").read_text()

@@ -1,4 +1,7 @@
-"""`auth-service users create|get|delete`: the admin API from a shell. Prints JSON."""
+"""`auth-service users create|get|delete`: the admin API from a shell. Prints JSON
+(field names as in the .proto, snake_case); a failure is one `error: CODE: details`
+line on stderr, and for the codes a first try runs into (no or unknown token, a
+token without the scope, no server at the target) a `hint:` line saying what to do."""
 
 from __future__ import annotations
 
@@ -51,6 +54,34 @@ async def _get(
     return 0
 
 
+def error_hint(
+    code: grpc.StatusCode, details: str, *, token: str | None, target: str
+) -> str | None:
+    """What to do about a failed call (its status `code` and `details`), or None when
+    the details say enough."""
+    if code is grpc.StatusCode.UNAUTHENTICATED and not token:
+        return (
+            "no token was sent: pass --token TOKEN or set AUTH_SERVICE_TOKEN to an admin"
+            " token (one of the server's ADMIN_TOKENS; `auth-service dev` prints its own)"
+        )
+    if code is grpc.StatusCode.UNAUTHENTICATED:
+        return (
+            "the server does not know the token from --token / AUTH_SERVICE_TOKEN: use one of"
+            " its ADMIN_TOKENS (`auth-service dev` prints its own; a new dev run makes a new one)"
+        )
+    if code is grpc.StatusCode.PERMISSION_DENIED:
+        return (
+            "the token's caller lacks the scope: create and delete need users:admin"
+            " (ADMIN_TOKENS, or AUTH_TOKENS with users:admin), get needs users:read"
+        )
+    if code is grpc.StatusCode.UNAVAILABLE and "connect" in details.lower():
+        return (
+            f"is auth-service running at {target}? (--target HOST:PORT or"
+            " AUTH_SERVICE_TARGET; a TLS server needs --ca-file)"
+        )
+    return None
+
+
 async def run_users(
     action: str,
     *,
@@ -91,6 +122,8 @@ async def run_users(
                 )
         except grpc.aio.AioRpcError as exc:
             print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)  # noqa: T201
+            if hint := error_hint(exc.code(), exc.details() or "", token=token, target=target):
+                print(f"hint: {hint}", file=sys.stderr)  # noqa: T201
             return 1
     print(json.dumps(out, indent=2))  # noqa: T201
     return 0

@@ -1,10 +1,13 @@
 """The parsers of auth-service's environment variables: each takes the raw text and
-returns the value `Settings` holds, or raises ValueError with a message that says
-what is expected (never the value of a secret). `variables` pairs them with names.
+returns the value `Settings` holds, or raises ValueError with a message in plain
+words that says what is expected, and for numbers and switches what it got ("must be
+a whole number, got 'abc'"; never Python's "invalid literal for int()", never the
+value of a secret). `variables` pairs them with names.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -18,33 +21,58 @@ from auth_service.config.tokens import (
 )
 
 
+def _got(raw: str) -> str:
+    """The value as a problem quotes it (numbers and switches only: no secrets)."""
+    text = raw.strip()
+    return repr(text if len(text) <= 40 else text[:37] + "...")
+
+
 def boolean(raw: str) -> bool:
     value = raw.strip().lower()
     if value in {"1", "true", "yes", "on"}:
         return True
     if value in {"0", "false", "no", "off"}:
         return False
-    raise ValueError("expected true/false")
+    raise ValueError(f"must be true or false (or 1/0, yes/no, on/off), got {_got(raw)}")
+
+
+def whole_number(raw: str) -> int:
+    """An integer such as 10 or -1 (range checks are the caller's)."""
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ValueError(f"must be a whole number, got {_got(raw)}") from None
+
+
+def number(raw: str) -> float:
+    """A finite decimal number such as 2, 0.5 or 1e3."""
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError(f"must be a number, got {_got(raw)}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {_got(raw)}")
+    return value
 
 
 def positive_int(raw: str) -> int:
-    value = int(raw)
+    value = whole_number(raw)
     if value <= 0:
-        raise ValueError("must be a positive integer")
+        raise ValueError(f"must be a whole number greater than 0, got {_got(raw)}")
     return value
 
 
 def non_negative_float(raw: str) -> float:
-    value = float(raw)
-    if value < 0 or value != value:  # noqa: PLR0124 - NaN check
-        raise ValueError("must be a non-negative number")
+    value = number(raw)
+    if value < 0:
+        raise ValueError(f"must be a number, 0 or more, got {_got(raw)}")
     return value
 
 
 def positive_float(raw: str) -> float:
-    value = non_negative_float(raw)
-    if value == 0:
-        raise ValueError("must be greater than zero")
+    value = number(raw)
+    if value <= 0:
+        raise ValueError(f"must be a number greater than 0, got {_got(raw)}")
     return value
 
 
@@ -117,9 +145,9 @@ def topic(raw: str) -> str:
 
 
 def non_negative_int(raw: str) -> int:
-    value = int(raw)
+    value = whole_number(raw)
     if value < 0:
-        raise ValueError("must be a non-negative integer")
+        raise ValueError(f"must be a whole number, 0 or more, got {_got(raw)}")
     return value
 
 
@@ -188,7 +216,7 @@ sampler = one_of(*SAMPLERS)
 def ratio(raw: str) -> float | None:
     if not raw.strip():
         return None
-    value = float(raw)
+    value = number(raw)
     if not 0.0 <= value <= 1.0:
-        raise ValueError("a sampling ratio from 0 to 1")
+        raise ValueError(f"must be a sampling ratio from 0 to 1, got {_got(raw)}")
     return value

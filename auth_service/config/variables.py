@@ -137,7 +137,12 @@ ENV_VARS: tuple[EnvVar, ...] = (
         p.non_negative_int,
         "token-bucket depth of RATE_LIMIT_RPS (default: one second's worth)",
     ),
-    EnvVar("DB_POOL_MIN_SIZE", "pool_min_size", int, "connections opened at start-up and kept"),
+    EnvVar(
+        "DB_POOL_MIN_SIZE",
+        "pool_min_size",
+        p.whole_number,
+        "connections opened at start-up and kept",
+    ),
     EnvVar(
         "DB_POOL_MAX_SIZE", "pool_max_size", p.positive_int, "maximum connections to PostgreSQL"
     ),
@@ -150,7 +155,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar(
         "DB_LOOKUP_CONCURRENCY",
         "lookup_concurrency",
-        int,
+        p.whole_number,
         "UserExists queries running at once; lookups arriving meanwhile share the next query (0 = one query per call)",
     ),
     EnvVar(

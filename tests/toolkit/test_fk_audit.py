@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import sys
+import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from auth_client.toolkit.audit import AuditError, audit
+from auth_client.toolkit.audit import AuditError, Scope, audit
 from auth_client.toolkit.report import render_json, render_table
 from tests.toolkit.support import fetch, run_cli
+
+REPO = Path(__file__).resolve().parents[2]
 
 # (schema, table, constraint): every constraint referencing public.users, and only those.
 CANONICAL = {
@@ -208,3 +214,209 @@ async def test_no_foreign_keys_is_a_clean_report(new_database) -> None:
     result = await audit(url)
     assert result.foreign_keys == ()
     assert render_table(result).startswith("0 foreign key(s) reference public.users")
+
+
+# -- --show-model-changes (#29 item 2): the ORM change that replaces each foreign key --
+
+DJANGO_MODELS = """
+import json, sys
+import django
+from django.conf import settings
+
+settings.configure(
+    INSTALLED_APPS=["django.contrib.contenttypes", "auth_client.integrations.django"],
+    USE_TZ=True,
+)
+django.setup()
+from django.db import models
+from auth_client.integrations.django import UserReferenceField
+
+out = []
+for index, line in enumerate(json.loads(sys.stdin.read())):
+    body = {"__module__": "models", "Meta": type("Meta", (), {"app_label": "auth_client"})}
+    exec(line, {"UserReferenceField": UserReferenceField}, body)
+    (field,) = [v for v in body.values() if isinstance(v, UserReferenceField)]
+    model = type(f"M{index}", (models.Model,), body)
+    field = model._meta.get_field(field.name)
+    out.append([field.column, field.null])
+print(json.dumps(out))
+"""
+
+
+async def test_show_model_changes_prints_each_foreign_keys_replacement(downstream_url) -> None:
+    code, out, err = await run_cli(
+        "fk-audit", "--database-url", downstream_url, "--schema", "content",
+        "--schema", "Audit Log", "--show-model-changes",
+    )  # fmt: skip
+    assert code == 0, err
+    table, changes = out.split("\n\nModel changes (auth_client.integrations", 1)
+    assert "foreign key(s) reference public.users" in table
+    sections = {s.splitlines()[0]: s for s in changes.split("\n\n")[1:]}
+
+    bookmarks = sections["content.bookmarks.user_id  (bookmarks_user_id_fkey)"]  # nullable
+    assert bookmarks.splitlines()[1:5] == [
+        "  SQLAlchemy  user_id: Mapped[uuid.UUID | None] = mapped_column(info=user_reference())",
+        '    was       user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"), ...)',
+        "  Django      user_id = UserReferenceField(null=True)",
+        "    was       user = models.ForeignKey(User, ...)",
+    ]
+    posts = sections["content.posts.author_id  (posts_author_id_fkey)"]  # NOT NULL, CASCADE
+    assert (
+        "  SQLAlchemy  author_id: Mapped[uuid.UUID] = mapped_column(info=user_reference())" in posts
+    )
+    assert "  Django      author_id = UserReferenceField()\n" in posts
+    assert "ON DELETE CASCADE deletes the rows: your user_deleted handler does that now" in posts
+
+    shares = sections["content.post_shares.shared_by  (post_shares_sharer_fkey)"]
+    assert "shared_by = UserReferenceField(null=True)" in shares
+    assert (
+        'ForeignKeyConstraint(["shared_by_region", "shared_by"], ["users.region", "users.id"])'
+        in shares
+    )
+    assert (
+        "a key of several columns: shared_by (-> id) is checked, shared_by_region no longer"
+        in shares
+    )
+
+    sign_ins = sections['"Audit Log"."Sign-ins"."User ID"  (Sign-in "user" fk)']
+    assert (
+        'user_id: Mapped[uuid.UUID | None] = mapped_column("User ID", info=user_reference())'
+        in sign_ins
+    )
+    assert 'user_id = UserReferenceField(db_column="User ID", null=True)' in sign_ins
+
+    once = changes.split("\n\nOnce per service:\n", 1)[1]
+    assert "  SQLAlchemy  from auth_client.integrations.sqlalchemy import" in once
+    assert "check_user_references(Session, auth)" in once
+    assert '  Django      INSTALLED_APPS = [..., "auth_client.integrations.django"]' in once
+    assert "SeparateDatabaseAndState" in once
+
+    code, out, _ = await run_cli(
+        "fk-audit", "--database-url", downstream_url, "--schema", "content"
+    )
+    assert code == 0
+    assert "Model changes" not in out  # only when asked
+
+
+async def test_show_model_changes_in_json(downstream_url) -> None:
+    args = ("fk-audit", "--database-url", downstream_url, "--format", "json")
+    code, out, err = await run_cli(*args, "--show-model-changes")
+    assert code == 0, err
+    data = json.loads(out)
+    assert set(data["model_setup"]) == {"sqlalchemy", "django", "migrations"}
+    by_name = {fk["constraint"]: fk for fk in data["foreign_keys"] if fk["schema"] == "content"}
+    assert by_name["comments_author_id_fkey"]["model_change"] == {
+        "column": "author_id",
+        "sqlalchemy": {
+            "declare": "author_id: Mapped[uuid.UUID] = mapped_column(info=user_reference())",
+            "in_place_of": (
+                'author_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), ...)'
+            ),
+        },
+        "django": {
+            "declare": "author_id = UserReferenceField()",
+            "in_place_of": "author = models.ForeignKey(User, ...)",
+        },
+        "notes": [],
+    }
+    assert by_name["comments_author_id_fkey"]["column_types"] == ["uuid"]
+    _, plain, _ = await run_cli(*args)
+    assert "model_change" not in plain
+    assert "model_setup" not in plain
+
+
+async def test_the_model_changes_declare_the_same_columns(downstream_url) -> None:
+    """Each printed declaration, put in a model as printed, maps the audited column
+    (name, NULL or NOT NULL) and marks it: SQLAlchemy here, Django in a process of its
+    own (settings.configure is once per process)."""
+    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column  # noqa: PLC0415
+
+    from auth_client.integrations.sqlalchemy import USER_REFERENCE, user_reference  # noqa: PLC0415
+    from auth_client.toolkit.audit_models import model_changes  # noqa: PLC0415
+
+    class Base(DeclarativeBase):
+        pass
+
+    result = await audit(downstream_url)
+    changes = [(fk, c) for fk, c in model_changes(result) if c.sqlalchemy and c.django]
+    assert len(changes) == len(result.foreign_keys)  # every downstream key has one
+    for index, (fk, change) in enumerate(changes):
+        namespace = {
+            "Base": Base, "Mapped": Mapped, "mapped_column": mapped_column,
+            "user_reference": user_reference, "uuid": uuid,
+        }  # fmt: skip
+        source = (
+            f"class M{index}(Base):\n    __tablename__ = 't{index}'\n"
+            f"    pk: Mapped[int] = mapped_column(primary_key=True)\n    {change.sqlalchemy}\n"
+        )
+        # the toolkit's own output, compiled without this module's lazy annotations
+        exec(compile(source, f"<model {index}>", "exec", dont_inherit=True), namespace)
+        column = namespace[f"M{index}"].__table__.c[change.column]  # type: ignore[attr-defined]
+        assert column.info == {USER_REFERENCE: True}, change.sqlalchemy
+        assert column.nullable is (change.column not in fk.not_null_columns), change.sqlalchemy
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", DJANGO_MODELS,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate(json.dumps([c.django for _, c in changes]).encode())
+    assert proc.returncode == 0, err.decode()
+    assert json.loads(out) == [
+        [change.column, change.column not in fk.not_null_columns] for fk, change in changes
+    ]
+
+
+async def test_model_changes_follow_the_column_type_and_key(downstream_url) -> None:
+    from auth_client.toolkit.audit_models import model_change  # noqa: PLC0415
+
+    result = await audit(downstream_url, scope=Scope(("content",)))
+    comments = next(fk for fk in result.foreign_keys if fk.constraint == "comments_author_id_fkey")
+    text = model_change(
+        replace(comments, column_types=("character varying(36)",)), "public", "users"
+    )
+    assert text.sqlalchemy == "author_id: Mapped[str] = mapped_column(info=user_reference())"
+    assert text.django == "author_id = UserReferenceField()"
+    assert any("Django compares it as uuid: convert the column first" in n for n in text.notes)
+
+    number = model_change(replace(comments, column_types=("bigint",)), "public", "users")
+    assert (number.sqlalchemy, number.django) == (None, None)
+    assert number.notes == (
+        (
+            "column type bigint: auth-service user ids are uuids, and the integrations check"
+            " uuid or text columns: no change"
+        ),
+    )
+
+    shares = next(fk for fk in result.foreign_keys if fk.constraint == "post_shares_sharer_fkey")
+    no_id = model_change(replace(shares, referenced_columns=("region", "code")), "public", "users")
+    assert (no_id.column, no_id.sqlalchemy) == (None, None)
+    assert "none references id" in no_id.notes[0]
+
+    legacy = model_change(comments, "legacy", "users")
+    assert legacy.sqlalchemy_was is not None
+    assert 'ForeignKey("legacy.users.id")' in legacy.sqlalchemy_was
+
+
+def test_the_playbook_and_readme_show_the_model_changes() -> None:
+    playbook = (REPO / "docs" / "fk-removal-playbook.md").read_text()
+    readme = (REPO / "README.md").read_text()
+    assert "--show-model-changes" in playbook
+    assert "--show-model-changes" in readme.split("## Commands", 1)[1].split("\n## ", 1)[0]
+    for needle in ("user_reference()", "UserReferenceField", "SeparateDatabaseAndState"):
+        assert needle in playbook, needle
+
+
+async def test_the_playbooks_model_changes_sample_is_real_output(downstream_url) -> None:
+    """The sample under "With an ORM" is `--schema messaging` on the downstream
+    database, shortened: every line it shows is a line of the real output."""
+    playbook = (REPO / "docs" / "fk-removal-playbook.md").read_text()
+    section = playbook.split("### With an ORM", 1)[1].split("\n## ", 1)[0]
+    sample = re.findall(r"```\n(Model changes.*?)```", section, re.DOTALL)[0]
+    code, out, err = await run_cli(
+        "fk-audit", "--database-url", downstream_url, "--schema", "messaging",
+        "--show-model-changes",
+    )  # fmt: skip
+    assert code == 0, err
+    real = out.splitlines()
+    shown = [line for line in sample.splitlines() if line and line.strip() != "..."]
+    assert [line for line in shown if line not in real] == []

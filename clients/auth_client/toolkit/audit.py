@@ -93,6 +93,10 @@ class ForeignKey:
     sql_columns: tuple[str, ...]
     sql_referenced_table: str
     sql_referenced_columns: tuple[str, ...]
+    # The referencing columns' types as PostgreSQL prints them (`uuid`, `text`,
+    # `character varying(36)`), in constraint order; empty in inventories written
+    # before they were recorded.
+    column_types: tuple[str, ...] = ()
 
     @property
     def qualified_table(self) -> str:
@@ -229,6 +233,7 @@ def _foreign_key(row: asyncpg.Record) -> ForeignKey:
         sql_columns=tuple(row["sql_columns"]),
         sql_referenced_table=row["sql_referenced_table"],
         sql_referenced_columns=tuple(row["sql_referenced_columns"]),
+        column_types=tuple(row["column_types"]),
     )
 
 

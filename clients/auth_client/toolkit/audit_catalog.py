@@ -44,6 +44,10 @@ SELECT n.nspname::text AS schema, t.relname::text AS "table", c.conname::text AS
        ARRAY(SELECT a.attname::text FROM pg_catalog.unnest(c.conkey) WITH ORDINALITY k(num, ord)
              JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.num
              WHERE a.attnotnull ORDER BY k.ord) AS not_null_columns,
+       ARRAY(SELECT pg_catalog.format_type(a.atttypid, a.atttypmod)
+             FROM pg_catalog.unnest(c.conkey) WITH ORDINALITY k(num, ord)
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.num
+             ORDER BY k.ord) AS column_types,
        {soft_delete_column_sql("c.conrelid")} AS soft_delete,
        t.reltuples::float8 AS reltuples,
        pg_catalog.pg_get_constraintdef(c.oid) AS definition,

@@ -1,8 +1,8 @@
 """`auth-toolkit`: the service teams' command for removing foreign keys to users.
 
     auth-toolkit fk-audit --database-url URL [--schema S ...] [--exclude-table T ...]
-                          [--format json] [--emit-migration DIR [--migration-format F]]
-                          [--check-restore DIR]
+                          [--show-model-changes] [--format json]
+                          [--emit-migration DIR [--migration-format F]] [--check-restore DIR]
     auth-toolkit reconcile --database-url URL --table SCHEMA.TABLE --column COL
                            --target HOST:PORT [--action ...]
     auth-toolkit rehearse --database-url URL --target HOST:PORT [--duration S]
@@ -76,6 +76,7 @@ def cmd_fk_audit(args: argparse.Namespace) -> int:
                 emit_dir=args.emit_migration,
                 scope=scope(args),
                 emit=emit,
+                show_model_changes=args.show_model_changes,
             )
         )
     except ValueError as exc:  # LockPolicy's checks of its flags
@@ -182,6 +183,12 @@ def register(sub: Any, prog: str = PROG) -> None:
     add_database_flag(audit, "the service database to audit")
     audit.add_argument("--format", choices=["table", "json"], default="table")
     add_scope_flags(audit)
+    audit.add_argument(
+        "--show-model-changes",
+        action="store_true",
+        help="also print, per foreign key, the SQLAlchemy and Django model change that"
+        " replaces it (auth_client.integrations; JSON: model_change, model_setup)",
+    )
     audit.add_argument(
         "--emit-migration",
         metavar="DIR",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from auth_client.toolkit import exits, migration, restore_check
 from auth_client.toolkit.audit import AuditError, AuditResult, Scope, audit_connection, connect
+from auth_client.toolkit.audit_models import model_changes_json, render_model_changes
 
 
 def render_table(result: AuditResult) -> str:
@@ -79,8 +80,18 @@ def _soft_delete_text(column: str | None, type_name: str | None) -> str:
     return column if type_name != "boolean" else f"{column} (legacy boolean)"
 
 
-def render_json(result: AuditResult, migration_files: list[str] | None = None) -> str:
+def render_json(
+    result: AuditResult,
+    migration_files: list[str] | None = None,
+    *,
+    show_model_changes: bool = False,
+) -> str:
     data = result.to_json()
+    if show_model_changes:
+        changes, setup = model_changes_json(result)
+        for fk, change in zip(data["foreign_keys"], changes, strict=True):
+            fk["model_change"] = change
+        data["model_setup"] = setup
     if migration_files is not None:
         data["migration_files"] = migration_files
     return json.dumps(data, indent=2)
@@ -94,8 +105,10 @@ async def report(
     emit_dir: str | None = None,
     scope: Scope | None = None,
     emit: migration.EmitOptions | None = None,
+    show_model_changes: bool = False,
 ) -> str:
-    """What `auth-toolkit fk-audit` prints. Raises AuditError."""
+    """What `auth-toolkit fk-audit` prints (with `show_model_changes`, each foreign
+    key's ORM model change, see `audit_models`). Raises AuditError."""
     conn = await connect(database_url)
     try:
         result = await audit_connection(conn, referenced_table, scope)
@@ -109,8 +122,10 @@ async def report(
     finally:
         await conn.close()
     if output_format == "json":
-        return render_json(result, written)
+        return render_json(result, written, show_model_changes=show_model_changes)
     text = render_table(result)
+    if show_model_changes and result.foreign_keys:
+        text += "\n\n" + render_model_changes(result)
     if written is not None:
         text += "\n\n" + (
             "\n".join(f"wrote {p}" for p in written)
@@ -128,6 +143,7 @@ async def run(
     emit_dir: str | None = None,
     scope: Scope | None = None,
     emit: migration.EmitOptions | None = None,
+    show_model_changes: bool = False,
 ) -> int:
     """`auth-toolkit fk-audit`: print the report; 0 on success. Raises AuditError."""
     text = await report(
@@ -137,6 +153,7 @@ async def run(
         emit_dir=emit_dir,
         scope=scope,
         emit=emit,
+        show_model_changes=show_model_changes,
     )
     print(text)  # noqa: T201
     return exits.OK

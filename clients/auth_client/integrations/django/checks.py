@@ -34,12 +34,15 @@ def _models(app_configs: Iterable[AppConfig] | None) -> Iterable[type[models.Mod
 
 def _warning(model: type[models.Model], field: models.ForeignKey[Any, Any]) -> checks.Warning:
     target = field.related_model._meta.label  # type: ignore[union-attr]
-    null = "null=True" if field.null else ""
+    options = ["null=True"] if field.null else []
+    if field.column != field.attname:  # db_column=: keep the column, not `<name>_id`
+        options.append(f"db_column={field.column!r}")
+    arguments = ", ".join(options)
     return checks.Warning(
         f"{model._meta.label}.{field.name} is a ForeignKey to {target}, whose users now "
         "live in auth-service",
         hint=(
-            f"replace it with `{field.attname} = UserReferenceField({null})` "
+            f"replace it with `{field.attname} = UserReferenceField({arguments})` "
             f"(auth_client.integrations.django; the same column {field.column!r}), and drop "
             "the foreign key constraint in the migration: references are then checked "
             "against auth-service before each save (docs/client.md)"
