@@ -42,6 +42,10 @@ class ResourceExhaustedError(ServiceError):
     pass
 
 
+class RateLimitedError(ResourceExhaustedError):
+    """A caller over its own rate limit: always the caller's doing."""
+
+
 class DeadlineExceededError(ServiceError):
     pass
 

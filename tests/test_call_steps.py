@@ -105,6 +105,22 @@ def test_admission_refuses_over_the_limit_and_blames_a_silent_database() -> None
     assert admission.limits.in_flight == 1
 
 
+def test_a_rate_limit_refusal_is_the_callers_even_while_the_database_is_slow() -> None:
+    """A caller over its rate limit is RESOURCE_EXHAUSTED whatever the database is
+    doing (UNAVAILABLE would send its client to retry on another replica, past the
+    limit): only a hit concurrency limit may be blamed on a silent database."""
+    now = [100.0]
+    database = DatabaseStatus(stall_s=0.5, clock=lambda: now[0])
+    admission = Admission(Limits(rate_per_s=1.0, burst=1, clock=lambda: now[0]), database)
+    admission.enter("messaging")
+    admission.leave("messaging")
+    database.begin()  # a query waits, unanswered for a tenth of the stall timeout
+    now[0] += 0.06
+    with pytest.raises(errors.ResourceExhaustedError) as refused:
+        admission.enter("messaging")
+    assert "rate limit" in str(refused.value)
+
+
 # -- the deadline budget -------------------------------------------------------------
 
 

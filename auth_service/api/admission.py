@@ -2,8 +2,9 @@
 concurrency or rate limit is hit.
 
 When the calls holding the slots are waiting on a database that stopped answering,
-the refusal is UNAVAILABLE instead: that is not the caller's doing, and clients
-retry it elsewhere. Whether the database can answer a call at all is not decided
+a concurrency limit's refusal is UNAVAILABLE instead: that is not the caller's
+doing, and clients retry it elsewhere. A rate limit's refusal never is: the caller
+is over its own rate (and a retry elsewhere would get past the limit). Whether the database can answer a call at all is not decided
 here but where a query is needed (`store.pool.connection`), so a call that memory
 answers is never refused because the database is slow or down.
 """
@@ -28,6 +29,8 @@ class Admission:
     def enter(self, caller: str) -> None:
         try:
             self.limits.admit(caller)
+        except errors.RateLimitedError:
+            raise  # the caller's own rate, whatever the database is doing
         except errors.ResourceExhaustedError:
             if self.database.suspect():
                 raise errors.UnavailableError(

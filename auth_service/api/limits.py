@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from auth_service.errors import ResourceExhaustedError
+from auth_service.errors import RateLimitedError, ResourceExhaustedError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -109,7 +109,7 @@ class Limits:
             bucket.level = min(level, self._burst)
             bucket.stamp = now
         if bucket.level < 1.0:
-            raise ResourceExhaustedError(
+            raise RateLimitedError(
                 f"caller {name} exceeded its rate limit of {self._rate:g} calls/s"
             )
         bucket.level -= 1.0

@@ -117,11 +117,14 @@ class StateLookup:
         self._users.status.require()
         if self._life.state is Lifecycle.CLOSED:
             raise UnavailableError("the server is shutting down")
-        if not self._merge:
+        if not self._merge:  # `_resolve` counts the confirmations
             return await self._alone(user_id, budget, unknown=hint is not None)
         fut: asyncio.Future[UserState] = asyncio.get_running_loop().create_future()
-        # An id memory does not know goes straight to the primary.
-        merger = self._confirms if hint is not None else self._reads
+        # An id memory calls NOT_FOUND goes straight to the primary.
+        merger = self._reads
+        if hint is not None:
+            self.confirmations += 1
+            merger = self._confirms
         merger.submit((user_id, fut, budget, tracing.current_span_context()))
         return await fut
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from typing import TYPE_CHECKING
 
 import grpc
@@ -27,12 +28,14 @@ if TYPE_CHECKING:
     from auth_service.store.state_cache import StateCache
 
 TRIES = 300
+_SERVERS: list[AuthServer] = []  # the two of the running `two_servers`
 
 
 @contextlib.asynccontextmanager
 async def two_servers(database_url: str) -> AsyncIterator[tuple[str, str]]:
     settings = make_settings(database_url, state_index_max_users=1_000_000)
     async with AuthServer(settings) as a, AuthServer(settings) as b:
+        _SERVERS[:] = [a, b]
         for server in (a, b):  # both serve from memory: the index is loaded
             cache = server.lookup.cache
 
@@ -92,6 +95,26 @@ async def test_get_user_finds_a_user_just_created_through_another_server(
     database_url: str,
 ) -> None:
     assert await _unknown_to_b(database_url, "GetUser") == []
+
+
+async def test_every_id_memory_calls_not_found_is_counted_as_a_confirmation(
+    database_url: str,
+) -> None:
+    """auth_lookup_confirmations_total: what the NOT_FOUND rule costs the primary,
+    for UserExists as for BatchUserExists (a flood of unknown ids shows there)."""
+    async with (
+        two_servers(database_url) as (_, b),
+        grpc.aio.insecure_channel(b) as to_b,
+    ):
+        read = auth_pb2_grpc.AuthServiceStub(to_b)
+        server = next(s for s in _SERVERS if s.address == b)
+        before = server.lookup.confirmations
+        unknown = [str(uuid.uuid4()) for _ in range(3)]
+        for user_id in unknown:
+            reply = await read.UserExists(auth_pb2.UserExistsRequest(user_id=user_id))
+            assert reply.state == auth_pb2.USER_STATE_NOT_FOUND
+        await read.BatchUserExists(auth_pb2.BatchUserExistsRequest(user_ids=unknown))
+        assert server.lookup.confirmations == before + 2 * len(unknown)
 
 
 async def test_never_not_found_while_the_other_server_is_under_load(database_url: str) -> None:
