@@ -56,10 +56,91 @@ _KNOWN: dict[str, dict[str, Known]] = {
     },
 }
 
-_MODULES = {"client": "bench.bench_client", "relay": "bench.bench_relay"}
+
+def _flood(rate: int) -> dict[str, Known]:
+    what = f"UserExists of unknown ids, {rate:,}/s offered (open loop)"
+    return {
+        f"flood_{rate}_answered_per_s": Known(f"{what}: answered", "calls/s"),
+        f"flood_{rate}_primary_queries_per_s": Known(
+            f"{what}: primary queries", "queries/s", "auth_lookup_queries_total"
+        ),
+        f"flood_{rate}_ids_per_primary_query": Known(f"{what}: ids per primary query", ""),
+        f"flood_{rate}_confirmations_per_s": Known(
+            f"{what}: auth_lookup_confirmations_total", "ids/s"
+        ),
+        f"flood_{rate}_replica_reads_per_s": Known(
+            f"{what}: replica reads", "queries/s", "0: the index's NOT_FOUND goes to the primary"
+        ),
+        f"flood_{rate}_p50_ms": Known(f"{what}: p50", "ms", "from each call's scheduled time"),
+        f"flood_{rate}_p99_ms": Known(f"{what}: p99", "ms", "from each call's scheduled time"),
+    }
+
+
+def _limited(rate: int) -> dict[str, Known]:
+    what = f"RATE_LIMIT_RPS=200, one caller offering {rate:,} unknown ids/s"
+    return {
+        f"limited_{rate}_calls_per_s": Known(f"{what}: calls answered, any code", "calls/s"),
+        f"limited_{rate}_answered_per_s": Known(f"{what}: answered OK", "calls/s"),
+        f"limited_{rate}_exhausted_share": Known(f"{what}: RESOURCE_EXHAUSTED share", ""),
+        f"limited_{rate}_unavailable_share": Known(f"{what}: UNAVAILABLE share", ""),
+        f"limited_{rate}_primary_queries_per_s": Known(f"{what}: primary queries", "queries/s"),
+    }
+
+
+_BATCH = "BatchUserExists of 1,000 unknown ids"
+_KNOWN["replicas"] = {
+    "replay_lag_p50_ms": Known(
+        "standby replay lag, p50", "ms", "synchronous_commit=on, ~300 creations/s, loopback"
+    ),
+    "replay_lag_p99_ms": Known("standby replay lag, p99", "ms"),
+    "replay_lag_max_ms": Known("standby replay lag, max", "ms"),
+    "replay_lag_mean_ms": Known("standby replay lag, mean", "ms"),
+    "replay_lag_writer_per_s": Known("background creations during the lag samples", "rows/s"),
+    "replay_lag_async_p50_ms": Known(
+        "standby replay lag with synchronous_commit=off, p50",
+        "ms",
+        "the embedded server's setting: WAL waits for the WAL writer (200 ms)",
+    ),
+    "replay_lag_async_p99_ms": Known("standby replay lag with synchronous_commit=off, p99", "ms"),
+    **_flood(200),
+    **_flood(1000),
+    **_flood(3000),
+    "batch_ids_per_s": Known(f"{_BATCH}: ids/s", "ids/s", "4 calls in flight"),
+    "batch_primary_queries_per_call": Known(f"{_BATCH}: primary queries per call", ""),
+    "batch_primary_queries_per_s": Known(f"{_BATCH}: primary queries", "queries/s"),
+    "batch_ids_per_primary_query": Known(f"{_BATCH}: ids per primary query", ""),
+    "batch_confirmations_per_s": Known(f"{_BATCH}: auth_lookup_confirmations_total", "ids/s"),
+    "batch_replica_reads_per_s": Known(f"{_BATCH}: replica reads", "queries/s"),
+    "batch_p50_ms": Known(f"{_BATCH}: p50", "ms"),
+    "batch_p99_ms": Known(f"{_BATCH}: p99", "ms"),
+    **_limited(1000),
+    **_limited(3000),
+    "model_primary_queries_per_s": Known(
+        "model: primary queries/s at 200k validations/s", "queries/s", "K=3, M=100, 0.01% unknown"
+    ),
+    "model_primary_queries_per_1pct_unknown": Known(
+        "model: primary queries/s per 1% unknown ids", "queries/s", "K=3, M=100"
+    ),
+    "python_load_generator": Known(
+        "load generator: grpc.aio fallback (no C compiler)", "", "the highest rates measure it"
+    ),
+}
+
+
+_MODULES = {
+    "client": "bench.bench_client",
+    "relay": "bench.bench_relay",
+    "replicas": "bench.bench_replicas",
+}
 _TITLES = {
     "client": "auth_client (bench/bench_client.py)",
     "relay": "user_deleted relay (bench/bench_relay.py)",
+    "replicas": "read replicas (bench/bench_replicas.py)",
+}
+_STARTS = {
+    "client": "its own PostgreSQL",
+    "relay": "its own PostgreSQL and broker",
+    "replicas": "a PostgreSQL primary, a hot standby and `auth-service serve`",
 }
 
 
@@ -92,8 +173,7 @@ async def run(name: str) -> Section:
     figures = await module.run()
     section = section_from(name, figures)
     section.notes.append(
-        f"From `{module_name}.run()`, which starts its own PostgreSQL"
-        + (" and broker" if name == "relay" else "")
-        + "; see its docstring for the method."
+        f"From `{module_name}.run()`, which starts {_STARTS[name]}; see its docstring"
+        " for the method."
     )
     return section

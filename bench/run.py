@@ -30,7 +30,17 @@ from bench.server import Features, ServerProcess
 # those in _OWN_PROCESSES start their own (bench/<name>: `run(ctx) -> Section`; the
 # relay-vs-Debezium comparison needs Java and Maven, and says so in one line without
 # them); the others are bench_client / bench_relay (external.py).
-NAMES = ("serving", "batch", "inserts", "workers", "tracing", "client", "relay", "debezium")
+NAMES = (
+    "serving",
+    "batch",
+    "inserts",
+    "workers",
+    "tracing",
+    "client",
+    "relay",
+    "replicas",
+    "debezium",
+)
 _NEEDS_SERVER = {"serving", "batch", "inserts", "workers", "tracing"}
 _OWN_PROCESSES = {"debezium"}
 

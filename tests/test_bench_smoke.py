@@ -34,6 +34,7 @@ MODULES = [
     "bench.bench_client",
     "bench.bench_relay",
     "bench.debezium",
+    "bench.bench_replicas",
 ]
 USER_EXISTS = "/auth.v1.AuthService/UserExists"
 
@@ -41,7 +42,7 @@ USER_EXISTS = "/auth.v1.AuthService/UserExists"
 @pytest.mark.parametrize("name", MODULES)
 def test_bench_module_imports(name: str) -> None:
     module = importlib.import_module(name)
-    if name in {"bench.bench_client", "bench.bench_relay"}:
+    if name in {"bench.bench_client", "bench.bench_relay", "bench.bench_replicas"}:
         assert callable(module.run), "the runner calls run() of this module"
 
 
