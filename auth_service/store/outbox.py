@@ -42,9 +42,12 @@ SELECT o.id, o.event_id, o.event_type, o.partition_key, o.payload, o.created_at,
 FROM outbox AS o
 WHERE o.published_at IS NULL
   AND o.event_type = ANY($2::text[])
-  AND NOT EXISTS (
-      SELECT 1 FROM outbox AS e
-      WHERE e.partition_key = o.partition_key AND e.published_at IS NULL AND e.id < o.id
+  -- The key's first unpublished event: one probe of outbox_unpublished_key_idx per
+  -- candidate, whatever the statistics say (a NOT EXISTS was planned as a rescan
+  -- of every unpublished row per candidate when they said none was unpublished).
+  AND o.id = (
+      SELECT min(e.id) FROM outbox AS e
+      WHERE e.partition_key = o.partition_key AND e.published_at IS NULL
   )
 ORDER BY o.id
 LIMIT $1
