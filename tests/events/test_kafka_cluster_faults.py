@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 DELETIONS = 240
+OUTAGE_S = 60  # the lost quorum's length
 GROUP_PARTITIONS = 6
 SESSION_S = 10
 REVOKE_S = 2.0
@@ -163,6 +164,7 @@ async def _check_every_acknowledged_event_arrived(
     topic: str,
     *,
     consumer_stall: str | None = None,
+    before_the_collector: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Every acknowledged deletion's event is in the topic (read from the start by
     a consumer of no group), with duplicates only where the relay sent again; then
@@ -187,6 +189,8 @@ async def _check_every_acknowledged_event_arrived(
     retried = {str(r["event_id"]) for r in await outbox_rows(database_url) if r["attempts"] > 0}
     # A duplicate only where the relay sent again after an unacknowledged send.
     assert duplicated <= retried, (duplicated, retried)
+    if before_the_collector is not None:
+        await before_the_collector()
 
     def delivered() -> set[str]:
         return {decode_user_deleted(r.value).user_id for r in collector.records}
@@ -201,8 +205,9 @@ async def _check_every_acknowledged_event_arrived(
 
 
 class _Deletions:
-    """A server with its relay on the cluster, an independent consumer of its topic
-    (3 partitions, replication 3) and DELETIONS users to delete in a stream."""
+    """A server with its relay on the cluster, two independent consumers of its
+    topic (3 partitions, replication 3): a plain aiokafka one and a downstream
+    team's UserDeletedConsumer; and DELETIONS users to delete in a stream."""
 
     def __init__(self, database_url: str, cluster: ApacheKafka) -> None:
         self.database_url = database_url
@@ -219,6 +224,19 @@ class _Deletions:
         server = await self._stack.enter_async_context(AuthServer(settings))
         self._admin = await self._stack.enter_async_context(admin_stub(server.address))
         self.collector = await self._stack.enter_async_context(Collector(bootstrap, self.topic))
+        self.cleaned: set[str] = set()
+
+        async def clean_up(event: UserDeletedEvent) -> None:
+            self.cleaned.add(event.user_id)
+
+        cleanup = UserDeletedConsumer(
+            clean_up,
+            bootstrap_servers=bootstrap,
+            group_id=f"cleanup-{uuid.uuid4().hex[:6]}",
+            topic=self.topic,
+            dlq_topic=f"{self.topic}.dlq",
+        )
+        await self._stack.enter_async_context(running(cleanup))
         self.users = [(await create_user(self._admin)).id for _ in range(DELETIONS)]
         return self
 
@@ -252,7 +270,13 @@ class _Deletions:
             self.cluster.bootstrap_servers,
             self.topic,
             consumer_stall=consumer_stall,
+            before_the_collector=self._all_cleaned_up,
         )
+
+    async def _all_cleaned_up(self) -> None:
+        """What a downstream team runs (it commits: a rebalance resumes where it was)
+        handles every acknowledged deletion."""
+        await eventually(lambda: _true(set(self.acknowledged) <= self.cleaned), timeout=120)
 
 
 async def test_the_partition_leader_killed_mid_stream_loses_no_acknowledged_deletion(
@@ -420,7 +444,7 @@ async def test_the_relay_through_a_lost_quorum_backs_off_holds_no_rows_and_drain
     database_url: str, cluster: ApacheKafka, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Two of three brokers down (no controller quorum, fewer in-sync replicas than
-    min.insync.replicas) for 25 s: deletions go on, the relay says so once per kind
+    min.insync.replicas) for a minute: deletions go on, the relay says so once per kind
     of failure, never keeps a transaction (and with it claimed outbox rows) open
     longer than one send's bound, and drains the backlog when the brokers return."""
     caplog.set_level(logging.INFO, logger="auth_service.events.relay")
@@ -446,7 +470,7 @@ async def test_the_relay_through_a_lost_quorum_backs_off_holds_no_rows_and_drain
         before = len(caplog.records)
         oldest = 0.0
         loop = asyncio.get_running_loop()
-        outage_ends = loop.time() + 25
+        outage_ends = loop.time() + OUTAGE_S
         pending = users[10:]
         while loop.time() < outage_ends:
             if pending:
