@@ -159,6 +159,9 @@ class Relay:
         # whichever loop meets it first; recovery is logged once.
         self._db_down = RepeatingNotice(log)
         self._kafka_down = RepeatingNotice(log)
+        # Replacing the producer repeats every few failed batches while Kafka is
+        # down: said once per outage (then at most once a minute), like the failure.
+        self._replacing = RepeatingNotice(log)
         # A bug: each distinct cause once (with its traceback), then at most every
         # five minutes with a count.
         self._unexpected: dict[str, RepeatingNotice] = {}
@@ -316,7 +319,7 @@ class Relay:
 
     async def _replace_publisher(self, why: str) -> None:
         """A new producer for a broken one (a closed Publisher cannot start again)."""
-        log.warning("outbox relay: %s; starting a new Kafka producer", why)
+        self._replacing.notice("outbox relay: %s; starting a new Kafka producer", why)
         old, self._publisher = self._publisher, Publisher(self.config.producer)
         self._kafka_streak = 0
         self.publisher_restarts += 1
@@ -363,6 +366,7 @@ class Relay:
                 continue
             self._database_ok()
             self._kafka_streak = 0
+            self._replacing.clear()
             self._kafka_down.clear("outbox relay: publishing to Kafka again")
             backoff.reset()
             if claimed >= self.config.batch_size:

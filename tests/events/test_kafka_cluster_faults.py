@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Self
 import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 
 from auth_client.contract import decode_user_deleted
 from auth_client.events import RetryPolicy, UserDeletedConsumer, UserDeletedEvent
@@ -174,7 +175,10 @@ async def _check_every_acknowledged_event_arrived(
     in_topic: list[Any] = []
 
     async def published() -> bool:
-        in_topic[:] = await read_topic(bootstrap, topic)
+        try:
+            in_topic[:] = await asyncio.wait_for(read_topic(bootstrap, topic), 30)
+        except (KafkaError, TimeoutError):  # brokers just restarted: "node not ready"
+            return False
         return wanted <= {decode_user_deleted(r.value).user_id for r in in_topic}
 
     try:
