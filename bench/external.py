@@ -127,20 +127,49 @@ _KNOWN["replicas"] = {
 }
 
 
+_KNOWN["client_replica"] = {
+    "replica_cold_vs_fk_cold": Known(
+        "validated inserts with the client replica / FK-checked, cold cache",
+        "x",
+        "0 RPCs",
+        ">= 1.0",
+        lambda v: v >= 1.0,
+    ),
+    "replica_cold_cpu_vs_plain_cold": Known(
+        "CPU per validated row (replica) / unchecked insert, cold",
+        "x",
+        "",
+        "<= 1.10",
+        lambda v: v <= 1.10,
+    ),
+    "replica_array_bytes_per_user": Known(
+        "replica memory (arrays)", "B/user", "", "<= 20", lambda v: v <= 20
+    ),
+    "replica_rss_growth_bytes_per_user": Known("replica process RSS growth", "B/user"),
+    "replica_load_s": Known("replica load (ExportUserStates)", "s"),
+    "create_visible_p99_ms": Known("CreateUser -> visible in the replica, p99", "ms"),
+    "rpc_cold_vs_fk_cold": Known(
+        "validated inserts through RPCs / FK-checked, cold cache", "x", "the path without a replica"
+    ),
+}
+
 _MODULES = {
     "client": "bench.bench_client",
     "relay": "bench.bench_relay",
     "replicas": "bench.bench_replicas",
+    "client_replica": "bench.bench_client_replica",
 }
 _TITLES = {
     "client": "auth_client (bench/bench_client.py)",
     "relay": "user_deleted relay (bench/bench_relay.py)",
     "replicas": "read replicas (bench/bench_replicas.py)",
+    "client_replica": "the client's local replica (bench/bench_client_replica.py)",
 }
 _STARTS = {
     "client": "its own PostgreSQL",
     "relay": "its own PostgreSQL and broker",
     "replicas": "a PostgreSQL primary, a hot standby and `auth-service serve`",
+    "client_replica": "PostgreSQL, a broker, `auth-service serve` and its relay",
 }
 
 

@@ -39,6 +39,7 @@ NAMES = (
     "client",
     "relay",
     "replicas",
+    "client_replica",
     "debezium",
 )
 _NEEDS_SERVER = {"serving", "batch", "inserts", "workers", "tracing"}

@@ -35,6 +35,7 @@ MODULES = [
     "bench.bench_relay",
     "bench.debezium",
     "bench.bench_replicas",
+    "bench.bench_client_replica",
 ]
 USER_EXISTS = "/auth.v1.AuthService/UserExists"
 
@@ -42,7 +43,12 @@ USER_EXISTS = "/auth.v1.AuthService/UserExists"
 @pytest.mark.parametrize("name", MODULES)
 def test_bench_module_imports(name: str) -> None:
     module = importlib.import_module(name)
-    if name in {"bench.bench_client", "bench.bench_relay", "bench.bench_replicas"}:
+    if name in {
+        "bench.bench_client",
+        "bench.bench_relay",
+        "bench.bench_replicas",
+        "bench.bench_client_replica",
+    }:
         assert callable(module.run), "the runner calls run() of this module"
 
 

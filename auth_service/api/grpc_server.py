@@ -7,18 +7,23 @@ from __future__ import annotations
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from auth_client.contract import admin_pb2, auth_pb2
+from auth_client.contract import admin_pb2, auth_pb2, replication_pb2
 from auth_service.addresses import bind_problem, parse_host_port
 from auth_service.api.health import AuthHealthServicer
 from auth_service.api.parsing import CORE_LIMIT_FACTOR, add_service
 from auth_service.api.reflection import enable_reflection
 from auth_service.api.rpc import CallPath
-from auth_service.api.servicers import AuthServicer, UserAdminServicer
+from auth_service.api.servicers import (
+    AuthServicer,
+    UserAdminServicer,
+    UserReplicationServicer,
+)
 from auth_service.api.tls import ServerTLS
 from auth_service.config import Settings
 
 AUTH_SERVICE = auth_pb2.DESCRIPTOR.services_by_name["AuthService"]
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["UserAdminService"]
+REPLICATION_SERVICE = replication_pb2.DESCRIPTOR.services_by_name["UserReplicationService"]
 
 
 def _connection_age(seconds: float) -> list[tuple[str, int]]:
@@ -71,12 +76,18 @@ def new_grpc_server(s: Settings) -> grpc.aio.Server:
 
 
 def add_services(
-    server: grpc.aio.Server, path: CallPath, auth: AuthServicer, admin: UserAdminServicer
+    server: grpc.aio.Server,
+    path: CallPath,
+    auth: AuthServicer,
+    admin: UserAdminServicer,
+    replication: UserReplicationServicer,
 ) -> AuthHealthServicer:
-    """AuthService and UserAdminService behind `path`, Health and reflection on
-    `server`; the health servicer is returned for the HealthMonitor to drive."""
+    """AuthService, UserAdminService and UserReplicationService behind `path`,
+    Health and reflection on `server`; the health servicer is returned for the
+    HealthMonitor to drive."""
     add_service(server, AUTH_SERVICE, auth, path)
     add_service(server, ADMIN_SERVICE, admin, path)
+    add_service(server, REPLICATION_SERVICE, replication, path)
     health_servicer = AuthHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection(
@@ -84,6 +95,7 @@ def add_services(
         (
             AUTH_SERVICE.full_name,
             ADMIN_SERVICE.full_name,
+            REPLICATION_SERVICE.full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         ),
     )

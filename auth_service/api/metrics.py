@@ -103,11 +103,12 @@ class MethodMetrics:
     another thread reads ints the GIL keeps whole, so no locks on the hot path.
     """
 
-    __slots__ = ("_by_caller", "method", "service")
+    __slots__ = ("_by_caller", "grpc_type", "method", "service")
 
-    def __init__(self, service: str, method: str) -> None:
+    def __init__(self, service: str, method: str, grpc_type: str = "unary") -> None:
         self.service = service
         self.method = method
+        self.grpc_type = grpc_type  # "unary" or "server_stream"
         self._by_caller: dict[str, _CallerStats] = {}
 
     def _stats(self, caller: str) -> _CallerStats:
@@ -141,13 +142,13 @@ _methods_lock = threading.Lock()
 _declared_callers: set[str] = set()
 
 
-def method_metrics(service: str, method: str) -> MethodMetrics:
+def method_metrics(service: str, method: str, grpc_type: str = "unary") -> MethodMetrics:
     """The (process-wide) metrics of `service/method`; created on first use."""
     key = (service, method)
     found = _methods.get(key)
     if found is None:
         with _methods_lock:
-            found = _methods.setdefault(key, MethodMetrics(service, method))
+            found = _methods.setdefault(key, MethodMetrics(service, method, grpc_type))
     return found
 
 
@@ -194,7 +195,7 @@ class _RpcCollector(Collector):
         with _methods_lock:
             declared = set(_declared_callers)
         for m in list(_methods.values()):
-            rpc = ["unary", m.service, m.method]
+            rpc = [m.grpc_type, m.service, m.method]
             seen = dict(m.callers())
             for caller in sorted(declared | set(seen)):
                 stats = seen.get(caller, _EMPTY)

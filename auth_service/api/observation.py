@@ -29,9 +29,9 @@ class Observation:
         self.metrics = metrics
         self.log = log if log is not None else CallLog()
 
-    def site(self, service: str, method: str) -> Site:
+    def site(self, service: str, method: str, *, grpc_type: str = "unary") -> Site:
         # The counters exist (at 0) from registration on.
-        counters = method_metrics(service, method)
+        counters = method_metrics(service, method, grpc_type)
         return Site(service, method, counters if self.metrics else None, self.log)
 
 

@@ -44,21 +44,28 @@ def _lenient(parse: Callable[[bytes], Any], limit: int) -> Callable[[bytes], Any
 def add_service(
     server: grpc.aio.Server, service: ServiceDescriptor, servicer: object, path: CallPath
 ) -> None:
-    """Register a servicer of unary methods (like the generated `add_*_to_server`),
-    each behind `path`, with request parsing that hands bad or oversized bodies to
-    the path."""
+    """Register a servicer of unary and server-streaming methods (like the
+    generated `add_*_to_server`), each behind `path`, with request parsing that
+    hands bad or oversized bodies to the path."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     limit = path.max_request_bytes
     for method in service.methods:
         assert not method.client_streaming, method.full_name
-        assert not method.server_streaming, method.full_name
         request_cls = message_factory.GetMessageClass(method.input_type)
         response_cls = message_factory.GetMessageClass(method.output_type)
-        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            path.method(service.full_name, method.name, getattr(servicer, method.name)),
-            request_deserializer=_lenient(request_cls.FromString, limit),
-            response_serializer=response_cls.SerializeToString,
-        )
+        fn = getattr(servicer, method.name)
+        options: dict[str, Any] = {
+            "request_deserializer": _lenient(request_cls.FromString, limit),
+            "response_serializer": response_cls.SerializeToString,
+        }
+        if method.server_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                path.stream(service.full_name, method.name, fn), **options
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                path.method(service.full_name, method.name, fn), **options
+            )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )

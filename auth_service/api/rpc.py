@@ -10,16 +10,18 @@ steps, each its own unit:
       database      store/pool.connection  refused at once while the database cannot answer
     status mapping  api/statuses.py        domain errors -> gRPC codes, in one place
 
-Servicer methods are written `(self, request, call) -> response` and marked with
+Servicer methods are written `(self, request, call) -> response` (or, for a
+server-streaming method, an async generator of responses) and marked with
 `@handler(scope, read=...)`; `parsing.add_service` registers each one through its
-server's `CallPath`. The request parser never raises: a body that is not a valid
+server's `CallPath` (`method` or `stream`). The request parser never raises: a body that is not a valid
 message reaches the path as `MALFORMED`, one over MAX_REQUEST_BYTES as `TOO_LARGE`,
 so both are answered, counted and logged like every other call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -29,7 +31,7 @@ from auth_service import errors
 from auth_service.api.admission import Admission
 from auth_service.api.authorization import Authorization
 from auth_service.api.call_log import request_id
-from auth_service.api.observation import Observation
+from auth_service.api.observation import Observation, Record
 from auth_service.api.statuses import status_for
 from auth_service.config.tokens import Caller
 from auth_service.store.pool import Budget
@@ -39,6 +41,8 @@ Resp = TypeVar("Resp")
 Context = grpc.aio.ServicerContext[Any, Any]
 Handler = Callable[[Req, "Call"], Awaitable[Resp]]
 Method = Callable[[Req, Context], Awaitable[Resp]]
+StreamHandler = Callable[[Req, "Call"], AsyncGenerator[Resp, None]]
+StreamMethod = Callable[[Req, Context], AsyncIterator[Resp]]
 
 _ENDPOINT = "_auth_endpoint"
 
@@ -138,26 +142,54 @@ class CallPath:
             try:
                 if refused is not None:
                     raise refused  # noqa: TRY301 - answered and counted below like the rest
-                response = await self._admitted(fn, request, context, caller)
+                with self._admitted(request, caller):
+                    response = await fn(request, Call(context, caller, self.default_budget_s))
                 record.answered()
                 return response
             except Exception as exc:
-                code, message = status_for(exc)
-                rid = request_id(context)
-                if code is grpc.StatusCode.INTERNAL:
-                    message = f"internal error (request id {rid})"
-                record.failed(exc, code, message, rid)
-                context.set_trailing_metadata((("x-request-id", rid),))
-                await context.abort(code, message)
+                await _fail(record, context, exc)
                 raise  # pragma: no cover - abort() always raises
             finally:
                 record.end()  # CANCELLED unless answered or failed above
 
         return call
 
-    async def _admitted(
-        self, fn: Handler[Req, Resp], request: Req, context: Context, caller: Caller
-    ) -> Resp:
+    def stream(
+        self, service: str, name: str, fn: StreamHandler[Req, Resp]
+    ) -> StreamMethod[Req, Resp]:
+        """The server-streaming gRPC method `service/name`: `fn` (an async generator
+        of responses) behind every step. The call holds its admission slot until
+        the last response is sent."""
+        endpoint = endpoint_of(fn)
+        authorize = self.authorization.check
+        begin = self.observe.site(service, name, grpc_type="server_stream").begin
+
+        async def call(request: Req, context: Context) -> AsyncIterator[Resp]:
+            caller, refused = authorize(
+                context.invocation_metadata(), endpoint.scope, read=endpoint.read
+            )
+            record = begin(caller, context)
+            try:
+                if refused is not None:
+                    raise refused  # noqa: TRY301 - answered and counted below like the rest
+                with self._admitted(request, caller):
+                    responses = fn(request, Call(context, caller, self.default_budget_s))
+                    async with contextlib.aclosing(responses):
+                        async for response in responses:
+                            yield response
+                record.answered()
+            except Exception as exc:
+                await _fail(record, context, exc)
+                raise  # pragma: no cover - abort() always raises
+            finally:
+                record.end()  # CANCELLED unless answered or failed above
+
+        return call
+
+    @contextlib.contextmanager
+    def _admitted(self, request: object, caller: Caller) -> Iterator[None]:
+        """The call's admission slot while the handler runs; a body that is no
+        message, or too large, refused there."""
         admission = self.admission
         admission.enter(caller.name)
         try:
@@ -167,9 +199,21 @@ class CallPath:
                 raise errors.ResourceExhaustedError(
                     f"request larger than {self.max_request_bytes} bytes"
                 )
-            return await fn(request, Call(context, caller, self.default_budget_s))
+            yield
         finally:
             admission.leave(caller.name)
+
+
+async def _fail(record: Record, context: Context, exc: Exception) -> None:
+    """Answer a failed call: its status (domain error -> gRPC code), recorded and
+    logged; INTERNAL with a request id only."""
+    code, message = status_for(exc)
+    rid = request_id(context)
+    if code is grpc.StatusCode.INTERNAL:
+        message = f"internal error (request id {rid})"
+    record.failed(exc, code, message, rid)
+    context.set_trailing_metadata((("x-request-id", rid),))
+    await context.abort(code, message)
 
 
 __all__ = [
@@ -178,6 +222,7 @@ __all__ = [
     "Call",
     "CallPath",
     "Endpoint",
+    "StreamHandler",
     "endpoint_of",
     "handler",
     "request_id",

@@ -38,7 +38,7 @@ from auth_service.api.metrics import declare_callers
 from auth_service.api.metrics_endpoint import MetricsServer
 from auth_service.api.observation import Observation
 from auth_service.api.rpc import CallPath
-from auth_service.api.servicers import AuthServicer, UserAdminServicer
+from auth_service.api.servicers import AuthServicer, UserAdminServicer, UserReplicationServicer
 from auth_service.api.store_metrics import track_lookup, track_pool, track_replicas
 from auth_service.api.tls import ServerTLS, server_tls
 from auth_service.config import ConfigError, Settings
@@ -52,12 +52,17 @@ from auth_service.store.deletion import OnDeleted
 from auth_service.store.erasure import ErasureJob
 from auth_service.store.lookup import StateLookup
 from auth_service.store.migrations import bundled_versions
-from auth_service.store.outbox import write_user_deleted
+from auth_service.store.outbox import (
+    write_user_created,
+    write_user_deleted,
+    write_user_deleted_in_order,
+)
 from auth_service.store.replicas import ReadReplicas
 from auth_service.store.state_cache import StateCache
 from auth_service.store.status import DatabaseStatus
 from auth_service.store.user_changes import UserChangeFeed
-from auth_service.store.users import UserRepository
+from auth_service.store.user_export import UserExport
+from auth_service.store.users import OnCreated, UserRepository
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +83,12 @@ class AuthServer:
 
     `_compose` is the composition root: each part is started in order and its
     closer pushed on one `AsyncExitStack`, so the stop order is the reverse by
-    construction."""
+    construction.
+
+    `user_created_topic`: turns `user_created` events on (docs/events.md): every
+    CreateUser writes one in its transaction, the relay publishes them to this
+    topic, and every user event takes a position (commit order, no holes). None
+    (the default): CreateUser writes none, deletions carry position 0."""
 
     def __init__(
         self,
@@ -86,13 +96,24 @@ class AuthServer:
         *,
         tokens: TokenRegistry | None = None,
         on_deleted: OnDeleted | None = None,
+        user_created_topic: str | None = None,
+        on_created: OnCreated | None = None,
     ) -> None:
         self.settings = settings
         # `tokens` given: exactly these callers (the token file is not read).
         self._fixed_tokens = tokens is not None
         self.tokens = tokens if tokens is not None else token_registry(settings)
-        # Every committed deletion writes its user_deleted event to the outbox.
-        self._on_deleted = on_deleted if on_deleted is not None else write_user_deleted
+        # Every committed deletion writes its user_deleted event to the outbox; with
+        # user_created events on, every creation writes its event too, and both
+        # take positions.
+        self.user_created_topic = user_created_topic or settings.kafka_user_created_topic
+        user_created_topic = self.user_created_topic
+        if on_deleted is None:
+            on_deleted = write_user_deleted_in_order if user_created_topic else write_user_deleted
+        self._on_deleted = on_deleted
+        if on_created is None and user_created_topic:
+            on_created = write_user_created
+        self._on_created = on_created
         self.path: CallPath | None = None
         self.relay: Relay | None = None
         self.erasure: ErasureJob | None = None
@@ -150,7 +171,8 @@ class AuthServer:
         await self._serve_metrics(stack)
         if s.relay_enabled and s.kafka_bootstrap_servers:
             # Needs neither Kafka nor PostgreSQL up: it connects and retries by itself.
-            self.relay = await _started(stack, Relay(RelayConfig.from_settings(s)))
+            config = RelayConfig.from_settings(s, user_created_topic=self.user_created_topic)
+            self.relay = await _started(stack, Relay(config))
         # Deleted users' personal data that is due (a retention period, or rows
         # deleted before erasure existed); safe on every replica at once.
         self.erasure = await _started(
@@ -258,7 +280,13 @@ class AuthServer:
             server,
             path,
             AuthServicer(users, lookup),
-            UserAdminServicer(users, self._on_deleted, erase_at_once=s.pii_retention_s == 0),
+            UserAdminServicer(
+                users,
+                self._on_deleted,
+                on_created=self._on_created,
+                erase_at_once=s.pii_retention_s == 0,
+            ),
+            UserReplicationServicer(UserExport(self.pool, self.database)),
         )
         self._port = bind(server, s.listen, tls, reuse_port=s.reuse_port)
         health = self._health = HealthMonitor(

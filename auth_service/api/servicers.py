@@ -1,12 +1,16 @@
-"""AuthService and UserAdminService: proto <-> domain, nothing else.
+"""AuthService, UserAdminService and UserReplicationService: proto <-> domain,
+nothing else.
 
 Requests are validated (`validation`), the work is done by the store layer
-(`store.users`, `store.lookup`, `store.deletion`), answers are built from its domain
-values. Errors are raised as domain errors (`auth_service.errors`); the call path
+(`store.users`, `store.lookup`, `store.deletion`, `store.user_export`), answers are
+built from its domain values. Errors are raised as domain errors (`auth_service.errors`); the call path
 (`rpc.CallPath`) maps them to gRPC statuses in one place.
 """
 
 from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
 
 from auth_client.contract import (
     UserState,
@@ -14,6 +18,9 @@ from auth_client.contract import (
     admin_pb2_grpc,
     auth_pb2,
     auth_pb2_grpc,
+    export_page,
+    replication_pb2,
+    replication_pb2_grpc,
     timestamp,
     wire_state,
     wire_states,
@@ -25,7 +32,12 @@ from auth_service.errors import NotFoundError
 from auth_service.store.deletion import OnDeleted, delete_user
 from auth_service.store.lookup import StateLookup
 from auth_service.store.outbox import write_user_deleted
-from auth_service.store.users import User, UserRepository
+from auth_service.store.users import OnCreated, User, UserRepository
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator
+
+    from auth_service.store.user_export import UserExport
 
 
 def user_to_proto(user: User) -> auth_pb2.User:
@@ -98,10 +110,13 @@ class UserAdminServicer(admin_pb2_grpc.UserAdminServiceServicer):
         users: UserRepository,
         on_deleted: OnDeleted = write_user_deleted,
         *,
+        on_created: OnCreated | None = None,
         erase_at_once: bool = True,
     ) -> None:
         self.users = users
         self.on_deleted = on_deleted
+        # With user_created events on: writes the event in the creating transaction.
+        self.on_created = on_created
         # False with a retention period: the erasure job erases later.
         self.erase_at_once = erase_at_once
 
@@ -112,7 +127,9 @@ class UserAdminServicer(admin_pb2_grpc.UserAdminServiceServicer):
         username = validation.check_username(request.username)
         display_name = validation.check_display_name(request.display_name, username)
         email = validation.check_email(request.email if request.HasField("email") else None)
-        user = await self.users.create(username, display_name, email, call.budget())
+        user = await self.users.create(
+            username, display_name, email, call.budget(), self.on_created
+        )
         return admin_pb2.CreateUserResponse(user=user_to_proto(user))
 
     @handler(SCOPE_ADMIN, read=False)
@@ -132,3 +149,17 @@ class UserAdminServicer(admin_pb2_grpc.UserAdminServiceServicer):
             deleted_at=timestamp(deleted_at),
             already_deleted=not deletion.newly_deleted,
         )
+
+
+class UserReplicationServicer(replication_pb2_grpc.UserReplicationServiceServicer):
+    def __init__(self, export: UserExport) -> None:
+        self.export = export
+
+    @handler(SCOPE_READ, read=True)
+    async def ExportUserStates(
+        self, request: replication_pb2.ExportUserStatesRequest, call: Call
+    ) -> AsyncGenerator[replication_pb2.ExportUserStatesResponse, None]:
+        page_size = validation.export_page_size(request.page_size)
+        async with contextlib.aclosing(self.export.pages(page_size, call.budget)) as pages:
+            async for page in pages:
+                yield export_page(page.position, page.ids, page.states)

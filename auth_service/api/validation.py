@@ -7,7 +7,13 @@ import re
 import uuid
 from collections.abc import Sequence
 
-from auth_client.contract import MAX_BATCH_IDS, USER_ID_PATTERN, USER_ID_TEXT
+from auth_client.contract import (
+    EXPORT_PAGE_SIZE,
+    MAX_BATCH_IDS,
+    MAX_EXPORT_PAGE_SIZE,
+    USER_ID_PATTERN,
+    USER_ID_TEXT,
+)
 from auth_service.errors import InvalidArgumentError
 
 _USERNAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -50,6 +56,13 @@ def canonical_user_ids(texts: Sequence[str]) -> list[str]:
         for index, text in enumerate(texts):
             parse_user_id(text, f"user_ids[{index}]")  # raises for the first bad one
     return joined.lower().split(",")
+
+
+def export_page_size(requested: int) -> int:
+    """ExportUserStates' page size: 0 is the default, more than the maximum refused."""
+    if requested > MAX_EXPORT_PAGE_SIZE:
+        raise InvalidArgumentError(f"page_size must be at most {MAX_EXPORT_PAGE_SIZE}")
+    return requested or EXPORT_PAGE_SIZE
 
 
 def check_username(text: str) -> str:

@@ -84,6 +84,7 @@ class Settings:
     metrics_listen: str | None = None
     kafka_bootstrap_servers: str | None = None
     kafka_topic: str = "user_deleted"
+    kafka_user_created_topic: str | None = None
     kafka_enable_idempotence: bool = False
     kafka_request_timeout_s: float = 10.0
     relay_enabled: bool = True

@@ -144,6 +144,11 @@ def topic(raw: str) -> str:
     return value
 
 
+def optional_topic(raw: str) -> str | None:
+    """A topic name, or None (off) when empty."""
+    return topic(raw) if raw.strip() else None
+
+
 def non_negative_int(raw: str) -> int:
     value = whole_number(raw)
     if value < 0:

@@ -234,6 +234,12 @@ ENV_VARS: tuple[EnvVar, ...] = (
     ),
     EnvVar("KAFKA_TOPIC", "kafka_topic", p.topic, "topic of the user_deleted events"),
     EnvVar(
+        "KAFKA_USER_CREATED_TOPIC",
+        "kafka_user_created_topic",
+        p.optional_topic,
+        "topic of the user_created events; set, every CreateUser writes one (and user events take positions) for the clients' local replicas (docs/events.md); the topic must exist; empty = off",
+    ),
+    EnvVar(
         "KAFKA_ENABLE_IDEMPOTENCE",
         "kafka_enable_idempotence",
         p.boolean,

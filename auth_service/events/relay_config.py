@@ -1,12 +1,16 @@
 """What a relay is configured with: `RelayConfig`, built from `Settings` by
-`from_settings` (tests and benchmarks override single fields)."""
+`from_settings` (tests and benchmarks override single fields).
+
+Topics: `user_deleted` events go to KAFKA_TOPIC; `user_created` events, when on,
+to `user_created_topic` (docs/events.md). Off, CreateUser writes no event and the
+relay publishes none."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from auth_client.contract import USER_DELETED_TYPE
+from auth_client.contract import USER_CREATED_TYPE, USER_DELETED_TYPE
 from auth_service.events.publisher import ProducerConfig
 
 if TYPE_CHECKING:
@@ -29,14 +33,22 @@ class RelayConfig:
     close_timeout_s: float = 5.0
 
     @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> RelayConfig:
+    def from_settings(
+        cls, settings: Settings, *, user_created_topic: str | None = None, **overrides: Any
+    ) -> RelayConfig:
+        """`user_created_topic`: where `user_created` events go (default
+        KAFKA_USER_CREATED_TOPIC; None: they are off and none are published)."""
         if not settings.kafka_bootstrap_servers:
             raise ValueError("the relay needs KAFKA_BOOTSTRAP_SERVERS")
+        user_created_topic = user_created_topic or settings.kafka_user_created_topic
+        topics = {USER_DELETED_TYPE: settings.kafka_topic}
+        if user_created_topic:
+            topics[USER_CREATED_TYPE] = user_created_topic
         config = cls(
             database_url=settings.database_url,
             producer=ProducerConfig(
                 bootstrap_servers=settings.kafka_bootstrap_servers,
-                topics={USER_DELETED_TYPE: settings.kafka_topic},
+                topics=topics,
                 enable_idempotence=settings.kafka_enable_idempotence,
                 request_timeout_s=settings.kafka_request_timeout_s,
             ),

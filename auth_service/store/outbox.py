@@ -1,15 +1,28 @@
-"""The transactional outbox: all SQL about the `outbox` table.
+"""The transactional outbox: all SQL about the `outbox` table and the events'
+positions.
 
 Writers insert an event in the caller's transaction (`write_user_deleted`, called by
-`store.deletion.delete_user`) and send a NOTIFY that PostgreSQL delivers only on
+`store.deletion.delete_user`; `write_user_created`, called by
+`UserRepository.create`) and send a NOTIFY that PostgreSQL delivers only on
 commit, to wake the relay. The relay claims, marks and prunes rows through
 `OutboxStore`.
 
+Positions: while user_created events are on, each user event takes the next number
+of `event_position` in the transaction that writes it (`next_position`), as that
+transaction's last step before the outbox row (`write_user_created`,
+`write_user_deleted_in_order`). The row lock is held until commit, so numbers
+follow commit order without holes (a rollback gives its number back), and a
+snapshot that reads `current_position` sees exactly the events up to it
+(`ExportUserStates`). With them off, deletions carry position 0 ("not in the
+sequence", as every event written before positions existed).
+
 Claim rule: an unpublished row is claimable when no earlier (lower id) row of the
-same partition key is still unpublished. So, with any number of relays, one key's
-events are published strictly one after another in id order, while different keys
-proceed in parallel (`FOR UPDATE SKIP LOCKED`). Writers of one key are serialized
-by the users row lock, so id order is commit order for a key.
+same partition key, among the event types the relay publishes, is still
+unpublished. So, with any number of relays, one key's events are published
+strictly one after another in id order, while different keys proceed in parallel
+(`FOR UPDATE SKIP LOCKED`); a row of a type no relay publishes never holds back
+the others. Writers of one key are serialized by the users row lock, so id order
+is commit order for a key.
 """
 
 from __future__ import annotations
@@ -19,7 +32,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from auth_client.contract import USER_DELETED_TYPE, UserDeletedEvent, encode_user_deleted
+from auth_client.contract import (
+    USER_CREATED_TYPE,
+    USER_DELETED_TYPE,
+    UserCreatedEvent,
+    UserDeletedEvent,
+    encode_user_created,
+    encode_user_deleted,
+)
 from auth_service import tracing
 from auth_service.store.pool import execute_in_chunks
 
@@ -27,7 +47,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from auth_service.store.pool import Conn
-    from auth_service.store.users import Deletion
+    from auth_service.store.users import Deletion, User
 
 NOTIFY_CHANNEL = "auth_outbox"
 
@@ -36,6 +56,10 @@ INSERT INTO outbox (event_id, event_type, partition_key, payload, traceparent)
 VALUES ($1, $2, $3, $4, $5)
 """
 _NOTIFY = "SELECT pg_notify($1, '')"
+_NEXT_POSITION = """
+UPDATE event_position SET last_position = last_position + 1 RETURNING last_position
+"""
+_POSITION = "SELECT last_position FROM event_position"
 _CLAIM = """
 SELECT o.id, o.event_id, o.event_type, o.partition_key, o.payload, o.created_at,
        o.traceparent
@@ -48,6 +72,7 @@ WHERE o.published_at IS NULL
   AND o.id = (
       SELECT min(e.id) FROM outbox AS e
       WHERE e.partition_key = o.partition_key AND e.published_at IS NULL
+        AND e.event_type = ANY($2::text[])
   )
 ORDER BY o.id
 LIMIT $1
@@ -114,7 +139,22 @@ async def write_event(
     return event_id
 
 
-def user_deleted_payload(event_id: uuid.UUID, deletion: Deletion, now: datetime) -> bytes:
+async def next_position(conn: Conn) -> int:
+    """The next event position, in the caller's transaction: its row lock is held
+    until that transaction ends (so call it last, just before the outbox row)."""
+    position: int = await conn.fetchval(_NEXT_POSITION)
+    return position
+
+
+async def current_position(conn: Conn) -> int:
+    """The position of the last event committed before the caller's snapshot."""
+    position: int = await conn.fetchval(_POSITION)
+    return position
+
+
+def user_deleted_payload(
+    event_id: uuid.UUID, deletion: Deletion, now: datetime, position: int = 0
+) -> bytes:
     """The serialized `auth.v1.UserDeleted`: the deleted user only, never the admin."""
     deleted_at = deletion.user.deleted_at
     assert deleted_at is not None
@@ -124,20 +164,51 @@ def user_deleted_payload(event_id: uuid.UUID, deletion: Deletion, now: datetime)
             user_id=str(deletion.user.id),
             deleted_at=deleted_at,
             occurred_at=now,
+            position=position,
         )
     )
 
 
 async def write_user_deleted(conn: Conn, deletion: Deletion) -> None:
-    """The DeleteUser `on_deleted` hook: the event commits with the soft delete."""
+    """The DeleteUser `on_deleted` hook: the event commits with the soft delete.
+    Position 0: user_created events are off, there is no sequence to keep."""
+    await _write_user_deleted(conn, deletion, 0)
+
+
+async def write_user_deleted_in_order(conn: Conn, deletion: Deletion) -> None:
+    """The `on_deleted` hook while user_created events are on: the event takes the
+    next position (one sequence for both kinds)."""
+    await _write_user_deleted(conn, deletion, await next_position(conn))
+
+
+async def _write_user_deleted(conn: Conn, deletion: Deletion, position: int) -> None:
     event_id = uuid.uuid4()
-    payload = user_deleted_payload(event_id, deletion, datetime.now(UTC))
+    payload = user_deleted_payload(event_id, deletion, datetime.now(UTC), position)
     await write_event(
         conn,
         event_type=USER_DELETED_TYPE,
         key=str(deletion.user.id),
         payload=payload,
         event_id=event_id,
+    )
+
+
+async def write_user_created(conn: Conn, user: User) -> None:
+    """The CreateUser `on_created` hook (when user_created events are on): the event
+    commits with the insert. Ids and times only, never the profile."""
+    event_id = uuid.uuid4()
+    position = await next_position(conn)
+    payload = encode_user_created(
+        UserCreatedEvent(
+            event_id=str(event_id),
+            user_id=str(user.id),
+            created_at=user.created_at,
+            occurred_at=datetime.now(UTC),
+            position=position,
+        )
+    )
+    await write_event(
+        conn, event_type=USER_CREATED_TYPE, key=str(user.id), payload=payload, event_id=event_id
     )
 
 

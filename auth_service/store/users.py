@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -69,6 +69,12 @@ class User:
     @property
     def state(self) -> UserState:
         return state_of(self.deleted_at is None)
+
+
+# Runs inside CreateUser's transaction for the user just inserted: with user_created
+# events on, `outbox.write_user_created` writes the event there (tests substitute one
+# that fails); without it the insert is one statement.
+OnCreated = Callable[[Conn, "User"], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,20 +239,35 @@ class UserRepository:
         self.reads.failed(replica, exc.__cause__ or exc)
 
     async def create(
-        self, username: str, display_name: str, email: str | None, budget: Budget
+        self,
+        username: str,
+        display_name: str,
+        email: str | None,
+        budget: Budget,
+        on_created: OnCreated | None = None,
     ) -> User:
+        """Insert a user; with `on_created`, in one transaction with what it writes
+        (the `user_created` outbox row): both commit or neither does."""
+        args = (uuid.uuid4(), username, display_name, email)
         with tracing.query("INSERT", "users"):
             async with self.connection(budget) as conn:
                 try:
-                    row = await conn.fetchrow(
-                        _INSERT, uuid.uuid4(), username, display_name, email, timeout=budget.seconds
-                    )
+                    if on_created is None:
+                        user = await self._insert(conn, args, budget)
+                    else:
+                        async with conn.transaction():
+                            user = await self._insert(conn, args, budget)
+                            await on_created(conn, user)
                 except asyncpg.UniqueViolationError as exc:
                     raise AlreadyExistsError("an active user already has this username") from exc
-        assert row is not None
-        user = _user(row)
         self.changed(str(user.id))
         return user
+
+    @staticmethod
+    async def _insert(conn: Conn, args: tuple[object, ...], budget: Budget) -> User:
+        row = await conn.fetchrow(_INSERT, *args, timeout=budget.seconds)
+        assert row is not None  # INSERT ... RETURNING
+        return _user(row)
 
     @staticmethod
     async def soft_delete(

@@ -7,7 +7,12 @@
     with SyncAuthClient("auth-service:50051", token=TOKEN) as auth:   # no event loop
         auth.require_user(user_id)
 
-See docs/client.md for fallback policies, TTLs and rollout modes.
+    # every user's state in memory (17 bytes a user), kept by the events: no RPC
+    async with AuthClient(TARGET, token=TOKEN,
+                          replica=ReplicaConfig(bootstrap_servers=KAFKA)) as auth:
+        await auth.require_user(user_id)
+
+See docs/client.md for fallback policies, TTLs, rollout modes and replicas.
 
 Public modules (everything else starting with `_` is private):
 
@@ -28,6 +33,7 @@ from auth_client._config import (
     CacheConfig,
     ChannelConfig,
     FallbackPolicy,
+    ReplicaConfig,
     RetryConfig,
     RolloutMode,
     TLSConfig,
@@ -38,6 +44,7 @@ from auth_client._errors import (
     DeadlineExceededError,
     InvalidRequestError,
     PermissionDeniedError,
+    ReplicaLoadError,
     ServiceUnavailableError,
     UnauthenticatedError,
     UserNotFoundError,
@@ -45,6 +52,7 @@ from auth_client._errors import (
 )
 from auth_client._metrics import ClientStats
 from auth_client._models import User, UserId
+from auth_client._replica import ReplicaStats
 from auth_client._sync import SyncAuthClient
 from auth_client._transport import create_channel
 from auth_client.contract import UserState
@@ -65,6 +73,9 @@ __all__ = [
     "InvalidRequestError",
     "OnUnverified",
     "PermissionDeniedError",
+    "ReplicaConfig",
+    "ReplicaLoadError",
+    "ReplicaStats",
     "RetryConfig",
     "RolloutMode",
     "ServiceUnavailableError",

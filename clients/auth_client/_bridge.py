@@ -14,6 +14,10 @@ the synchronous multicallable's `.future()`; grpc completes it on its own thread
 which hands the outcome to the event loop (`call_soon_threadsafe`). Cancelling the
 awaiting task (the client closing) cancels the RPC. Errors are grpc's own
 `grpc.RpcError`s, mapped by `raise_for_rpc_error` like grpc.aio's.
+
+Server-streaming calls (a local replica's export, rare and long) are iterated with
+`async for`: each next response is waited for in the loop's default executor, and
+`cancel()` ends the call (which also ends a wait in progress).
 """
 
 from __future__ import annotations
@@ -78,6 +82,47 @@ class _Method:
         return waiter
 
 
+_END = object()
+
+
+class _StreamCall:
+    """One server-streaming call: `async for` over its responses, `cancel()`."""
+
+    __slots__ = ("_call",)
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def __aiter__(self) -> _StreamCall:
+        return self
+
+    async def __anext__(self) -> Any:
+        loop = asyncio.get_running_loop()
+        item = await loop.run_in_executor(None, next, self._call, _END)
+        if item is _END:
+            raise StopAsyncIteration
+        return item
+
+    def cancel(self) -> bool:
+        return bool(self._call.cancel())
+
+
+class _StreamMethod:
+    __slots__ = ("_multicallable",)
+
+    def __init__(self, multicallable: grpc.UnaryStreamMultiCallable[Any, Any]) -> None:
+        self._multicallable = multicallable
+
+    def __call__(
+        self,
+        request: Any,
+        *,
+        timeout: float | None = None,
+        metadata: tuple[tuple[str, str], ...] | None = None,
+    ) -> _StreamCall:
+        return _StreamCall(self._multicallable(request, timeout=timeout, metadata=metadata))
+
+
 class SyncChannelBridge:
     """Looks like a `grpc.aio.Channel` to the generated stubs; runs their calls on
     a synchronous `grpc.Channel`, attached when the client opens (so that a client
@@ -102,6 +147,24 @@ class SyncChannelBridge:
             raise RuntimeError("no channel attached")
         return _Method(
             self._channel.unary_unary(
+                method,
+                request_serializer=request_serializer,
+                response_deserializer=response_deserializer,
+                _registered_method=_registered_method,  # type: ignore[call-arg]
+            )
+        )
+
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Callable[[Any], bytes] | None = None,
+        response_deserializer: Callable[[bytes], Any] | None = None,
+        _registered_method: bool | None = False,
+    ) -> _StreamMethod:
+        if self._channel is None:
+            raise RuntimeError("no channel attached")
+        return _StreamMethod(
+            self._channel.unary_stream(
                 method,
                 request_serializer=request_serializer,
                 response_deserializer=response_deserializer,

@@ -5,6 +5,10 @@ one read of the cache's clock, one counter): no allocation, no logging, no I/O. 
 else — coalescing, batching, the breaker, fallbacks and rollout modes — starts
 in `Lookup.exist` (`_lookup.py`) on a miss. While the application traces, cache
 hits go there too, so that each lookup has its span (`_fast` is off).
+
+With a local replica (`replica=ReplicaConfig(...)`, `_replica.py`) the same path
+asks the replica first (a binary search): ACTIVE and DELETED come from there; an id
+it does not know goes on to the cache and auth-service as before.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from auth_client._config import (
     CacheConfig,
     ChannelConfig,
     FallbackPolicy,
+    ReplicaConfig,
     RolloutMode,
     TLSConfig,
 )
@@ -31,12 +36,16 @@ from auth_client._errors import InvalidRequestError, UserNotFoundError
 from auth_client._lookup import Lookup
 from auth_client._metrics import ClientStats, Counters, register, unregister
 from auth_client._models import DELETED, User, UserId, UserState
+from auth_client._replica import Replica, ReplicaState, ReplicaStats
 from auth_client._transport import Transport, create_channel
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator
     from types import TracebackType
 
     import grpc
+
+    from auth_client.contract import replication_pb2
 
 _UUID = uuid.UUID
 
@@ -57,6 +66,10 @@ class AuthClient:
     Built from a `target` ("host:port", "dns:///auth-service:50051") or from a
     caller-supplied `channel=` (the caller then owns its TLS, interceptors and
     closing). One client per event loop; share it across the whole process.
+
+    `replica=ReplicaConfig(...)`: a local replica of every user's state (extra
+    `events`), loaded by `start()` / `async with` (`ReplicaLoadError` when it
+    cannot be), answers ACTIVE and DELETED without an RPC (docs/client.md).
     """
 
     def __init__(
@@ -77,6 +90,7 @@ class AuthClient:
         on_unverified: OnUnverified | None = None,
         on_breaker_change: StateListener | None = None,
         name: str = "default",
+        replica: ReplicaConfig | None = None,
     ) -> None:
         if (target is None) == (channel is None):
             raise ValueError("pass either a target or channel=, not both")
@@ -108,6 +122,8 @@ class AuthClient:
         self._breaker = Breaker(breaker or BreakerConfig(), name=name, listeners=listeners)
         self._batching = batching or BatchConfig()
         self._batcher: Batcher | None = None
+        self._transport: Transport | None = None
+        self._replica = None if replica is None else Replica(replica, self._export, name=name)
         self._lookup = Lookup(
             name=name,
             cache=self._cache,
@@ -118,6 +134,7 @@ class AuthClient:
             rollout=rollout,
             on_unverified=on_unverified,
             on_tracing=self._set_traced,
+            replica=self._replica,
         )
         self._state = _State.NEW
 
@@ -142,7 +159,7 @@ class AuthClient:
                     config=self._channel_config,
                     interceptors=self._interceptors,
                 )
-            transport = Transport(
+            transport = self._transport = Transport(
                 self._channel,
                 self._token,
                 self._counters,
@@ -156,15 +173,34 @@ class AuthClient:
         return self._batcher
 
     async def start(self) -> None:
-        """Create the channel (done by `async with` and by the first lookup)."""
+        """Create the channel (done by `async with`, and by the first lookup) and,
+        with a replica, load it: `ReplicaLoadError` (the client closed) when it
+        cannot be loaded within `ReplicaConfig.load_timeout`."""
         self._open()
+        replica = self._replica
+        if replica is not None and replica.state is ReplicaState.NEW:
+            try:
+                await replica.start()
+            except BaseException:
+                await self.aclose()
+                raise
+
+    def _export(
+        self, page_size: int, timeout: float
+    ) -> AsyncGenerator[replication_pb2.ExportUserStatesResponse, None]:
+        """The replica's load: ExportUserStates on this client's channel."""
+        self._open()
+        assert self._transport is not None
+        return self._transport.export(page_size, timeout)
 
     async def aclose(self) -> None:
-        """Fail pending lookups, cancel in-flight RPCs, close an owned channel.
-        Idempotent; a closed client cannot be reused."""
+        """Stop the replica, fail pending lookups, cancel in-flight RPCs, close an
+        owned channel. Idempotent; a closed client cannot be reused."""
         if self._state is _State.CLOSED:
             return
         self._state = _State.CLOSED
+        if self._replica is not None:
+            await self._replica.aclose()
         self._cache.clear()
         unregister(self)
         if self._batcher is not None:
@@ -173,7 +209,7 @@ class AuthClient:
             await self._channel.close(None)
 
     async def __aenter__(self) -> Self:
-        self._open()
+        await self.start()
         return self
 
     async def __aexit__(
@@ -203,6 +239,12 @@ class AuthClient:
     ) -> bool:
         """Whether the user exists and is not deleted."""
         key = user_id if isinstance(user_id, _UUID) else self._text_ids.get(user_id)
+        replica = self._replica
+        if replica is not None and self._fast:
+            known = replica.exists(key)
+            if known is not None:
+                self._counters.replica_hits += 1
+                return known
         entry = self._entries.get(key)
         if entry is not None and self._fast and entry[1] > self._cache.clock():
             self._counters.cache_hits += 1
@@ -284,7 +326,8 @@ class AuthClient:
     # -- cache control -----------------------------------------------------
 
     def invalidate(self, user_id: UserId) -> None:
-        """Forget the cached answer for `user_id`; the next lookup asks auth-service."""
+        """Forget the cached answer for `user_id`; the next lookup asks auth-service
+        (unless the local replica knows the id: its answers are not a cache)."""
         key = self._text_ids.get(user_id)
         self._cache.discard(key)
         if self._batcher is not None:
@@ -297,8 +340,14 @@ class AuthClient:
         if self._batcher is not None:
             self._batcher.forget(key)
         self._cache.put(key, DELETED)
+        if self._replica is not None:
+            self._replica.mark_deleted(key)
 
     def stats(self) -> ClientStats:
         """A snapshot of this client's counters, cache size and breaker."""
         breaker = self._breaker
         return self._counters.snapshot(len(self._cache), breaker.state, breaker.opened_count)
+
+    def replica_stats(self) -> ReplicaStats | None:
+        """A snapshot of the local replica (None without one)."""
+        return None if self._replica is None else self._replica.stats()

@@ -8,10 +8,17 @@ from __future__ import annotations
 import enum
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from auth_client.contract import MAX_BATCH_IDS
+from auth_client.contract import (
+    DEFAULT_CREATED_TOPIC,
+    DEFAULT_TOPIC,
+    MAX_BATCH_IDS,
+    MAX_EXPORT_PAGE_SIZE,
+)
 
 
 class FallbackPolicy(enum.Enum):
@@ -220,4 +227,58 @@ class TLSConfig:
             _read(self.root_certificates),
             _read(self.private_key),
             _read(self.certificate_chain),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaConfig:
+    """A local replica of every user's state (`AuthClient(..., replica=...)`), kept
+    by the `user_created` and `user_deleted` events (extra `events`: aiokafka).
+
+    The client loads a snapshot (ExportUserStates) when it opens and follows the
+    events from there; it then answers ACTIVE and DELETED from memory, without an
+    RPC, and asks auth-service about every id the replica does not know (never
+    NOT_FOUND from memory). docs/client.md says when to use one and how it fails.
+
+    - `bootstrap_servers`: the Kafka brokers auth-service's relay publishes to;
+      `created_topic`, `deleted_topic` its topics (KAFKA_TOPIC on the server).
+    - `max_users`: a load that finds more users stops, says so once, and the client
+      answers through RPCs (no replica).
+    - `load_timeout`: how long one load (the broker's offsets and the export) may
+      take; the first load, when the client opens, fails with `ReplicaLoadError`
+      after it.
+    - `gap_timeout`: how long an event position may be missing (a later one
+      arrived) before the replica stops answering and reloads.
+    - `stale_after`: how long the brokers may go unanswered before the replica stops
+      answering ACTIVE (which may be at most about this old then) and reloads,
+      retrying until they answer. They are asked for their end offsets every
+      `check_interval`.
+    - `max_backoff`: the longest wait between failed reloads.
+    - `page_size`: users per export page (0: the server's default).
+    - `consumer_options`: passed to aiokafka's consumer (security settings, ...).
+    """
+
+    bootstrap_servers: str | tuple[str, ...]
+    created_topic: str = DEFAULT_CREATED_TOPIC
+    deleted_topic: str = DEFAULT_TOPIC
+    max_users: int = 10_000_000
+    load_timeout: float = 120.0
+    gap_timeout: float = 5.0
+    stale_after: float = 3.0
+    check_interval: float = 0.5
+    max_backoff: float = 30.0
+    page_size: int = 0
+    consumer_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.bootstrap_servers), "bootstrap_servers must name a broker")
+        _check(bool(self.created_topic and self.deleted_topic), "topics must be named")
+        _check(self.created_topic != self.deleted_topic, "two different topics are needed")
+        _check(self.max_users >= 1, "max_users must be at least 1")
+        for name in ("load_timeout", "gap_timeout", "stale_after", "check_interval", "max_backoff"):
+            _check(_finite_positive(getattr(self, name)), f"{name} must be positive")
+        _check(self.check_interval < self.stale_after, "check_interval must be below stale_after")
+        _check(
+            0 <= self.page_size <= MAX_EXPORT_PAGE_SIZE,
+            f"page_size must be 0..{MAX_EXPORT_PAGE_SIZE}",
         )

@@ -11,7 +11,10 @@
     └── ServiceUnavailableError      auth-service could not answer (retriable):
         │                            UNAVAILABLE, RESOURCE_EXHAUSTED, INTERNAL, ...
         ├── CircuitOpenError         the breaker is open: no call was made
-        └── DeadlineExceededError    the call's deadline ran out
+        ├── DeadlineExceededError    the call's deadline ran out
+        └── ReplicaLoadError         a local replica (ReplicaConfig) could not be
+                                     loaded when the client opened: the brokers or
+                                     a topic missing, the export refused or too slow
 
 `ServiceUnavailableError` and its subclasses are what a fallback policy turns
 into an answer. Only transport failures (UNAVAILABLE, DEADLINE_EXCEEDED,
@@ -114,6 +117,13 @@ class DeadlineExceededError(ServiceUnavailableError):
     """The call's deadline ran out before auth-service answered."""
 
 
+class ReplicaLoadError(ServiceUnavailableError):
+    """The local replica (`ReplicaConfig`) could not be loaded: the message says
+    what failed (Kafka unreachable or a topic missing, ExportUserStates refused or
+    slower than `load_timeout`). Raised by `AuthClient.start()` / `async with`;
+    later reloads retry by themselves and never raise."""
+
+
 # Statuses that mean "the server could not be reached or is overloaded": these,
 # and errors with no status at all, count against the circuit breaker.
 TRANSPORT_FAILURES = frozenset(
@@ -195,6 +205,7 @@ __all__ = [
     "DeadlineExceededError",
     "InvalidRequestError",
     "PermissionDeniedError",
+    "ReplicaLoadError",
     "ServiceUnavailableError",
     "UnauthenticatedError",
     "UserNotFoundError",

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from auth_client._cache import ExistsCache
     from auth_client._metrics import Counters
     from auth_client._models import User
+    from auth_client._replica import Replica
 
 # A caller waits this long past its deadline, so that when its RPC shares the
 # deadline, the RPC's own DEADLINE_EXCEEDED (counted by the breaker, chained to
@@ -57,8 +58,10 @@ class Lookup:
         rollout: RolloutMode,
         on_unverified: Callable[[tuple[uuid.UUID, ...]], object] | None,
         on_tracing: Callable[[bool], None] = lambda _on: None,
+        replica: Replica | None = None,
     ) -> None:
         self._name = name
+        self._replica = replica
         self._on_tracing = on_tracing
         self._traced = False
         self._cache = cache
@@ -126,18 +129,28 @@ class Lookup:
             return await self._fall_back(keys, answers, failed, failure, fallback, span=span)
 
     def _cached(self, keys: list[uuid.UUID]) -> tuple[dict[uuid.UUID, bool], list[uuid.UUID]]:
-        """The fresh cached answers among `keys`, and the keys without one."""
+        """The answers memory has among `keys` (the local replica's, then fresh cache
+        entries), and the keys without one."""
         cache = self._cache
         now = cache.clock()
         answers: dict[uuid.UUID, bool] = {}
         missing: list[uuid.UUID] = []
+        replica = self._replica
+        replicated = 0
         for key in keys:
+            if replica is not None:
+                known = replica.exists(key)
+                if known is not None:
+                    answers[key] = known
+                    replicated += 1
+                    continue
             cached = cache.fresh(key, now)
             if cached is None:
                 missing.append(key)
             else:
                 answers[key] = cached
-        self._counters.cache_hits += len(answers)
+        self._counters.replica_hits += replicated
+        self._counters.cache_hits += len(answers) - replicated
         self._counters.cache_misses += len(missing)
         return answers, missing
 
@@ -243,14 +256,26 @@ class Lookup:
     ) -> dict[uuid.UUID, UserState]:
         """Each id's state as auth-service answers it now (`AuthClient.user_states`):
         no cache, no coalescing, no rollout mode, no fallback; RPCs of at most
-        MAX_BATCH_IDS ids through the breaker."""
+        MAX_BATCH_IDS ids through the breaker. A local replica answers ACTIVE and
+        DELETED (never NOT_FOUND) first."""
         budget = self._budget(timeout)
         with _tracing.span("auth_client.user_states") as span:
             span.set_attribute("auth_client.client", self._name)
             span.set_attribute("auth_client.ids", len(keys))
             out: dict[uuid.UUID, UserState] = {}
-            for start in range(0, len(keys), MAX_BATCH_IDS):
-                chunk = keys[start : start + MAX_BATCH_IDS]
+            ask = keys
+            replica = self._replica
+            if replica is not None:
+                ask = []
+                for key in keys:
+                    known = replica.state_of(key)
+                    if known is None:
+                        ask.append(key)
+                    else:
+                        out[key] = known
+                self._counters.replica_hits += len(out)
+            for start in range(0, len(ask), MAX_BATCH_IDS):
+                chunk = ask[start : start + MAX_BATCH_IDS]
                 states = await batcher.states_uncached(chunk, budget, span)
                 out.update(zip(chunk, map(UserState, states), strict=True))
-            return out
+            return {key: out[key] for key in keys}

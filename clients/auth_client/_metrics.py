@@ -28,6 +28,7 @@ class Counters:
         "fallback_open",
         "fallback_stale",
         "ids_sent",
+        "replica_hits",
         "rpcs",
         "shadow_disagreements",
         "shadow_failures",
@@ -42,6 +43,7 @@ class Counters:
         self.fallback_open = 0
         self.fallback_stale = 0
         self.ids_sent = 0
+        self.replica_hits = 0
         self.rpcs = 0
         self.shadow_disagreements = 0
         self.shadow_failures = 0
@@ -64,6 +66,7 @@ class Counters:
             shadow_disagreements=self.shadow_disagreements,
             shadow_failures=self.shadow_failures,
             unchecked=self.unchecked,
+            replica_hits=self.replica_hits,
         )
 
 
@@ -98,6 +101,8 @@ class ClientStats:
     """SHADOW mode: checks that failed (the caller was told "exists")."""
     unchecked: int
     """OFF mode: ids answered "exists" without any check."""
+    replica_hits: int = 0
+    """Lookups answered by the local replica (ReplicaConfig), without I/O."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

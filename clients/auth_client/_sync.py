@@ -8,7 +8,9 @@ same batcher), breaker, fallback policy, rollout modes, deadlines, stats and spa
 are `AuthClient`'s. A lookup from any thread is submitted to that loop in a copy of
 the caller's `contextvars` context and waited for. Only the cache-hit path differs:
 it runs in the caller's thread (one dict lookup and a lock-guarded counter, no hop
-to the loop) while `AuthClient` would take it too (ENFORCE, not tracing).
+to the loop) while `AuthClient` would take it too (ENFORCE, not tracing); so does
+a local replica's answer (`replica=`: loaded and followed in the loop thread, read
+without a lock from any thread, see `_replica_states.py`).
 
 Lifecycle: NEW until the first call (or `start()` / `with`): no thread and no channel
 yet, so a client made at import time in a pre-fork server's parent is usable in each
@@ -45,6 +47,7 @@ from auth_client._config import (
     CacheConfig,
     ChannelConfig,
     FallbackPolicy,
+    ReplicaConfig,
     RolloutMode,
     TLSConfig,
 )
@@ -60,6 +63,7 @@ if TYPE_CHECKING:
 
     from auth_client._breaker import StateListener
     from auth_client._models import User, UserId, UserState
+    from auth_client._replica import ReplicaStats
 
 T = TypeVar("T")
 _UUID = uuid.UUID
@@ -83,7 +87,9 @@ class SyncAuthClient:
     Takes the same arguments as `AuthClient`, except that `channel=` is a
     synchronous `grpc.Channel` and `interceptors=` are synchronous
     `grpc.UnaryUnaryClientInterceptor`s. One client per process, shared by all its
-    threads; after a fork, the child makes its own (docs/client.md).
+    threads; after a fork, the child makes its own (docs/client.md). With
+    `replica=`, the replica loads when the client opens (`with`, `start()` or the
+    first call), which raises `ReplicaLoadError` when it cannot.
     """
 
     def __init__(
@@ -104,6 +110,7 @@ class SyncAuthClient:
         on_unverified: OnUnverified | None = None,
         on_breaker_change: StateListener | None = None,
         name: str = "default",
+        replica: ReplicaConfig | None = None,
     ) -> None:
         if (target is None) == (channel is None):
             raise ValueError("pass either a target or channel=, not both")
@@ -130,13 +137,17 @@ class SyncAuthClient:
             on_unverified=hook,
             on_breaker_change=on_breaker_change,
             name=name,
+            replica=replica,
         )
-        # The caller-thread cache-hit path reads AuthClient's cache directly.
+        # The caller-thread cache-hit path reads AuthClient's cache (and replica)
+        # directly.
         self._cache = self._client._cache
         self._entries = self._cache.entries
         self._text_ids = self._client._text_ids
+        self._replica = self._client._replica
         self._lock = threading.Lock()
         self._hits = 0  # cache hits answered in the callers' threads
+        self._replica_hits = 0  # replica answers given in the callers' threads
         self._thread: LoopThread | None = None
         self._pid = os.getpid()
         self._state = _State.NEW
@@ -181,7 +192,12 @@ class SyncAuthClient:
         try:
             thread.submit(self._client.start).result()
         except BaseException:
+            # The AuthClient closed itself (a replica that cannot load): so is this.
             thread.stop(self._client.aclose)
+            self._state = _State.CLOSED
+            unregister(self)
+            if self._owns_channel:
+                self._channel.close()
             raise
         # Exported as this client: its stats include the callers' cache hits.
         unregister(self._client)
@@ -191,8 +207,9 @@ class SyncAuthClient:
         self._state = _OPEN
 
     def start(self) -> None:
-        """Start the thread and create the channel (done by `with` and by the first
-        call)."""
+        """Start the thread, create the channel and load the replica, if any (done
+        by `with` and by the first call). A replica that cannot be loaded raises
+        `ReplicaLoadError` and leaves the client closed."""
         self._open()
 
     def close(self) -> None:
@@ -275,6 +292,13 @@ class SyncAuthClient:
         if self._state is not _OPEN:
             self._open()
         key = user_id if isinstance(user_id, _UUID) else self._text_ids.get(user_id)
+        replica = self._replica
+        if replica is not None and self._client._fast:
+            known = replica.exists(key)
+            if known is not None:
+                with self._lock:
+                    self._replica_hits += 1
+                return known
         entry = self._entries.get(key)
         if entry is not None and self._client._fast and entry[1] > self._cache.clock():
             with self._lock:
@@ -355,8 +379,16 @@ class SyncAuthClient:
         """A snapshot of this client's counters, cache size and breaker."""
         stats = self._client.stats()
         with self._lock:
-            hits = self._hits
-        return dataclasses.replace(stats, cache_hits=stats.cache_hits + hits)
+            hits, replica_hits = self._hits, self._replica_hits
+        return dataclasses.replace(
+            stats,
+            cache_hits=stats.cache_hits + hits,
+            replica_hits=stats.replica_hits + replica_hits,
+        )
+
+    def replica_stats(self) -> ReplicaStats | None:
+        """A snapshot of the local replica (None without one)."""
+        return self._client.replica_stats()
 
 
 def _in_executor(hook: OnUnverified) -> OnUnverified:

@@ -1,5 +1,5 @@
-"""The wire: channel construction, the three read RPCs, response decoding, and the
-bound on RPCs in flight.
+"""The wire: channel construction, the three read RPCs and the export a local
+replica loads from, response decoding, and the bound on RPCs in flight.
 
 Every RPC error passes through `raise_for_rpc_error` here, inside the caller's
 circuit-breaker guard, so the breaker sees library errors with their status. A
@@ -35,11 +35,13 @@ from auth_client.contract import (
     auth_pb2,
     auth_pb2_grpc,
     bearer_metadata,
+    replication_pb2,
+    replication_pb2_grpc,
     to_datetime,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
     from opentelemetry.trace import Span
 
@@ -113,7 +115,7 @@ def _state(exists: bool, state: int) -> int:
 class Transport:
     """Stubs, the per-call metadata (the bearer token) and the in-flight bound."""
 
-    __slots__ = ("_counters", "_limit", "_metadata", "_slots", "_stub")
+    __slots__ = ("_counters", "_limit", "_metadata", "_replication", "_slots", "_stub")
 
     def __init__(
         self,
@@ -123,6 +125,7 @@ class Transport:
         max_in_flight: int = 100,
     ) -> None:
         self._stub = auth_pb2_grpc.AuthServiceStub(channel)
+        self._replication = replication_pb2_grpc.UserReplicationServiceStub(channel)
         self._metadata: tuple[tuple[str, str], ...] | None = bearer_metadata(token) or None
         self._counters = counters
         self._limit = max_in_flight
@@ -221,6 +224,24 @@ class Transport:
                 created_at=to_datetime(user.created_at),
                 updated_at=to_datetime(user.updated_at),
             )
+
+    async def export(
+        self, page_size: int, timeout: float
+    ) -> AsyncGenerator[replication_pb2.ExportUserStatesResponse, None]:
+        """ExportUserStates' pages (a local replica's load; not counted as a lookup
+        RPC, and not through the breaker: a load failure is the replica's)."""
+        call = self._replication.ExportUserStates(
+            replication_pb2.ExportUserStatesRequest(page_size=page_size),
+            timeout=timeout,
+            metadata=self._metadata,
+        )
+        try:
+            async for page in call:
+                yield page
+        except Exception as exc:
+            raise_for_rpc_error(exc, "ExportUserStates")
+        finally:
+            call.cancel()  # nothing once it is done; a reader that stopped early ends it
 
 
 def _batch_states(batch: auth_pb2.BatchUserExistsResponse, texts: list[str]) -> list[int]:

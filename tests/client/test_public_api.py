@@ -50,6 +50,9 @@ def test_public_names_are_pinned() -> None:
         "InvalidRequestError",
         "OnUnverified",
         "PermissionDeniedError",
+        "ReplicaConfig",
+        "ReplicaLoadError",
+        "ReplicaStats",
         "RetryConfig",
         "RolloutMode",
         "ServiceUnavailableError",
@@ -75,6 +78,7 @@ def test_public_names_are_pinned() -> None:
         "mark_deleted",
         "user_states",
         "stats",
+        "replica_stats",
         "aclose",
     ):
         assert callable(getattr(AuthClient, method))
@@ -92,6 +96,7 @@ def test_error_tree() -> None:
     assert issubclass(CircuitOpenError, ServiceUnavailableError)
     assert issubclass(DeadlineExceededError, ServiceUnavailableError)
     assert issubclass(auth_client.UserReferenceError, UserNotFoundError)
+    assert issubclass(auth_client.ReplicaLoadError, ServiceUnavailableError)
     assert ServiceUnavailableError.retriable
     assert not UserNotFoundError.retriable
     assert not InvalidRequestError.retriable

@@ -31,12 +31,19 @@ class UserDeleted(_message.Message):
     DELETED_AT_FIELD_NUMBER: _builtins.int
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique per event (UUID); consumers deduplicate on it."""
     user_id: _builtins.str
     """UUID of the deleted user, hyphenated text form (also the Kafka key)."""
     schema_version: _builtins.int
     """Version of this event's schema; bumped only on incompatible changes."""
+    position: _builtins.int
+    """Where this event stands among every user_created and user_deleted event:
+    assigned in the writing transaction, in commit order, without holes (1, 2,
+    3, ...). A follower that has seen N and then N + 2 but not N + 1 for a while
+    has missed an event. 0 for events written before positions existed.
+    """
     @_builtins.property
     def deleted_at(self) -> _timestamp_pb2.Timestamp:
         """The user's deleted_at as stored in the users table."""
@@ -53,11 +60,60 @@ class UserDeleted(_message.Message):
         deleted_at: _timestamp_pb2.Timestamp | None = ...,
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
         schema_version: _builtins.int = ...,
+        position: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deleted_at", b"deleted_at", "occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_at", b"deleted_at", "event_id", b"event_id", "occurred_at", b"occurred_at", "schema_version", b"schema_version", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_at", b"deleted_at", "event_id", b"event_id", "occurred_at", b"occurred_at", "position", b"position", "schema_version", b"schema_version", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UserDeleted: _TypeAlias = UserDeleted  # noqa: Y015
+
+@_typing.final
+class UserCreated(_message.Message):
+    """Published on the `user_created` topic, key = user id, once per creation.
+    Ids and times only: the profile is read with AuthService.GetUser.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """Unique per event (UUID); consumers deduplicate on it."""
+    user_id: _builtins.str
+    """UUID of the new user, hyphenated text form (also the Kafka key)."""
+    schema_version: _builtins.int
+    """Version of this event's schema; bumped only on incompatible changes."""
+    position: _builtins.int
+    """As UserDeleted.position: one sequence for both kinds of event."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """The user's created_at as stored in the users table."""
+
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When the event was written to the outbox (same transaction as the insert)."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        schema_version: _builtins.int = ...,
+        position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "event_id", b"event_id", "occurred_at", b"occurred_at", "position", b"position", "schema_version", b"schema_version", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UserCreated: _TypeAlias = UserCreated  # noqa: Y015
