@@ -39,6 +39,7 @@ class DevProcess:
         if "--kafka-listen" not in args:
             args += ["--kafka-listen", f"127.0.0.1:{free_port()}"]
         self.target = args[args.index("--listen") + 1]
+        self.kafka = args[args.index("--kafka-listen") + 1]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "auth_service", "dev", *args],
             env=env if env is not None else dev_env(),

@@ -3,6 +3,7 @@ schema from server reflection, no proto files)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shlex
@@ -14,8 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
+from auth_client import AuthClient, ReplicaConfig
+from auth_client.contract import admin_pb2, admin_pb2_grpc
 from auth_service.cli import build_parser
 from auth_service.local.embedded import free_port
 from tests.dev import REPO, DevProcess, dev_env
@@ -281,3 +285,32 @@ def test_free_ports_handed_out_in_one_process_are_distinct() -> None:
     300 calls here), and then two listeners of one test collide."""
     ports = [free_port() for _ in range(300)]
     assert len(set(ports)) == len(ports)
+
+
+async def test_a_client_replica_follows_dev_and_answers_without_rpcs() -> None:
+    """#30 from a real `dev`: a client's local replica loads dev's users, answers
+    them with no RPC, and sees a user created afterwards within 2 s (dev turns the
+    user_created events on)."""
+    with DevProcess("--admin-token", TOKEN) as dev:
+        await asyncio.to_thread(dev.read_banner)
+        demo = list(dev.users.values())
+        replica = ReplicaConfig(bootstrap_servers=dev.kafka)
+        async with AuthClient(dev.target, replica=replica) as client:
+            rpcs = client.stats().rpcs
+            for _ in range(100):
+                for user_id in demo:
+                    assert await client.user_exists(user_id)
+            assert client.stats().rpcs == rpcs  # 300 answers, no RPC
+            async with grpc.aio.insecure_channel(dev.target) as channel:
+                created = await admin_pb2_grpc.UserAdminServiceStub(channel).CreateUser(
+                    admin_pb2.CreateUserRequest(username="replica_dev"),
+                    metadata=(("authorization", f"Bearer {TOKEN}"),),
+                    timeout=10,
+                )
+            deadline = time.monotonic() + 2
+            while client.replica_stats().users < len(demo) + 1:
+                assert time.monotonic() < deadline, client.replica_stats()
+                await asyncio.sleep(0.02)
+            assert await client.user_exists(created.user.id)
+            assert client.stats().rpcs == rpcs
+        assert await asyncio.to_thread(dev.stop) == 0

@@ -158,7 +158,8 @@ async def run_dev(options: DevOptions) -> int:
             f"  postgres      {_redact(database_url)}  ({db_kind})",
             (
                 f"  kafka         {bootstrap}  ({kafka_kind}; the relay publishes"
-                f" user_deleted events to topic {settings.kafka_topic})"
+                f" user_deleted events to topic {settings.kafka_topic},"
+                f" user_created to {settings.kafka_user_created_topic})"
             ),
         ]
         if server.metrics is not None:
@@ -185,6 +186,9 @@ def dev_settings(options: DevOptions, database_url: str, bootstrap: str, token: 
         log_format="text",
         shutdown_grace_s=2.0,
         kafka_bootstrap_servers=bootstrap,
+        # user_created events on, so a client's local replica (ReplicaConfig) can
+        # follow this server (the embedded broker creates topics on first use).
+        kafka_user_created_topic="user_created",
         metrics_listen=options.metrics_listen,
         **options.otel,
     )
