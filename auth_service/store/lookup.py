@@ -137,19 +137,27 @@ class StateLookup:
         )
         return BY_NUMBER[answers[user_id]]
 
+    def _live(self, batch: list[Waiter]) -> tuple[list[Waiter], Budget] | None:
+        """The waiters of `batch` still waiting (counted as one query) and the budget
+        their query runs on; None when every caller has gone."""
+        live = [w for w in batch if not w[1].done()]
+        if not live:
+            return None
+        self.batches += 1
+        self.lookups += len(live)
+        # The query may run as long as the most patient caller in the batch waits;
+        # callers with shorter deadlines are cancelled by gRPC on their own.
+        return live, max((w[2] for w in live), key=lambda b: b.seconds)
+
     async def _read(self, batch: list[Waiter]) -> None:
         """A merged read query (a replica when one is readable); its NOT_FOUND
         answers are handed to the confirmations unless the primary gave them."""
-        live = [w for w in batch if not w[1].done()]
-        if not live:
+        if (started := self._live(batch)) is None:
             return
-        budget = max((w[2] for w in live), key=lambda b: b.seconds)
-        self.batches += 1
-        self.lookups += len(live)
-        keys = [w[0] for w in live]
+        live, budget = started
         try:
             found, final = await self._users.read_states(
-                ",".join(keys), budget, [w[3] for w in live]
+                ",".join(w[0] for w in live), budget, [w[3] for w in live]
             )
         except Exception as exc:
             _failed(live, exc)
@@ -163,14 +171,9 @@ class StateLookup:
 
     async def _confirm(self, batch: list[Waiter]) -> None:
         """A merged query on the primary: every answer final, and kept in the cache."""
-        live = [w for w in batch if not w[1].done()]
-        if not live:
+        if (started := self._live(batch)) is None:
             return
-        # The query may run as long as the most patient caller in the batch waits;
-        # callers with shorter deadlines are cancelled by gRPC on their own.
-        budget = max((w[2] for w in live), key=lambda b: b.seconds)
-        self.batches += 1
-        self.lookups += len(live)
+        live, budget = started
         keys = [w[0] for w in live]
         since = self.cache.generation()
         try:

@@ -136,6 +136,11 @@ class SyncChannelBridge:
     def attach(self, channel: grpc.Channel) -> None:
         self._channel = channel
 
+    def _attached(self) -> grpc.Channel:
+        if self._channel is None:
+            raise RuntimeError("no channel attached")
+        return self._channel
+
     def unary_unary(
         self,
         method: str,
@@ -143,10 +148,8 @@ class SyncChannelBridge:
         response_deserializer: Callable[[bytes], Any] | None = None,
         _registered_method: bool | None = False,
     ) -> _Method:
-        if self._channel is None:
-            raise RuntimeError("no channel attached")
         return _Method(
-            self._channel.unary_unary(
+            self._attached().unary_unary(
                 method,
                 request_serializer=request_serializer,
                 response_deserializer=response_deserializer,
@@ -161,10 +164,8 @@ class SyncChannelBridge:
         response_deserializer: Callable[[bytes], Any] | None = None,
         _registered_method: bool | None = False,
     ) -> _StreamMethod:
-        if self._channel is None:
-            raise RuntimeError("no channel attached")
         return _StreamMethod(
-            self._channel.unary_stream(
+            self._attached().unary_stream(
                 method,
                 request_serializer=request_serializer,
                 response_deserializer=response_deserializer,
