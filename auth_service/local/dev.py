@@ -32,7 +32,7 @@ from auth_service.addresses import parse_host_port
 from auth_service.api import logs
 from auth_service.api.server import AuthServer
 from auth_service.config import Settings
-from auth_service.local.broker import EmbeddedKafka
+from auth_service.local.broker import EmbeddedKafka, create_topics
 from auth_service.local.embedded import EmbeddedPostgres
 from auth_service.signals import wait_for_shutdown_signal
 from auth_service.store.connection import UnreachableError, check_reachable, where
@@ -152,6 +152,9 @@ async def run_dev(options: DevOptions) -> int:
         await asyncio.to_thread(migrate, database_url, wait_s=10)
         users = await seed_demo_users(database_url)
         settings = dev_settings(options, database_url, bootstrap, token)
+        if options.kafka_bootstrap_servers is None:  # an exported broker's are ops'
+            topics = (settings.kafka_topic, settings.kafka_user_created_topic)
+            await create_topics(bootstrap, [t for t in topics if t])
         await stack.enter_async_context(tracing.exporting(settings.tracing))
         server = await stack.enter_async_context(AuthServer(settings))
         lines = [
@@ -187,7 +190,7 @@ def dev_settings(options: DevOptions, database_url: str, bootstrap: str, token: 
         shutdown_grace_s=2.0,
         kafka_bootstrap_servers=bootstrap,
         # user_created events on, so a client's local replica (ReplicaConfig) can
-        # follow this server (the embedded broker creates topics on first use).
+        # follow this server (run_dev creates the topics before the banner).
         kafka_user_created_topic="user_created",
         metrics_listen=options.metrics_listen,
         **options.otel,
