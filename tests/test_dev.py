@@ -289,8 +289,9 @@ def test_free_ports_handed_out_in_one_process_are_distinct() -> None:
 
 async def test_a_client_replica_follows_dev_and_answers_without_rpcs() -> None:
     """#30 from a real `dev`: a client's local replica loads dev's users, answers
-    them with no RPC, and sees a user created afterwards within 2 s (dev turns the
-    user_created events on)."""
+    them with no RPC, and sees a user created afterwards without one (dev turns the
+    user_created events on). The wait is bounded at 10 s for a loaded CI machine;
+    its latency is measured in bench/ (python -m bench --only client_replica)."""
     with DevProcess("--admin-token", TOKEN) as dev:
         await asyncio.to_thread(dev.read_banner)
         demo = list(dev.users.values())
@@ -307,7 +308,7 @@ async def test_a_client_replica_follows_dev_and_answers_without_rpcs() -> None:
                     metadata=(("authorization", f"Bearer {TOKEN}"),),
                     timeout=10,
                 )
-            deadline = time.monotonic() + 2
+            deadline = time.monotonic() + 10
             while client.replica_stats().users < len(demo) + 1:
                 assert time.monotonic() < deadline, client.replica_stats()
                 await asyncio.sleep(0.02)
@@ -332,3 +333,24 @@ async def test_the_event_topics_exist_when_the_banner_is_printed() -> None:
             await admin.close()
         assert {"user_deleted", "user_created"} <= topics, topics
         assert await asyncio.to_thread(dev.stop) == 0
+
+
+def test_a_dev_killed_with_sigkill_does_not_block_the_next_one() -> None:
+    """`dev` killed hard (SIGKILL, an OOM kill, a closed container) cannot stop its
+    PostgreSQL and broker; the next `dev` on the same ports stops them, says so,
+    and starts, instead of refusing the broker's port as taken."""
+    kafka = f"127.0.0.1:{free_port()}"
+    first = DevProcess("--admin-token", TOKEN, "--kafka-listen", kafka)
+    first.read_banner()
+    postgres = re.search(r"postgresql://\S+@(127\.0\.0\.1:\d+)/", first.output)
+    assert postgres is not None, first.output
+    first.proc.kill()
+    first.stop()
+    assert _port_open(kafka)  # both left running
+    assert _port_open(postgres.group(1))
+    with DevProcess("--admin-token", TOKEN, "--kafka-listen", kafka) as second:
+        output = second.read_banner()
+        assert f"stopped embedded broker on {kafka}" in output
+        assert "stopped embedded PostgreSQL" in output
+        assert not _port_open(postgres.group(1))
+        assert second.stop() == 0

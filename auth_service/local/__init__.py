@@ -6,8 +6,11 @@
   `local`);
 - `apache_kafka`: Apache Kafka itself (KRaft nodes from Maven Central's artifacts,
   Java 17+), for the tests and benchmarks that must hold on the real broker;
+- `leftovers`: every server those start, written down, so that the ones a dead
+  owner left running (dev under SIGKILL, a crashed test run) are stopped by the
+  next start;
 - `dev`: `auth-service dev`.
 
-May import: `api`, `store`, `config`, `addresses`, `signals`. Only `cli`, tests and
+May import: `api`, `events`, `store`, `config`, `addresses`, `signals`. Only `cli`, tests and
 bench import `local`.
 """

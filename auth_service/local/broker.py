@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from auth_service.events.topics import PARTITIONS
+from auth_service.local import leftovers
 from auth_service.local.embedded import EmbeddedError, ensure_free, free_port, wait_for_port
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ class EmbeddedKafka:
         if self.running:
             return
         url = f"tcp://{self.host}:{self.port}"
+        leftovers.reap()
         ensure_free(
             self.host,
             self.port,
@@ -102,6 +104,9 @@ class EmbeddedKafka:
             start_new_session=True,
         )
         log.close()
+        leftovers.record(
+            self._proc.pid, f"embedded broker on {self.host}:{self.port}", remove=self.base_dir
+        )
         wait_for_port(self.host, self.port, timeout, self._proc, self.log_path)
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -114,6 +119,7 @@ class EmbeddedKafka:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        leftovers.forget(proc.pid)
 
     def close(self) -> None:
         self.stop()

@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Self
 
 from auth_service.addresses import bind_problem
+from auth_service.local import leftovers
 
 PG_SYSTEM_USER = "embedded_postgres"
 
@@ -243,6 +244,7 @@ class EmbeddedPostgres:
         if self.running:
             return
         self._init()
+        leftovers.reap()
         ensure_free(self.host, self.port, "embedded PostgreSQL")
         log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
@@ -275,6 +277,12 @@ class EmbeddedPostgres:
             start_new_session=True,
         )
         log.close()
+        leftovers.record(
+            self._proc.pid,
+            f"embedded PostgreSQL on {self.host}:{self.port}",
+            stop_signal=signal.SIGINT,  # a fast shutdown: a kept data directory stays clean
+            remove=self.base_dir if self._temporary else None,
+        )
         wait_for_port(self.host, self.port, timeout, self._proc, self.log_path)
         self._wait_ready(timeout)
 
@@ -311,6 +319,7 @@ class EmbeddedPostgres:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        leftovers.forget(proc.pid)
 
     def kill(self) -> None:
         """Crash the server (SIGKILL), as a power cut would."""
@@ -319,6 +328,7 @@ class EmbeddedPostgres:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            leftovers.forget(proc.pid)
 
     def close(self) -> None:
         self.stop()

@@ -34,6 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from auth_service.local import leftovers
 from auth_service.local.embedded import EmbeddedError, free_port
 
 POM = Path(__file__).with_name("pom.xml")
@@ -322,6 +323,7 @@ class ApacheKafka:
         node = self.nodes[index]
         if node.running:
             raise EmbeddedError(f"Apache Kafka node {node.node_id} is already running")
+        leftovers.reap()
         log = node.log_path.open("ab")
         node.proc = subprocess.Popen(
             self._java_args("kafka.Kafka", str(node.properties_file), heap=self.heap),
@@ -330,6 +332,11 @@ class ApacheKafka:
             start_new_session=True,
         )
         log.close()
+        leftovers.record(
+            node.proc.pid,
+            f"Apache Kafka node {node.node_id} on {self.host}:{node.port}",
+            remove=self.base_dir,
+        )
         if wait:
             self.wait_ready(timeout)
 
@@ -348,6 +355,7 @@ class ApacheKafka:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        leftovers.forget(proc.pid)
 
     def pause_node(self, index: int) -> None:
         """SIGSTOP node `index`: it holds its connections and answers nothing."""
