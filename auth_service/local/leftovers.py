@@ -81,8 +81,9 @@ def record(
     server = Server(what, pid, started, os.getpid(), owner_started, int(stop_signal), _str(remove))
     try:
         DIRECTORY.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = DIRECTORY / f"{pid}.json"
-        path.write_text(json.dumps(asdict(server)))
+        partial = DIRECTORY / f"{pid}.partial"  # whole or absent to a reader
+        partial.write_text(json.dumps(asdict(server)))
+        partial.replace(DIRECTORY / f"{pid}.json")
     except OSError as exc:  # a read-only /tmp must not stop a start
         log.debug("cannot write down %s: %s", what, exc)
 
@@ -124,7 +125,7 @@ def _written() -> list[Server]:
     for path in paths:
         try:
             servers.append(Server(**json.loads(path.read_text())))
-        except (OSError, ValueError, TypeError):  # half-written, or by another version
+        except (OSError, ValueError, TypeError):  # by another version of this module
             with contextlib.suppress(OSError):
                 path.unlink()
     return servers
