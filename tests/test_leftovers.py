@@ -12,6 +12,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -148,3 +149,30 @@ def test_an_apache_kafka_jvm_of_a_crashed_test_run_is_stopped(java: None, owner:
     assert any(what.startswith("Apache Kafka node 1 on ") for what in stopped), stopped
     assert not _alive(jvm)
     assert not Path(directory).exists()
+
+
+def _write(directory: Path, **fields: Any) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{fields['pid']}.json").write_text(json.dumps(fields))
+
+
+def test_a_reused_pid_is_never_signalled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server's pid taken by another process since (it exited, the machine
+    rebooted): its start time differs, so the process is left alone; the dead
+    owner's directory and entry are removed."""
+    monkeypatch.setattr(leftovers, "DIRECTORY", tmp_path / "servers")
+    bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    kept = tmp_path / "left-behind"
+    kept.mkdir()
+    try:
+        _write(
+            leftovers.DIRECTORY, what="embedded broker on 127.0.0.1:1", pid=bystander.pid,
+            started=1, owner=bystander.pid, owner_started=1, stop_signal=9, remove=str(kept),
+        )  # fmt: skip
+        assert leftovers.reap() == []
+        assert bystander.poll() is None
+        assert not kept.exists()
+        assert list(leftovers.DIRECTORY.iterdir()) == []
+    finally:
+        bystander.kill()
+        bystander.wait()
