@@ -38,6 +38,7 @@ from auth_client.contract import (
     HEADER_EVENT_TYPE,
     HEADER_TRACEPARENT,
 )
+from auth_service.local import leftovers
 from auth_service.local.apache_kafka import (
     cache_file,
     java,
@@ -204,6 +205,7 @@ class KafkaConnect:
         worker = self._write("worker.properties", self.worker_properties())
         connector = self._write("connector.properties", self.connector)
         log4j = _log4j_config(self.base_dir / "log4j2.properties")
+        leftovers.reap()
         log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
             [self._java, f"-Xmx{self.heap}", "-Djava.awt.headless=true",
@@ -214,6 +216,11 @@ class KafkaConnect:
             start_new_session=True,
         )  # fmt: skip
         log.close()
+        leftovers.record(
+            self._proc.pid,
+            f"Kafka Connect (Debezium) on port {self.rest_port}",
+            remove=self.base_dir,
+        )
 
     def status(self) -> dict[str, Any] | None:
         """The connector's status from the REST API, or None while it does not answer."""
@@ -262,6 +269,7 @@ class KafkaConnect:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        leftovers.forget(proc.pid)
 
     def close(self) -> None:
         self.stop()

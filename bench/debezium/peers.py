@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from auth_service.local import leftovers
 from bench import procstat
 from bench.debezium.source import Outbox
 
@@ -85,6 +86,7 @@ class RelayProcess:
         return self._proc.pid
 
     def start(self) -> None:
+        leftovers.reap()
         log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "auth_service", "relay"],
@@ -95,6 +97,7 @@ class RelayProcess:
             start_new_session=True,
         )
         log.close()
+        leftovers.record(self._proc.pid, "the bench's outbox relay", remove=self.base_dir)
 
     def tail(self, lines: int = 20) -> str:
         try:
@@ -112,4 +115,5 @@ class RelayProcess:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            leftovers.forget(proc.pid)
         shutil.rmtree(self.base_dir, ignore_errors=True)
