@@ -63,6 +63,60 @@ def test_the_cache_is_bounded() -> None:
     assert cache.get("e") is UserState.ACTIVE
 
 
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_replicas_active_is_kept_only_if_the_replica_was_complete_after_the_announcement() -> (
+    None
+):
+    """A read replica answers ACTIVE for a user whose deletion was announced at
+    t=101 but which it may not have replayed: kept only when the replica was known
+    complete up to a later moment before the query (`fresh_as_of`)."""
+    clock = _Clock()
+    cache = StateCache(max_size=10, clock=clock)
+    cache.clear()  # the feed came up at t=100
+    cache.enabled = True
+    clock.now = 101.0
+    cache.on_notify("a")
+    clock.now = 102.0
+    since = cache.generation()
+    answers = {"a": UserState.ACTIVE, "b": UserState.ACTIVE, "d": UserState.DELETED}
+    cache.store(answers, since, fresh_as_of=100.5)  # complete before 101 only
+    assert (cache.get("a"), cache.get("b"), cache.get("d")) == (
+        None,
+        UserState.ACTIVE,
+        UserState.DELETED,
+    )
+    cache.store(answers, since, fresh_as_of=101.5)  # complete past the announcement
+    assert cache.get("a") is UserState.ACTIVE
+    # Not complete since the feed came up (announcements may have been missed
+    # while it was down): no ACTIVE of it is kept; DELETED is final.
+    cache.clear()
+    cache.store(answers, cache.generation(), fresh_as_of=101.5)
+    assert (cache.get("b"), cache.get("d")) == (None, UserState.DELETED)
+
+
+def test_announcements_kept_for_replica_answers_are_bounded() -> None:
+    """Beyond the tracked announcements, the oldest half counts as everything
+    announced at the newest of them: conservative, never forgotten."""
+    clock = _Clock()
+    cache = StateCache(max_size=20_000, clock=clock)
+    cache.enabled = True
+    for n in range(1_001):  # the bound at this size: 1,000
+        clock.now = 100.0 + n
+        cache.on_notify(f"id{n}")
+    since = cache.generation()
+    cache.store({"other": UserState.ACTIVE}, since, fresh_as_of=100.0 + 499)
+    assert cache.get("other") is None  # fresh only before the folded announcements
+    cache.store({"other": UserState.ACTIVE}, since, fresh_as_of=100.0 + 501)
+    assert cache.get("other") is UserState.ACTIVE
+
+
 # --- real servers ------------------------------------------------------------------
 
 

@@ -32,7 +32,7 @@ from auth_service.lifecycle import Lifecycle, LifecycleGuard
 from auth_service.store.lookup_merge import QueryMerger, Waiter, fail
 from auth_service.store.pool import Budget
 from auth_service.store.state_cache import StateCache
-from auth_service.store.users import BY_NUMBER, UserRepository
+from auth_service.store.users import BY_NUMBER, PRIMARY, UserRepository
 
 log = logging.getLogger(__name__)
 
@@ -151,19 +151,24 @@ class StateLookup:
 
     async def _read(self, batch: list[Waiter]) -> None:
         """A merged read query (a replica when one is readable); its NOT_FOUND
-        answers are handed to the confirmations unless the primary gave them."""
+        answers are handed to the confirmations unless the primary gave them, the
+        others kept in the cache as fresh as the replica was."""
         if (started := self._live(batch)) is None:
             return
         live, budget = started
+        keys = [w[0] for w in live]
+        since = self.cache.generation()
         try:
-            found, final = await self._users.read_states(
-                ",".join(w[0] for w in live), budget, [w[3] for w in live]
+            found, fresh_as_of = await self._users.read_states(
+                ",".join(keys), budget, [w[3] for w in live]
             )
         except Exception as exc:
             _failed(live, exc)
             return
+        answers = dict(zip(keys, map(BY_NUMBER.__getitem__, found), strict=True))
+        self.cache.store(answers, since, fresh_as_of=fresh_as_of)
         for waiter, number in zip(live, found, strict=True):
-            if number == _NOT_FOUND and not final:
+            if number == _NOT_FOUND and fresh_as_of != PRIMARY:
                 self.confirmations += 1
                 self._confirms.submit(waiter)
             elif not waiter[1].done():
@@ -217,11 +222,11 @@ class StateLookup:
         cache = self.cache
         if misses:
             since = cache.generation()
-            found, final = await self._users.read_states(",".join(misses), budget)
+            found, fresh_as_of = await self._users.read_states(",".join(misses), budget)
             answers.update(zip(misses, found, strict=True))
-            if final:
-                cache.store({k: BY_NUMBER[n] for k, n in zip(misses, found, strict=True)}, since)
-            else:
+            read = {k: BY_NUMBER[n] for k, n in zip(misses, found, strict=True)}
+            cache.store(read, since, fresh_as_of=fresh_as_of)
+            if fresh_as_of != PRIMARY:
                 unknown = [*unknown, *(k for k, n in answers.items() if n == _NOT_FOUND)]
         if unknown:
             self.confirmations += len(unknown)

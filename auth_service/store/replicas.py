@@ -12,6 +12,12 @@ stops being read, INFO when it is read again).
 A replica is never asked whether a user is NOT_FOUND in the end: the lookups ask
 the primary about every id a replica does not know (store/lookup.py), so a replica
 can only be stale in the ACTIVE direction, for at most its lag.
+
+Each check also says up to when a replica is known complete (`fresh_as_of`): the
+time of the newest primary sample at or below its replay position. Every commit
+the primary made before that moment is replayed there, so an answer read from it
+afterwards is not older than any change announced before that moment (the state
+cache keeps a replica's answer on that condition, store/state_cache.py).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -60,6 +67,9 @@ class Replica:
         self.status = DatabaseStatus(stall_s=0)
         self.state = ReplicaState.STARTING
         self.lag_s: float | None = None  # None until measured
+        # Every commit the primary had made at this time (the monitor's clock) is
+        # replayed here, as last checked; -inf until known.
+        self.fresh_as_of = -math.inf
         self.reads = 0  # queries answered by it
         self.why = "not checked yet"
 
@@ -154,6 +164,7 @@ class ReadReplicas(Owner):
             self._set(replica, ReplicaState.DOWN, "it replays no WAL yet")
             return
         lag = replica.lag_s = self.lag(position, now)
+        replica.fresh_as_of = self.fresh_as_of(position)
         if lag > self.max_lag_s:
             self._set(
                 replica,
@@ -174,6 +185,14 @@ class ReadReplicas(Owner):
             if primary <= position:
                 return now - at
         return now - samples[0][0]  # older than the history: at least this far behind
+
+    def fresh_as_of(self, position: int) -> float:
+        """The time of the newest primary sample at or below `position`: a replica
+        that has replayed `position` has every commit made before it (-inf: none)."""
+        for at, primary in reversed(self._samples):
+            if primary <= position:
+                return at
+        return -math.inf
 
     def _set(self, replica: Replica, state: ReplicaState, why: str) -> None:
         before, replica.state, replica.why = replica.state, state, why

@@ -14,6 +14,12 @@ ids from the cache. So:
   just before a commit cannot put it back after the announcement;
 - a replica's own CreateUser/DeleteUser also drops the id at once (read your writes
   on that replica without waiting for the notification);
+- an ACTIVE read from a read replica (DATABASE_READ_URL) may predate a deletion
+  already announced (the replica has not replayed it yet), and no announcement
+  would come again to drop it. So it is stored only if the replica was, before the
+  query, known complete up to a moment after the id's last announcement and after
+  the last time everything was forgotten (`fresh_as_of`, store/replicas.py).
+  DELETED is final and stored as ever; NOT_FOUND never is;
 - bounded: beyond `max_size` entries, the least recently stored are dropped.
 
 Another replica's change is seen once its notification arrives (about a millisecond
@@ -30,8 +36,10 @@ it and go the cache's way; a bulk change ('*') drops it, and it is loaded again
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from auth_client.contract import UserState
 from auth_service.store.user_index import UserIndex
@@ -45,7 +53,10 @@ class StateCache:
     """id text -> UserState. One event loop; no locks."""
 
     __slots__ = (
+        "_announced",
         "_cleared_at",
+        "_clock",
+        "_everything_at",
         "_generation",
         "_invalidated",
         "_loading",
@@ -57,7 +68,9 @@ class StateCache:
         "index_loads",
     )
 
-    def __init__(self, max_size: int = 200_000) -> None:
+    def __init__(
+        self, max_size: int = 200_000, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._states: OrderedDict[str, UserState] = OrderedDict()
         self._max_size = max_size
         # How many announced ids are tracked (against racing queries) before every
@@ -69,6 +82,13 @@ class StateCache:
         self._cleared_at = 0
         # id -> generation of its last announcement (bounded: cleared when large).
         self._invalidated: dict[str, int] = {}
+        # For answers read from a replica: id -> when it was last announced (oldest
+        # first; bounded: the oldest half folded into `_everything_at` when large),
+        # and when everything was last forgotten (the feed came up: announcements
+        # may have been missed; a bulk change). `clock` is the replica monitor's.
+        self._clock = clock
+        self._announced: dict[str, float] = {}
+        self._everything_at = -math.inf
         self.enabled = False  # set by the feed while its LISTEN is up
         self.index: UserIndex | None = None  # every user, when the feed loaded one
         self._loading: set[str] | None = None  # ids announced since `begin_load`
@@ -94,17 +114,29 @@ class StateCache:
         """Take before a query whose answers will be `store`d."""
         return self._generation
 
-    def store(self, answers: Mapping[str, UserState], since: int) -> None:
+    def store(
+        self, answers: Mapping[str, UserState], since: int, *, fresh_as_of: float = math.inf
+    ) -> None:
         """Keep the answers of a query that started at generation `since`, except
-        those of ids announced (or everything cleared) since then."""
+        those of ids announced (or everything cleared) since then. `fresh_as_of`:
+        for a replica's answers, the moment up to which the replica was known
+        complete before the query; its ACTIVE answers about ids announced at or
+        after that moment are not kept (the replica may predate a deletion)."""
         if not self.enabled or since < self._cleared_at or self._max_size <= 0:
             return
         states, invalidated = self._states, self._invalidated
+        announced = self._announced if fresh_as_of < math.inf else None
+        replica_may_predate_everything = self._everything_at >= fresh_as_of
         for key, state in answers.items():
             if state is UserState.NOT_FOUND:
                 continue  # never answered from memory (store/lookup.py)
             if invalidated and invalidated.get(key, -1) > since:
                 continue
+            if announced is not None and state is UserState.ACTIVE:
+                if replica_may_predate_everything:
+                    continue
+                if announced and announced.get(key, -math.inf) >= fresh_as_of:
+                    continue
             states[key] = state
         overflow = len(states) - self._max_size
         for _ in range(max(0, overflow)):
@@ -120,6 +152,7 @@ class StateCache:
         self._generation += 1
         generation = self._generation
         keys = list(keys)
+        self._note_announced(keys)
         if self.index is not None:
             self.index.stale.update(keys)
         if self._loading is not None:
@@ -130,6 +163,17 @@ class StateCache:
         for key in keys:
             self._states.pop(key, None)
             self._invalidated[key] = generation
+
+    def _note_announced(self, keys: list[str]) -> None:
+        now, announced = self._clock(), self._announced
+        for key in keys:
+            announced.pop(key, None)  # to the end: oldest first
+            announced[key] = now
+        if len(announced) > self._max_changed:
+            oldest = list(announced)[: len(announced) // 2]
+            self._everything_at = max(self._everything_at, announced[oldest[-1]])
+            for key in oldest:
+                del announced[key]
 
     def _drop_answers(self) -> None:
         self._generation += 1
@@ -143,6 +187,8 @@ class StateCache:
         self._drop_answers()
         self.index = None
         self._loading = None
+        self._announced.clear()
+        self._everything_at = self._clock()
 
     def begin_load(self) -> None:
         """Take before an index load starts (its snapshot must come after this)."""

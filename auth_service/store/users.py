@@ -9,6 +9,7 @@ a loaded row (`state_of`), side by side below, and a test holds them equal.
 from __future__ import annotations
 
 import contextlib
+import math
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -128,6 +129,10 @@ def _user(row: asyncpg.Record) -> User:
     )
 
 
+# `read_states`'s freshness of an answer from the primary: complete, and final.
+PRIMARY = math.inf
+
+
 class UserRepository:
     """Queries against the users table. Every method takes a time `Budget`; every
     query is counted in `status`. `changed(id)` is told of every user this replica
@@ -188,20 +193,23 @@ class UserRepository:
 
     async def read_states(
         self, joined: str, budget: Budget, served: Sequence[SpanContext | None] = ()
-    ) -> tuple[list[int], bool]:
+    ) -> tuple[list[int], float]:
         """`states` from a readable replica if there is one, else (or when it
-        cannot answer) from the primary; and whether the primary answered (only
-        its NOT_FOUND is final)."""
+        cannot answer) from the primary; and how fresh the answer is: the
+        replica's `fresh_as_of` before the query (every commit before that time
+        is in it), `PRIMARY` (inf) when the primary answered: only its NOT_FOUND is
+        final."""
         replica = self.reads.pick() if self.reads is not None else None
         if replica is not None:
+            fresh_as_of = replica.fresh_as_of  # before the query: it only grows
             try:
                 found = await self.states(joined, budget, served, on=replica)
             except UnavailableError as exc:
                 self._replica_failed(replica, exc)
             else:
                 replica.reads += 1
-                return found, False
-        return await self.states(joined, budget, served), True
+                return found, fresh_as_of
+        return await self.states(joined, budget, served), PRIMARY
 
     async def get(self, user_id: uuid.UUID, budget: Budget) -> User | None:
         """The user, deleted or not; None when the id was never created. From a
