@@ -13,7 +13,8 @@ steps, each its own unit:
 Servicer methods are written `(self, request, call) -> response` (or, for a
 server-streaming method, an async generator of responses) and marked with
 `@handler(scope, read=...)`; `parsing.add_service` registers each one through its
-server's `CallPath` (`method` or `stream`). The request parser never raises: a body that is not a valid
+server's `CallPath` (`method` or `stream`: both run the handler inside the one
+`_Running` context, which holds every step around it). The request parser never raises: a body that is not a valid
 message reaches the path as `MALFORMED`, one over MAX_REQUEST_BYTES as `TOO_LARGE`,
 so both are answered, counted and logged like every other call.
 """
@@ -21,9 +22,10 @@ so both are answered, counted and logged like every other call.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Self, TypeVar
 
 import grpc
 
@@ -130,27 +132,13 @@ class CallPath:
 
     def method(self, service: str, name: str, fn: Handler[Req, Resp]) -> Method[Req, Resp]:
         """The gRPC method `service/name`: `fn` behind every step."""
-        endpoint = endpoint_of(fn)
-        authorize = self.authorization.check
-        begin = self.observe.site(service, name).begin
+        steps = _Steps(self, endpoint_of(fn), self.observe.site(service, name).begin)
 
         async def call(request: Req, context: Context) -> Resp:
-            caller, refused = authorize(
-                context.invocation_metadata(), endpoint.scope, read=endpoint.read
-            )
-            record = begin(caller, context)
-            try:
-                if refused is not None:
-                    raise refused  # noqa: TRY301 - answered and counted below like the rest
-                with self._admitted(request, caller):
-                    response = await fn(request, Call(context, caller, self.default_budget_s))
-                record.answered()
+            async with _Running(steps, request, context) as running:
+                response = await fn(request, running)
+                running.record.answered()
                 return response
-            except Exception as exc:
-                await _fail(record, context, exc)
-                raise  # pragma: no cover - abort() always raises
-            finally:
-                record.end()  # CANCELLED unless answered or failed above
 
         return call
 
@@ -160,48 +148,83 @@ class CallPath:
         """The server-streaming gRPC method `service/name`: `fn` (an async generator
         of responses) behind every step. The call holds its admission slot until
         the last response is sent."""
-        endpoint = endpoint_of(fn)
-        authorize = self.authorization.check
         begin = self.observe.site(service, name, grpc_type="server_stream").begin
+        steps = _Steps(self, endpoint_of(fn), begin)
 
         async def call(request: Req, context: Context) -> AsyncIterator[Resp]:
-            caller, refused = authorize(
-                context.invocation_metadata(), endpoint.scope, read=endpoint.read
-            )
-            record = begin(caller, context)
-            try:
-                if refused is not None:
-                    raise refused  # noqa: TRY301 - answered and counted below like the rest
-                with self._admitted(request, caller):
-                    responses = fn(request, Call(context, caller, self.default_budget_s))
-                    async with contextlib.aclosing(responses):
-                        async for response in responses:
-                            yield response
-                record.answered()
-            except Exception as exc:
-                await _fail(record, context, exc)
-                raise  # pragma: no cover - abort() always raises
-            finally:
-                record.end()  # CANCELLED unless answered or failed above
+            async with _Running(steps, request, context) as running:
+                responses = fn(request, running)
+                async with contextlib.aclosing(responses):
+                    async for response in responses:
+                        yield response
+                running.record.answered()
 
         return call
 
-    @contextlib.contextmanager
-    def _admitted(self, request: object, caller: Caller) -> Iterator[None]:
-        """The call's admission slot while the handler runs; a body that is no
-        message, or too large, refused there."""
-        admission = self.admission
-        admission.enter(caller.name)
+
+@dataclass(frozen=True, slots=True)
+class _Steps:
+    """What every call of one method goes through, bound once per method."""
+
+    path: CallPath
+    endpoint: Endpoint
+    begin: Callable[[Caller, Context], Record]
+
+
+class _Running(Call):
+    """One call inside every step: entered, it authorizes the caller, starts the
+    call's record (metrics, span, log) and takes an admission slot, refusing a
+    body that is no message or too large there; it is the handler's `Call`. On
+    exit the slot is given back, a failure answered with its status, and the
+    record ended (CANCELLED unless answered or failed)."""
+
+    __slots__ = ("_admitted", "_refused", "_request", "_steps", "record")
+
+    def __init__(self, steps: _Steps, request: object, context: Context) -> None:
+        path = steps.path
+        caller, self._refused = path.authorization.check(
+            context.invocation_metadata(), steps.endpoint.scope, read=steps.endpoint.read
+        )
+        super().__init__(context, caller, path.default_budget_s)
+        self._steps = steps
+        self._request = request
+        self._admitted = False
+        self.record = steps.begin(caller, context)
+
+    async def __aenter__(self) -> Self:
         try:
-            if request is MALFORMED:
-                raise errors.InvalidArgumentError("request is not a valid message")
-            if request is TOO_LARGE:
-                raise errors.ResourceExhaustedError(
-                    f"request larger than {self.max_request_bytes} bytes"
-                )
-            yield
+            self._enter()
+        except Exception as exc:
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise  # pragma: no cover - __aexit__ aborts the call
+        return self
+
+    def _enter(self) -> None:
+        if self._refused is not None:
+            raise self._refused
+        self._steps.path.admission.enter(self.caller.name)
+        self._admitted = True
+        if self._request is MALFORMED:
+            raise errors.InvalidArgumentError("request is not a valid message")
+        if self._request is TOO_LARGE:
+            raise errors.ResourceExhaustedError(
+                f"request larger than {self._steps.path.max_request_bytes} bytes"
+            )
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self._admitted:
+                self._admitted = False
+                self._steps.path.admission.leave(self.caller.name)
+            if isinstance(exc, Exception):
+                await _fail(self.record, self._context, exc)
         finally:
-            admission.leave(caller.name)
+            self.record.end()
 
 
 async def _fail(record: Record, context: Context, exc: Exception) -> None:

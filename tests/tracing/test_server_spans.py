@@ -97,9 +97,15 @@ async def test_a_shared_query_is_one_span_linked_to_every_call_it_answered(
 async def test_a_batch_is_one_query_span_and_the_state_cache_answers_without_one(
     server_spans: Spans, server: AuthServer, auth_stub, admin_stub
 ) -> None:
-    users = [(await create_user(admin_stub)).id for _ in range(3)]
     assert server.user_changes is not None
     await eventually(lambda: asyncio.sleep(0, server.user_changes.listening))  # type: ignore[union-attr]
+    cache = server.lookup.cache
+    announced = cache.generation()
+    users = [(await create_user(admin_stub)).id for _ in range(3)]
+    # Each creation is forgotten twice: by this server at once, then when its
+    # notification arrives. A query that starts between the two may not keep its
+    # answers (state_cache.py), so the cache would not answer below: wait for both.
+    await eventually(lambda: asyncio.sleep(0, cache.generation() >= announced + 6))
     server_spans.exporter.clear()
 
     await auth_stub.BatchUserExists(
