@@ -85,6 +85,14 @@ class UserDeletedConsumer:
     each); a broker that answers only when the wait expires (the embedded one) adds
     up to this much to every event's latency.
 
+    `metadata_max_age_ms` (5,000; aiokafka's default is 300,000) is how often it
+    asks the brokers where partitions are led even when nothing failed. aiokafka
+    0.14 resets a partition without a committed offset (a new group, after a
+    rebalance) by asking the leader it last heard of, and when that broker is no
+    longer the leader it retries it without asking again (consumer/fetcher.py,
+    `_update_fetch_positions`): the partition stalls until this refresh. One small
+    Metadata request per 5 s bounds that stall to about 5 s.
+
     Bounds (seconds; each must be > 0):
 
     - `revoke_timeout_s` (5): how long a rebalance waits for the handler in
@@ -117,6 +125,7 @@ class UserDeletedConsumer:
         heartbeat_interval_ms: int = 3_000,
         max_poll_records: int = 100,
         fetch_max_wait_ms: int = 25,
+        metadata_max_age_ms: int = 5_000,
         revoke_timeout_s: float = 5.0,
         dead_letter_timeout_s: float = 30.0,
         close_timeout_s: float = 10.0,
@@ -148,7 +157,11 @@ class UserDeletedConsumer:
             session_timeout_ms=session_timeout_ms,
             heartbeat_interval_ms=heartbeat_interval_ms,
             max_poll_records=max_poll_records,
-            **{"fetch_max_wait_ms": fetch_max_wait_ms, **dict(consumer_options or {})},
+            **{
+                "fetch_max_wait_ms": fetch_max_wait_ms,
+                "metadata_max_age_ms": metadata_max_age_ms,
+                **dict(consumer_options or {}),
+            },
         )
         self._stopping = asyncio.Event()
         self._dead_letters = DeadLetterWriter(

@@ -23,7 +23,7 @@ from auth_client import (
 from auth_client.contract import admin_pb2
 from auth_service.api.server import AuthServer
 from tests.client.conftest import CountingInterceptor, seed_users
-from tests.conftest import ADMIN_MD
+from tests.conftest import ADMIN_MD, eventually
 
 LONG = CacheConfig(positive_ttl=600, negative_ttl=600)
 
@@ -217,6 +217,10 @@ async def test_user_states_tell_deleted_from_never_and_bypass_the_cache(
         await conn.execute("UPDATE users SET deleted_at = now() WHERE id = $1", user)
     finally:
         await conn.close()
+    # The server's own memory answers ACTIVE until the change's notification
+    # reaches it (about a millisecond; longer on a loaded machine): wait for that,
+    # since what is asserted here is the client's cache being bypassed.
+    await eventually(lambda: _heard(server, user))
     sent = counter.total
     states = await client.user_states([user, gone, str(never), gone])
     assert states == {
@@ -228,3 +232,8 @@ async def test_user_states_tell_deleted_from_never_and_bypass_the_cache(
     many = [uuid.uuid4() for _ in range(2500)]
     assert set((await client.user_states(many)).values()) == {UserState.NOT_FOUND}
     assert counter.total == sent + 4  # 1000 + 1000 + 500
+
+
+async def _heard(server: AuthServer, user: uuid.UUID) -> bool:
+    """The server's memory no longer holds `user` as ACTIVE."""
+    return server.lookup.cache.get(str(user)) is not UserState.ACTIVE

@@ -215,6 +215,10 @@ class Collector:
             group_id=f"collector-{uuid.uuid4().hex[:8]}",
             auto_offset_reset="earliest",
             enable_auto_commit=False,
+            # As docs/events.md tells a plain aiokafka consumer: after a leader
+            # moved, aiokafka 0.14 resets an uncommitted partition at the old
+            # leader until its metadata is refreshed (5 min by default).
+            metadata_max_age_ms=5_000,
         )
         self.records: list[Any] = []
         self._task: asyncio.Task[None] | None = None
