@@ -244,12 +244,19 @@ def test_the_system_check_flags_foreign_keys_to_the_users_model(django_db: None)
     found = [c for c in checks.run_checks(tags=[checks.Tags.models]) if c.id == "auth_client.W001"]
     tail = " is a ForeignKey to auth.User, whose users now live in auth-service"
     assert sorted(c.msg for c in found) == [
+        f"djangoapp.LegacyMembership.approver{tail}",
         f"djangoapp.LegacyMembership.reviewer{tail}",
         f"djangoapp.LegacyMembership.user{tail}",
     ]
-    hints = sorted(c.hint or "" for c in found)
-    assert "`reviewer_id = UserReferenceField(null=True)`" in hints[0]
-    assert "`user_id = UserReferenceField()`" in hints[1]
+    hints = {c.msg.split(" ", 1)[0].rsplit(".", 1)[1]: c.hint or "" for c in found}
+    assert "`reviewer_id = UserReferenceField(null=True)`" in hints["reviewer"]
+    assert "`user_id = UserReferenceField()`" in hints["user"]
+    # The replacement keeps the constraint's column, whatever it is named.
+    assert (
+        "`approver_id = UserReferenceField(null=True, db_column='approved_by')`"
+        in hints["approver"]
+    )
+    assert "the same column 'approved_by'" in hints["approver"]
     assert all(c.level == checks.WARNING for c in found)
     with override_settings(AUTH_CLIENT_USER_MODELS=["djangoapp.Member"]):
         assert not [

@@ -39,6 +39,14 @@ class LegacyMembership(models.Model):
     reviewer = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # A column not named `<field>_id`: the replacement must keep it.
+    approver = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_column="approved_by",
+    )
 
     class Meta:
         app_label = "djangoapp"
