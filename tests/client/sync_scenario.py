@@ -75,8 +75,16 @@ def _threads_share_one_client(auth: SyncAuthClient, active: list[str], deleted: 
     return THREADS * 3
 
 
-def _threads_other_than(before: set[threading.Thread]) -> list[str]:
-    return [t.name for t in threading.enumerate() if t not in before and t.is_alive()]
+def _threads_other_than(before: set[threading.Thread], grace_s: float = 5.0) -> list[str]:
+    """Threads started since `before` still alive after `grace_s`: the client's own
+    are joined by close(); gRPC's channel threads end a moment after the channel
+    closes (a loaded machine once saw one still there right after close)."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        left = [t.name for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.02)
 
 
 def _child(
