@@ -181,10 +181,10 @@ class ReadReplicas(Owner):
         samples = self._samples
         if not samples or position >= samples[-1][1]:
             return 0.0
-        for at, primary in reversed(samples):
-            if primary <= position:
-                return now - at
-        return now - samples[0][0]  # older than the history: at least this far behind
+        at = self.fresh_as_of(position)
+        if at == -math.inf:  # older than the history: at least this far behind
+            at = samples[0][0]
+        return now - at
 
     def fresh_as_of(self, position: int) -> float:
         """The time of the newest primary sample at or below `position`: a replica
